@@ -1,0 +1,3 @@
+from tmrender.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""Audio input: any file the bundled ffmpeg decodes becomes 16 kHz mono float32.
+
+Long files are streamed: ffmpeg writes raw float32 to a pipe and we read it in blocks, so a
+60-minute file is never held whole. This module imports numpy only (no torch), which keeps
+the decode path light.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tmrender.errors import MediaError, UserInputError
+from tmrender.render.ffmpeg import ffmpeg_command, last_error_line, probe
+
+SAMPLE_RATE = 16_000
+BYTES_PER_SAMPLE = 4  # float32
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """An audio source checked to be decodable; `duration_hint` is the header's (may be None)."""
+
+    path: Path
+    codec: str
+    source_rate: int | None
+    duration_hint: float | None
+
+
+def open_audio(path: Path | str) -> AudioInfo:
+    """Check that `path` exists and has an audio stream; raise one clear UserInputError if not."""
+    path = Path(path)
+    try:
+        info = probe(path)
+    except UserInputError as err:
+        raise type(err)(str(err).replace("media file", "audio file", 1)) from err
+    if not info.audio:
+        raise MediaError(f"{path} has no audio stream")
+    stream = info.audio[0]
+    return AudioInfo(path, stream.codec, stream.sample_rate, info.duration)
+
+
+class AudioStream:
+    """Decode an audio file to 16 kHz mono float32, block by block.
+
+    Iterating yields 1-D float32 arrays of `block_samples` samples (the last may be shorter).
+    `samples_read` counts what has been yielded, so the exact duration is known at the end.
+    Raises MediaError if ffmpeg fails midway and UserInputError if the file holds no samples.
+    """
+
+    def __init__(self, path: Path | str, block_samples: int = SAMPLE_RATE * 10):
+        if block_samples <= 0:
+            raise ValueError("block_samples must be positive")
+        self.info = open_audio(path)
+        self.block_samples = block_samples
+        self.samples_read = 0
+        self._proc: subprocess.Popen | None = None
+        self._stderr = tempfile.TemporaryFile()
+
+    @property
+    def seconds_read(self) -> float:
+        return self.samples_read / SAMPLE_RATE
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._proc = subprocess.Popen(
+            decode_command(self.info.path), stdout=subprocess.PIPE, stderr=self._stderr
+        )
+        block_bytes = self.block_samples * BYTES_PER_SAMPLE
+        try:
+            while True:
+                data = _read_exactly(self._proc.stdout, block_bytes)
+                if not data:
+                    break
+                usable = len(data) - len(data) % BYTES_PER_SAMPLE
+                block = np.frombuffer(data[:usable], dtype="<f4").copy()
+                self.samples_read += block.size
+                yield block
+            self._finish()
+        finally:
+            self.close()
+
+    def _finish(self) -> None:
+        returncode = self._proc.wait()
+        if returncode != 0:
+            self._stderr.seek(0)
+            reason = last_error_line(self._stderr.read().decode("utf-8", "replace"))
+            raise MediaError(f"cannot decode the audio of {self.info.path}: {reason}")
+        if self.samples_read == 0:
+            raise UserInputError(f"audio file has zero length: {self.info.path}")
+
+    def close(self) -> None:
+        """Stop ffmpeg (if still running) and release the pipe; safe to call twice."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc is not None and self._proc.stdout:
+            self._proc.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def decode_command(path: Path) -> list[str]:
+    """ffmpeg arguments that write the first audio stream as 16 kHz mono f32le to stdout."""
+    return ffmpeg_command(
+        "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-acodec", "pcm_f32le", "-",
+    )  # fmt: skip
+
+
+def _read_exactly(pipe, size: int) -> bytes:
+    """Read `size` bytes unless the pipe ends first (then what there was)."""
+    chunks, remaining = [], size
+    while remaining:
+        data = pipe.read(remaining)
+        if not data:
+            break
+        chunks.append(data)
+        remaining -= len(data)
+    return b"".join(chunks)
+
+
+def load_audio(path: Path | str) -> np.ndarray:
+    """Decode a whole (short) file: float32 samples, shape (N,), 16 kHz mono."""
+    return np.concatenate(list(AudioStream(path)))
+
+
+def audio_samples(path: Path | str) -> int:
+    """Exact number of 16 kHz samples in a file, counted by decoding it in blocks."""
+    stream = AudioStream(path)
+    for _ in stream:
+        pass
+    return stream.samples_read
+
+
+def frames_for_samples(samples: int, fps: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """Video frames that cover `samples` audio samples: ceil(samples * fps / sample_rate)."""
+    return -(-samples * fps // sample_rate)
+
+
+def write_wav(path: Path | str, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float samples in [-1, 1], shape (N,), as a 16-bit PCM WAV file."""
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise ValueError(f"write_wav expects mono samples of shape (N,), got {samples.shape}")
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    path = Path(path)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())

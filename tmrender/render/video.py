@@ -1,0 +1,177 @@
+"""Video output: RGB frames stream into an ffmpeg pipe (H.264, yuv420p); the audio is muxed as
+AAC when the writer closes; the file appears at its final name only when complete.
+
+Nothing here holds frames: each `write` goes straight down the pipe, so memory does not grow
+with the length of the video.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from tmrender.errors import MediaError, UserInputError
+from tmrender.render.ffmpeg import ffmpeg_command, last_error_line, run_ffmpeg
+
+DEFAULT_CRF = 18
+DEFAULT_PRESET = "veryfast"
+
+
+def check_writable_output(path: Path | str) -> Path:
+    """Raise UserInputError unless a file can be created at `path` (its folder must exist)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserInputError(f"output is a folder, not a file: {path}")
+    if not folder.is_dir():
+        raise UserInputError(f"output folder does not exist: {folder}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmrender-check-"):
+            pass
+    except OSError as err:
+        raise UserInputError(f"output folder cannot be written: {folder} ({err.strerror})") from err
+    return path
+
+
+def temporary_sibling(path: Path, tag: str) -> Path:
+    """A hidden name beside `path` for work in progress, e.g. `.out.ab12cd.partial.mp4`."""
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.{tag}{path.suffix}")
+
+
+class VideoWriter:
+    """Write RGB frames to an MP4 file (H.264, yuv420p, +faststart) with optional AAC audio.
+
+    Usage::
+
+        with VideoWriter("out.mp4", width=128, height=128, fps=25, audio="speech.wav") as w:
+            w.write(frames)          # uint8, shape (H, W, 3) or (N, H, W, 3)
+
+    On leaving the block normally the audio is muxed and the file renamed into place; on an
+    exception (Ctrl-C included) every temporary file is removed and nothing is left at `path`.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        width: int,
+        height: int,
+        fps: int = 25,
+        audio: Path | str | None = None,
+        crf: int = DEFAULT_CRF,
+        preset: str = DEFAULT_PRESET,
+        audio_bitrate: str = "128k",
+    ):
+        if not 0 <= crf <= 51:
+            raise UserInputError(f"--crf must be between 0 and 51, got {crf}")
+        self.path = check_writable_output(path)
+        self.width, self.height, self.fps = width, height, fps
+        self.audio = Path(audio) if audio is not None else None
+        self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
+        self.frames_written = 0
+        self._video_tmp = temporary_sibling(self.path, "video")
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            self._encode_command(),
+            stdin=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,  # Ctrl-C reaches Python, which cleans up; not ffmpeg
+        )
+
+    def _encode_command(self) -> list[str]:
+        # yuv420p needs even sizes: pad odd ones by one pixel rather than fail.
+        return ffmpeg_command(
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}",
+            "-framerate", str(self.fps), "-i", "-",
+            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
+            "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-y", str(self._video_tmp),
+        )  # fmt: skip
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append frames: uint8 RGB, shape (H, W, 3) or (N, H, W, 3)."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        expected = (self.height, self.width, 3)
+        if frames.ndim != 4 or frames.shape[1:] != expected or frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be uint8 of shape (N, {self.height}, {self.width}, 3), "
+                f"got {frames.dtype} {frames.shape}"
+            )
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frames).data)
+        except (BrokenPipeError, OSError) as err:
+            raise MediaError(f"video encoder stopped: {self._ffmpeg_reason()}") from err
+        self.frames_written += frames.shape[0]
+
+    def close(self) -> Path:
+        """Finish encoding, mux the audio, move the file into place; returns the final path."""
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self._proc.wait() != 0:
+            raise MediaError(f"video encoding failed: {self._ffmpeg_reason()}")
+        if self.frames_written == 0:
+            raise MediaError("no frames were written")
+        partial = temporary_sibling(self.path, "partial")
+        try:
+            if self.audio is None:
+                os.replace(self._video_tmp, partial)
+            else:
+                self._mux_audio(partial)
+            os.replace(partial, self.path)
+        finally:
+            _remove(partial)
+            _remove(self._video_tmp)
+            self._stderr.close()
+        return self.path
+
+    def _mux_audio(self, partial: Path) -> None:
+        run_ffmpeg(
+            [
+                "-i", str(self._video_tmp), "-i", str(self.audio),
+                "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                "-c:a", "aac", "-b:a", self.audio_bitrate,
+                "-movflags", "+faststart", "-y", str(partial),
+            ],  # fmt: skip
+            what=f"cannot add the audio of {self.audio}",
+        )
+
+    def abort(self) -> None:
+        """Stop ffmpeg and delete every temporary file; nothing is left at the destination."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        if self._proc.stdin and not self._proc.stdin.closed:
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        _remove(self._video_tmp)
+        self._stderr.close()
+
+    def _ffmpeg_reason(self) -> str:
+        self._stderr.seek(0)
+        return last_error_line(self._stderr.read().decode("utf-8", "replace"))
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
