@@ -7,19 +7,314 @@ projection, sampler, and the `ModelConfig` that bundles them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, get_type_hints
 
 # ---- VAE ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Causal video autoencoder: stride (4, 8, 8), first frame alone then groups of 4."""
+    """Causal video autoencoder (`tmrender.models.vae.CausalVAE`), TAEHV-like and light.
 
+    Stride (temporal_stride, spatial_stride, spatial_stride) = (4, 8, 8), Wan convention:
+    `1 + 4k` frames <-> `1 + k` latent frames, the first frame encoded alone. Widths are
+    listed in processing order; with `n` levels, level `i` of the decoder runs at spatial
+    stride `spatial_stride / 2**i` and level `i` of the encoder at `spatial_stride /
+    2**(n - 1 - i)`. The finest level talks to pixels through a pixel (un)shuffle by its
+    stride (no convolution at full resolution when that stride is > 1). Defaults: tm-mini.
+    """
+
+    # interface
     image_channels: int = 3
     latent_channels: int = 16
     temporal_stride: int = 4
     spatial_stride: int = 8
+    # encoder: widths and residual blocks per level, fine -> coarse, at frame rate;
+    # then blocks at latent rate after the time pooling
+    enc_channels: tuple[int, ...] = (32, 48, 64)
+    enc_blocks: tuple[int, ...] = (1, 1, 1)
+    enc_latent_blocks: int = 1
+    # decoder: blocks on the latents, then widths and blocks per level, coarse -> fine; time
+    # is expanded x temporal_stride at the start of level dec_expand_level (after its x2
+    # upsample; level 0: after the latent blocks): levels before it run at the latent rate
+    dec_latent_blocks: int = 2
+    dec_channels: tuple[int, ...] = (64, 48, 32)
+    dec_blocks: tuple[int, ...] = (0, 0, 0)
+    dec_expand_level: int = 1
+    # every residual block is causal in time: it sees this many frames (itself + past)
+    temporal_kernel: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("enc_channels", "enc_blocks", "dec_channels", "dec_blocks"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        levels = len(self.dec_channels)
+        assert levels >= 1 and len(self.enc_channels) >= 1, "need at least one level"
+        for n in (len(self.enc_channels), levels):
+            assert self.spatial_stride % 2 ** (n - 1) == 0, (
+                f"{n} levels (x2 each) do not fit spatial_stride {self.spatial_stride}"
+            )
+        assert len(self.enc_blocks) == len(self.enc_channels), "enc_blocks: one per level"
+        assert len(self.dec_blocks) == levels, "dec_blocks: one per level"
+        assert self.temporal_stride >= 1 and self.temporal_kernel >= 1
+        assert 0 <= self.dec_expand_level < levels, "dec_expand_level must name a level"
 
 
 # ---- DiT, audio encoder, audio projection, sampler, ModelConfig --------------------------
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Wan2.1-style diffusion transformer (`tmrender.models.dit.WanDiT`).
+
+    Field names follow `WanModel.__init__` of Wan2.1 (wan/modules/model.py) so that its
+    checkpoints map in. Image-to-video input channels are Wan's: `in_dim = out_dim` (noisy
+    latent) `+ mask_channels` (one per video frame of a latent frame) `+ out_dim`
+    (reference latent); `in_dim == out_dim` means no image conditioning. Defaults: tm-mini.
+    """
+
+    # patchify and channels
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    in_dim: int = 36
+    out_dim: int = 16
+    # transformer
+    dim: int = 128
+    ffn_dim: int = 512
+    freq_dim: int = 64
+    num_heads: int = 2
+    num_layers: int = 4
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    # text / CLIP-image context of Wan's `cross_attn`; text_len == 0: no cross_attn at all
+    text_len: int = 0
+    text_dim: int = 4096
+    image_embedding: bool = False  # Wan I2V: `img_emb` + k_img/v_img/norm_k_img per block
+    image_tokens: int = 257
+    image_dim: int = 1280
+    # timestep embedding and 3-D RoPE
+    num_train_timesteps: int = 1000  # the network sees t * num_train_timesteps (Wan)
+    rope_theta: float = 10000.0
+    # audio cross-attention added to every block (output projection zero-initialised)
+    audio_layers: bool = True
+    audio_dim: int = 64  # width of the incoming audio tokens
+    audio_attn_dim: int = 64  # inner width of q/k/v
+    audio_num_heads: int = 1
+    # streaming: latent frames of the anchor (the reference image) at the start of a clip
+    anchor_frames: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        assert len(self.patch_size) == 3 and self.patch_size[0] == 1, (
+            "patch_size must be (1, ph, pw): one latent frame per token frame"
+        )
+        assert self.dim % self.num_heads == 0 and self.head_dim % 2 == 0
+        assert self.audio_attn_dim % self.audio_num_heads == 0
+        assert self.in_dim == self.out_dim or self.in_dim > 2 * self.out_dim, (
+            f"in_dim {self.in_dim}: either out_dim (no image) or 2*out_dim + mask channels"
+        )
+        assert not self.image_embedding or self.text_len > 0, "img_emb lives in cross_attn"
+        assert self.anchor_frames >= 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def mask_channels(self) -> int:
+        """Wan I2V mask channels (one per video frame of a latent frame); 0 without image."""
+        return 0 if self.in_dim == self.out_dim else self.in_dim - 2 * self.out_dim
+
+    @property
+    def has_context(self) -> bool:
+        return self.text_len > 0
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    """A `transformers.Wav2Vec2Config` subset (`tmrender.models.audio.AudioEncoder`).
+
+    Field names are Wav2Vec2Config's. `layers` picks entries of `hidden_states` (0 = the
+    feature projection, i = output of transformer layer i). Defaults: tm-mini's tiny encoder.
+    """
+
+    # transformer
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 128
+    layer_norm_eps: float = 1e-5
+    do_stable_layer_norm: bool = False
+    # convolutional feature encoder: 16 kHz -> 50 Hz with wav2vec2's kernels and strides
+    conv_dim: tuple[int, ...] = (32, 32, 32, 32, 32, 32, 32)
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"
+    num_conv_pos_embeddings: int = 16
+    num_conv_pos_embedding_groups: int = 4
+    # input and output
+    sample_rate: int = 16000
+    normalize_input: bool = False  # zero mean, unit variance per call (wav2vec2-large style)
+    layers: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        for name in ("conv_dim", "conv_kernel", "conv_stride", "layers"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        assert len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)
+        assert self.feat_extract_norm in ("group", "layer")
+        assert self.layers and all(0 <= i <= self.num_hidden_layers for i in self.layers)
+
+    @property
+    def total_stride(self) -> int:
+        """Input samples per output feature (320 for wav2vec2: 16 kHz -> 50 Hz)."""
+        return math.prod(self.conv_stride)
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples seen by one output feature (400 for wav2vec2)."""
+        field, jump = 1, 1
+        for k, s in zip(self.conv_kernel, self.conv_stride, strict=True):
+            field += (k - 1) * jump
+            jump *= s
+        return field
+
+
+@dataclass(frozen=True)
+class AudioProjConfig:
+    """Audio projection (`tmrender.models.audio.AudioProjection`): the features of a latent
+    frame's own video frames plus `window` frames either side -> `tokens` audio tokens of
+    width `DiTConfig.audio_dim`. Input and output widths are derived in `ModelConfig`."""
+
+    window: int = 2
+    tokens: int = 8
+    hidden_dim: int = 256
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Rectified-flow sampling (`tmrender.diffusion`). Timesteps are in [0, 1], t = 1 noise."""
+
+    shift: float = 3.0  # SD3/Wan timestep shift s: t' = s t / (1 + (s - 1) t)
+    # teacher: many Euler steps with classifier-free guidance on audio
+    teacher_steps: int = 24
+    cfg_scale: float = 4.0
+    # student: exactly 2 network evaluations; unshifted, see `student_sigmas`
+    student_timesteps: tuple[float, float] = (1.0, 0.5)
+    # timestep at which a clean chunk is re-run to refresh the KV cache
+    context_timestep: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "student_timesteps", tuple(float(t) for t in self.student_timesteps)
+        )
+        assert len(self.student_timesteps) == 2, "the student takes exactly 2 steps"
+
+    @property
+    def student_sigmas(self) -> tuple[float, float]:
+        """The student's timesteps after the shift: what the network sees."""
+        s = self.shift
+        return tuple(s * t / (1 + (s - 1) * t) for t in self.student_timesteps)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a `TalkingModel`; stored as JSON in every checkpoint."""
+
+    name: str = "tm-mini"
+    height: int = 128
+    width: int = 128
+    fps: int = 25
+    chunk_latent_frames: int = 2  # C: latent frames generated per autoregressive step
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    audio_proj: AudioProjConfig = field(default_factory=AudioProjConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        ph, pw = self.dit.patch_size[1:]
+        cell = self.vae.spatial_stride
+        assert self.height % (cell * ph) == 0 and self.width % (cell * pw) == 0, (
+            f"{self.height}x{self.width} is not a multiple of VAE stride x patch"
+        )
+        assert self.dit.out_dim == self.vae.latent_channels
+        assert self.dit.mask_channels in (0, self.vae.temporal_stride), (
+            "Wan I2V mask: one channel per video frame of a latent frame"
+        )
+        assert self.audio_encoder.sample_rate % self.fps == 0
+        assert self.samples_per_frame % self.audio_encoder.total_stride == 0, (
+            "audio features must tile video frames exactly"
+        )
+        assert self.chunk_latent_frames >= 1
+
+    # ---- derived sizes
+    @property
+    def latent_height(self) -> int:
+        return self.height // self.vae.spatial_stride
+
+    @property
+    def latent_width(self) -> int:
+        return self.width // self.vae.spatial_stride
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """DiT tokens per latent frame along (H, W)."""
+        return (
+            self.latent_height // self.dit.patch_size[1],
+            self.latent_width // self.dit.patch_size[2],
+        )
+
+    @property
+    def tokens_per_latent_frame(self) -> int:
+        return math.prod(self.token_grid)
+
+    @property
+    def frames_per_latent(self) -> int:
+        return self.vae.temporal_stride
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.frames_per_latent * self.chunk_latent_frames
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.audio_encoder.sample_rate // self.fps
+
+    @property
+    def audio_window_frames(self) -> int:
+        """Video frames of audio seen by one latent frame: its own plus `window` each side."""
+        return self.frames_per_latent + 2 * self.audio_proj.window
+
+    @property
+    def audio_feature_dim(self) -> int:
+        """Width of one video frame's audio features: selected layers x hidden size."""
+        return len(self.audio_encoder.layers) * self.audio_encoder.hidden_size
+
+    # ---- JSON (nested, round-trip exact)
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return _from_dict(cls, json.loads(text))
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from `asdict` output; lists become tuples."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            value = _from_dict(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

@@ -9,11 +9,10 @@ import sys
 
 import click
 
+# Importing a command module registers its command on `app`.
+from tmrender.cli import avatar, bench, synth  # noqa: F401
 from tmrender.cli.app import State, app, console
 from tmrender.errors import UserInputError
-
-# Importing a command module registers its command on `app` (one line per command).
-from tmrender.cli import bench  # noqa: E402,F401
 
 EXIT_INTERNAL = 1
 EXIT_USER = 2

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.eval.peak import peak_rss_mb, run_case
-from tmrender.render.audio import SAMPLE_RATE, AudioStream
+from tmrender.render.audio import AudioStream
 from tmrender.render.ffmpeg import run_ffmpeg
 from tmrender.render.video import VideoWriter
 
@@ -25,15 +25,17 @@ FPS = 25
 
 def make_test_audio(path: Path, seconds: float) -> Path:
     """Write a speech-like test signal (a warbling tone with noise bursts) of `seconds` seconds."""
+    # fmt: off
     run_ffmpeg(
         [
             "-f", "lavfi", "-i",
             f"sine=frequency=220:beep_factor=4:sample_rate=44100:duration={seconds}",
             "-f", "lavfi", "-i", f"anoisesrc=color=pink:amplitude=0.05:duration={seconds}",
             "-filter_complex", "amix=inputs=2:duration=shortest", "-ac", "1", "-y", str(path),
-        ],  # fmt: skip
+        ],
         what=f"cannot make test audio {path}",
     )
+    # fmt: on
     return path
 
 

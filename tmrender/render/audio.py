@@ -61,7 +61,7 @@ class AudioStream:
         self.block_samples = block_samples
         self.samples_read = 0
         self._proc: subprocess.Popen | None = None
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
 
     @property
     def seconds_read(self) -> float:

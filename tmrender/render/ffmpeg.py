@@ -118,7 +118,7 @@ def probe(path: Path) -> MediaInfo:
 def _parse_stream(match: re.Match) -> StreamInfo:
     index, kind, codec, rest = match.groups()
     rate = re.search(r"(\d+) Hz", rest)
-    size = re.search(r"(\d{1,5})x(\d{1,5})", rest)
+    size = re.search(r"\b([1-9]\d{0,4})x([1-9]\d{0,4})\b", rest)
     fps = re.search(r"([\d.]+) fps", rest)
     channels = re.search(r"Hz, ([\w.()]+)", rest)
     return StreamInfo(
@@ -136,7 +136,8 @@ def _parse_stream(match: re.Match) -> StreamInfo:
 
 def count_video_frames(path: Path) -> int:
     """Decode the first video stream of `path` and count its frames (exact, not the header's)."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"]
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0"]
+    cmd += ["-f", "null", "-"]
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         raise MediaError(f"cannot decode the video of {path}: {last_error_line(proc.stderr)}")

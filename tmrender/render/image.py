@@ -35,7 +35,9 @@ class CropBox:
         try:
             x, y, w, h = (int(p) for p in parts)
         except ValueError:
-            raise UserInputError(f"--crop must be x,y,w,h in pixels, e.g. 40,0,512,512; got {text!r}")
+            raise UserInputError(
+                f"--crop must be x,y,w,h in pixels, e.g. 40,0,512,512; got {text!r}"
+            ) from None
         if x < 0 or y < 0 or w <= 0 or h <= 0:
             raise UserInputError(f"--crop needs x, y >= 0 and w, h > 0; got {text!r}")
         return cls(x, y, w, h)
@@ -79,7 +81,8 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited on a neutral grey."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         image = Image.fromarray(_high_depth_to_uint8(np.asarray(image), image.mode))
-    if image.mode == "P" and "transparency" in image.info or image.mode in ("PA", "LA", "La", "RGBa"):
+    has_alpha = image.mode in ("PA", "LA", "La", "RGBa")
+    if has_alpha or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         background = Image.new("RGBA", image.size, NEUTRAL_BACKGROUND + (255,))

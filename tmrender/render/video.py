@@ -7,6 +7,7 @@ with the length of the video.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -74,7 +75,7 @@ class VideoWriter:
         self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
         self.frames_written = 0
         self._video_tmp = temporary_sibling(self.path, "video")
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the writer
         self._proc = subprocess.Popen(
             self._encode_command(),
             stdin=subprocess.PIPE,
@@ -84,13 +85,15 @@ class VideoWriter:
 
     def _encode_command(self) -> list[str]:
         # yuv420p needs even sizes: pad odd ones by one pixel rather than fail.
+        # fmt: off
         return ffmpeg_command(
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}",
             "-framerate", str(self.fps), "-i", "-",
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
             "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
             "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-y", str(self._video_tmp),
-        )  # fmt: skip
+        )
+        # fmt: on
 
     def write(self, frames: np.ndarray) -> None:
         """Append frames: uint8 RGB, shape (H, W, 3) or (N, H, W, 3)."""
@@ -111,10 +114,8 @@ class VideoWriter:
 
     def close(self) -> Path:
         """Finish encoding, mux the audio, move the file into place; returns the final path."""
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self._proc.stdin.close()
-        except BrokenPipeError:
-            pass
         if self._proc.wait() != 0:
             raise MediaError(f"video encoding failed: {self._ffmpeg_reason()}")
         if self.frames_written == 0:
@@ -133,15 +134,17 @@ class VideoWriter:
         return self.path
 
     def _mux_audio(self, partial: Path) -> None:
+        # fmt: off
         run_ffmpeg(
             [
                 "-i", str(self._video_tmp), "-i", str(self.audio),
                 "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
                 "-c:a", "aac", "-b:a", self.audio_bitrate,
                 "-movflags", "+faststart", "-y", str(partial),
-            ],  # fmt: skip
+            ],
             what=f"cannot add the audio of {self.audio}",
         )
+        # fmt: on
 
     def abort(self) -> None:
         """Stop ffmpeg and delete every temporary file; nothing is left at the destination."""
@@ -149,10 +152,8 @@ class VideoWriter:
             self._proc.kill()
         self._proc.wait()
         if self._proc.stdin and not self._proc.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self._proc.stdin.close()
-            except BrokenPipeError:
-                pass
         _remove(self._video_tmp)
         self._stderr.close()
 
@@ -171,7 +172,46 @@ class VideoWriter:
 
 
 def _remove(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    except FileNotFoundError:
-        pass
+
+
+def iter_video_frames(path: Path | str, block_frames: int = 64):
+    """Decode a video file to RGB uint8 blocks of shape (n, H, W, 3), n <= block_frames.
+
+    Streams through a pipe, so a long video is never held whole.
+    """
+    from tmrender.render.ffmpeg import probe
+
+    info = probe(Path(path))
+    if not info.video:
+        raise MediaError(f"{path} has no video stream")
+    width, height = info.video[0].width, info.video[0].height
+    if not width or not height:
+        raise MediaError(f"ffmpeg reported no frame size for {path}")
+    frame_bytes = width * height * 3
+    cmd = ffmpeg_command(
+        "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"
+    )  # fmt: skip
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            while data := proc.stdout.read(frame_bytes * block_frames):
+                count = len(data) // frame_bytes
+                yield np.frombuffer(data[: count * frame_bytes], np.uint8).reshape(
+                    count, height, width, 3
+                )
+            if proc.wait() != 0:
+                stderr.seek(0)
+                reason = last_error_line(stderr.read().decode("utf-8", "replace"))
+                raise MediaError(f"cannot decode the video of {path}: {reason}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+
+def read_video_frames(path: Path | str) -> np.ndarray:
+    """Decode a whole (short) video: RGB uint8 of shape (T, H, W, 3)."""
+    return np.concatenate(list(iter_video_frames(path)))

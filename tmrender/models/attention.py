@@ -1,0 +1,248 @@
+"""Attention layers of the DiT (Wan2.1 parameter names) and the three self-attention modes.
+
+Layers, tokens `(B, L, dim)`:
+- `SelfAttention`: q, k, v, o, norm_q, norm_k (RMSNorm over the full width, as Wan).
+- `CrossAttention`: Wan's text cross-attention, plus k_img / v_img / norm_k_img for the
+  CLIP image tokens of Wan I2V; its K/V depend only on the context, so they are computed
+  once per render (`kv`) and reused by every chunk.
+- `AudioCrossAttention`: new for audio. Latent frame j's tokens attend only to latent frame
+  j's audio tokens (the batch is reshaped to `B * T` frames), the result is multiplied by a
+  face gate over the token grid, and `o` starts at zero so a converted model starts as its
+  base.
+
+Self-attention modes (one module, the "plan" object decides which keys a query sees):
+- `FullPlan` (a): bidirectional over all tokens (teacher).
+- `BlockCausalPlan` (b): a whole clip `[anchor | chunk 1 | chunk 2 | ...]`; chunk k sees the
+  anchor, chunk k-1 and itself through a boolean block mask given to
+  `scaled_dot_product_attention`.
+- `CachedPlan` (c): one chunk; keys = cached anchor K/V + cached previous chunk K/V + its own.
+
+RoPE positions are window-relative (see `tmrender.models.dit`): a key of chunk k-1 seen by
+chunk k is rotated at the "previous" slot, while chunk k-1's own queries used the "current"
+slot. Plan (b) therefore appends a second, differently rotated copy of each chunk's keys
+(visible only to the next chunk) so that (b) and (c) compute the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tmrender.models.rope import Rope
+
+KV = tuple[Tensor, Tensor]  # keys and values, each (B, L, heads, head_dim)
+
+
+class RMSNorm(nn.Module):
+    """Wan's RMSNorm: x / rms(x) * weight, computed in float32. x: (..., dim)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """Wan's LayerNorm: computed in float32, affine only when asked. x: (..., dim)."""
+
+    def __init__(self, dim: int, eps: float, elementwise_affine: bool = False) -> None:
+        super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Softmax attention. q (B, Lq, H, d), k/v (B, Lk, H, d), mask (Lq, Lk) bool (True =
+    may attend) or None -> (B, Lq, H * d)."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    )
+    return out.transpose(1, 2).flatten(2)
+
+
+# ---- self-attention plans --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FullPlan:
+    """(a) Bidirectional: every token sees every token. rope: all L tokens."""
+
+    rope: Rope
+
+    def assemble(self, layer: int, q: Tensor, k: Tensor, v: Tensor):
+        return self.rope.apply(q), self.rope.apply(k), v, None
+
+
+@dataclass(frozen=True)
+class BlockCausalPlan:
+    """(b) Sparse causal over a whole clip (training).
+
+    rope: the L tokens at their "current" positions; prev_rope: the tokens of chunks
+    1..K-1 at the "previous" slot, which are `prev_tokens` (a slice of the sequence);
+    mask: (L, L + prev_len) bool over [current keys | previous-slot copies].
+    """
+
+    rope: Rope
+    prev_rope: Rope
+    prev_tokens: slice
+    mask: Tensor
+
+    def assemble(self, layer: int, q: Tensor, k: Tensor, v: Tensor):
+        keys = torch.cat((self.rope.apply(k), self.prev_rope.apply(k[:, self.prev_tokens])), 1)
+        values = torch.cat((v, v[:, self.prev_tokens]), dim=1)
+        return self.rope.apply(q), keys, values, self.mask
+
+
+@dataclass(frozen=True)
+class CachedPlan:
+    """(c) One chunk against the KV cache (inference).
+
+    rope: the chunk's tokens at the current slot; anchor / prev: per layer, cached keys
+    (already rotated) and values, `prev` None before the first commit.
+    """
+
+    rope: Rope
+    anchor: tuple[KV, ...]
+    prev: tuple[KV, ...] | None
+
+    def assemble(self, layer: int, q: Tensor, k: Tensor, v: Tensor):
+        cached = [self.anchor[layer]] + ([self.prev[layer]] if self.prev is not None else [])
+        keys = torch.cat([c[0] for c in cached] + [self.rope.apply(k)], dim=1)
+        values = torch.cat([c[1] for c in cached] + [v], dim=1)
+        return self.rope.apply(q), keys, values, None
+
+
+def block_causal_mask(
+    chunk_of_frame: Tensor, prev_chunk_of_frame: Tensor, tokens_per_frame: int
+) -> Tensor:
+    """Boolean mask of plan (b), True = may attend.
+
+    chunk_of_frame: (T,) chunk index of each frame (0 = anchor); prev_chunk_of_frame: (P,)
+    chunk index of each previous-slot copy. Query chunk c sees current keys of chunk 0
+    and c, and previous-slot copies of chunk c - 1 (>= 1). Returns (T*S, (T+P)*S).
+    """
+    q = chunk_of_frame[:, None]
+    sees_current = (chunk_of_frame[None] == 0) | (chunk_of_frame[None] == q)
+    sees_prev = (prev_chunk_of_frame[None] == q - 1) & (prev_chunk_of_frame[None] >= 1)
+    frames = torch.cat((sees_current, sees_prev), dim=1)
+    return frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+# ---- layers ----------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Wan self-attention: RMS-normed q/k, 3-D RoPE (through the plan), SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))
+
+    def project_kv(self, x: Tensor) -> KV:
+        """x (B, L, dim) -> normed, un-rotated k and v, each (B, L, H, d)."""
+        return self._heads(self.norm_k(self.k(x))), self._heads(self.v(x))
+
+    def forward(self, x: Tensor, plan, layer: int) -> tuple[Tensor, KV]:
+        """x (B, L, dim) -> (output (B, L, dim), this call's un-rotated (k, v))."""
+        q = self._heads(self.norm_q(self.q(x)))
+        k, v = self.project_kv(x)
+        q_r, keys, values, mask = plan.assemble(layer, q, k, v)
+        return self.o(attend(q_r, keys, values, mask)), (k, v)
+
+
+class CrossAttention(nn.Module):
+    """Wan text cross-attention (`t2v_cross_attn`), or with `image=True` Wan I2V's
+    (`i2v_cross_attn`: extra k_img / v_img / norm_k_img for the CLIP image tokens)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, image: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.image = image
+        if image:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))
+
+    def kv(self, text: Tensor, image: Tensor | None) -> tuple[KV, ...]:
+        """text (B, Lt, dim), image (B, Li, dim) | None -> ((k, v) text[, (k, v) image])."""
+        out = [(self._heads(self.norm_k(self.k(text))), self._heads(self.v(text)))]
+        if self.image:
+            assert image is not None, "this cross-attention needs CLIP image tokens"
+            out.append(
+                (self._heads(self.norm_k_img(self.k_img(image))), self._heads(self.v_img(image)))
+            )
+        return tuple(out)
+
+    def forward(self, x: Tensor, kv: tuple[KV, ...]) -> Tensor:
+        """x (B, L, dim), kv from `kv()` -> (B, L, dim); image and text results are summed."""
+        q = self._heads(self.norm_q(self.q(x)))
+        out = sum(attend(q, k, v) for k, v in kv)
+        return self.o(out)
+
+
+class AudioCrossAttention(nn.Module):
+    """Per-latent-frame audio cross-attention, masked to the face, zero-initialised output.
+
+    q: dim -> inner, k/v: audio_dim -> inner, o: inner -> dim (zeros at init).
+    """
+
+    def __init__(
+        self, dim: int, audio_dim: int, inner: int, num_heads: int, qk_norm: bool, eps: float
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, inner)
+        self.k = nn.Linear(audio_dim, inner)
+        self.v = nn.Linear(audio_dim, inner)
+        self.o = nn.Linear(inner, dim)
+        self.norm_q = RMSNorm(inner, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(inner, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))
+
+    def kv(self, audio: Tensor) -> KV:
+        """audio tokens (B, T, N, audio_dim) -> k, v each (B * T, N, H, d)."""
+        assert audio.ndim == 4, f"audio tokens must be (B, T, N, D), got {tuple(audio.shape)}"
+        flat = audio.flatten(0, 1)
+        return self._heads(self.norm_k(self.k(flat))), self._heads(self.v(flat))
+
+    def forward(self, x: Tensor, kv: KV, gate: Tensor | None) -> Tensor:
+        """x (B, T, S, dim) -> (B, T, S, dim); frame j attends only to frame j's tokens.
+
+        gate: (B or 1, 1, S, 1) face weight per token (None = whole frame).
+        """
+        b, t, s, _ = x.shape
+        assert kv[0].shape[0] == b * t, f"audio for {kv[0].shape[0]} frames, x has {b}x{t}"
+        q = self._heads(self.norm_q(self.q(x.flatten(0, 1))))
+        out = self.o(attend(q, *kv)).unflatten(0, (b, t))
+        return out if gate is None else out * gate.to(out.dtype)

@@ -1,0 +1,200 @@
+"""Inference checkpoints: one safetensors file, config in the metadata (k-diffusion's
+`convert_for_inference.py` style), strict key/shape checks on load, and Wan2.1 key names.
+
+File: tensors of `TalkingModel.state_dict()` under the network prefixes (`vae.`, `dit.`,
+`audio_encoder.`, `audio_proj.`, `silence.`); metadata (all strings):
+    format = "tmrender", format_version = "1", config = ModelConfig JSON,
+    trained = "true" | "false", extra = JSON of `extra_meta`.
+Training checkpoints (model, ema, optimizer, step) are a different thing (tmrender/train).
+
+Wan2.1 original keys (wan/modules/model.py) -> ours: our DiT uses Wan's names, so the map
+is the identity plus the `dit.` prefix; `WAN_RENAMES` is kept (empty) as the place for
+any future renames. A Wan state dict leaves only the audio layers missing (by design).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from tmrender.config import ModelConfig
+from tmrender.errors import UserInputError
+from tmrender.models.talking import TalkingModel
+
+FORMAT = "tmrender"
+FORMAT_VERSION = "1"
+WAN_PREFIX = "dit."
+WAN_RENAMES: dict[str, str] = {}  # Wan2.1 key fragment -> ours; empty: names are Wan's
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint that cannot be used: not a tmrender file, or keys/shapes that do not
+    match its own config (one line, user-fixable: use another file)."""
+
+
+@dataclass(frozen=True)
+class KeyReport:
+    """Result of comparing expected with found tensors."""
+
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    mismatched: tuple[str, ...]  # "key: expected (..) found (..)"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 5) -> str:
+        parts = []
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("wrong shape", self.mismatched),
+        ):
+            if keys:
+                more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+        return "; ".join(parts) or "all keys match"
+
+
+def compare_keys(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> KeyReport:
+    """Compare {key: shape} maps strictly."""
+    return KeyReport(
+        missing=tuple(sorted(set(expected) - set(found))),
+        unexpected=tuple(sorted(set(found) - set(expected))),
+        mismatched=tuple(
+            f"{k}: expected {tuple(expected[k])} found {tuple(found[k])}"
+            for k in sorted(set(expected) & set(found))
+            if tuple(expected[k]) != tuple(found[k])
+        ),
+    )
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameters per top-level network (children) plus "total"; for a TalkingModel also
+    "dit.base" and "dit.audio" (the audio layers added to the DiT)."""
+    counts = {
+        name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()
+    }
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    dit = getattr(model, "dit", None)
+    if dit is not None:
+        audio = sum(
+            p.numel()
+            for n, p in dit.named_parameters()
+            if ".audio_cross_attn." in n or ".norm_audio." in n
+        )
+        counts["dit.audio"] = audio
+        counts["dit.base"] = counts["dit"] - audio
+    return counts
+
+
+def save_checkpoint(
+    model: TalkingModel, path: str | Path, trained: bool, extra_meta: dict[str, Any] | None = None
+) -> None:
+    """Write `model` to one safetensors file with its config in the metadata."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_json(),
+        "trained": "true" if trained else "false",
+        "extra": json.dumps(extra_meta or {}, sort_keys=True),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """-> {"config": ModelConfig, "trained": bool, "format_version": str, "extra": dict}.
+    Raises CheckpointError for anything that is not a tmrender checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a safetensors file ({err})") from err
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a tmrender checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta.get('format_version')}, "
+            f"this tmrender reads {FORMAT_VERSION}"
+        )
+    try:
+        config = ModelConfig.from_json(meta["config"])
+        extra = json.loads(meta.get("extra", "{}"))
+    except (KeyError, ValueError, TypeError, AssertionError) as err:
+        raise CheckpointError(f"{path}: unreadable model config in metadata ({err})") from err
+    return {
+        "config": config,
+        "trained": meta.get("trained") == "true",
+        "format_version": FORMAT_VERSION,
+        "extra": extra,
+    }
+
+
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[TalkingModel, dict[str, Any]]:
+    """Build the model from the file's config and load its tensors, strictly.
+
+    The model is created on the meta device (no init cost, no double memory) and its
+    tensors are assigned from the file; floating tensors are cast to `dtype`."""
+    meta = read_metadata(path)
+    with torch.device("meta"):
+        model = TalkingModel(meta["config"])
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        names = list(f.keys())  # noqa: SIM118 (safe_open is not iterable)
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+        report = compare_keys(expected, found)
+        if not report.ok:
+            raise CheckpointError(f"{path} does not match its own config: {report.describe()}")
+        state = {k: _cast(f.get_tensor(k), dtype) for k in names}
+    model.load_state_dict(state, strict=True, assign=True)
+    leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert not leftovers, f"tensors not in the checkpoint: {leftovers[:5]}"
+    return model.eval(), meta
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def map_wan_state_dict(wan_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Wan2.1 original DiT keys -> TalkingModel keys (`dit.` prefix + WAN_RENAMES)."""
+    out = {}
+    for key, value in wan_state.items():
+        for old, new in WAN_RENAMES.items():
+            key = key.replace(old, new)
+        out[WAN_PREFIX + key] = value
+    return out
+
+
+def load_wan_dit(model: TalkingModel, wan_state: dict[str, Tensor]) -> KeyReport:
+    """Load a Wan2.1 DiT state dict into `model.dit`; the audio layers are allowed to be
+    missing (they start at zero output), anything else missing/unexpected/mis-shaped
+    raises CheckpointError. Returns the report (its `missing` = the audio layers)."""
+    mapped = map_wan_state_dict(wan_state)
+    expected = {
+        k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(WAN_PREFIX)
+    }
+    report = compare_keys(expected, {k: tuple(v.shape) for k, v in mapped.items()})
+    real_missing = [
+        k for k in report.missing if ".audio_cross_attn." not in k and ".norm_audio." not in k
+    ]
+    if real_missing or report.unexpected or report.mismatched:
+        raise CheckpointError(f"Wan state dict does not fit this DiT: {report.describe()}")
+    model.load_state_dict(mapped, strict=False)
+    return report

@@ -1,0 +1,120 @@
+"""Model size presets, one registry (DiT's `DiT_models` style): `PRESETS[name]` is a
+`ModelConfig`; build with `TalkingModel(PRESETS[name])`.
+
+- `tm-mini`: the shipped CPU model, 128x128 at 25 fps, latent 16 x 16 x 16 (stride-8 VAE),
+  patch (1, 2, 2) -> 64 tokens per latent frame, a tiny wav2vec2 (narrow convolutions).
+  Sized so that the DiT share of a render (2 student steps + 1 cache refresh per chunk)
+  stays near 0.12 s of 2-core CPU time per second of audio.
+- `wan2.1-1.3b-audio`: the dimensions of Wan2.1 T2V-1.3B with Wan's I2V input channels
+  (in_dim 36 = 16 noise + 4 mask + 16 reference latent), no CLIP branch, + audio layers.
+- `wan2.1-14b-audio`: Wan2.1 I2V-14B (CLIP `img_emb`, 257 image tokens of width 1280,
+  k_img / v_img / norm_k_img in every block) + audio layers; about 1.2B audio parameters
+  (audio cross-attention in all 40 blocks + projection), ~17.6B for the DiT side as the
+  paper's "18B". Build it on `torch.device("meta")` unless you have the memory.
+
+Both Wan presets use wav2vec2-base dimensions for the audio encoder (all 12 layers) and
+the project's VAE (the Wan VAE is not part of tmrender).
+"""
+
+from __future__ import annotations
+
+from tmrender.config import (
+    AudioEncoderConfig,
+    AudioProjConfig,
+    DiTConfig,
+    ModelConfig,
+    SamplerConfig,
+    VAEConfig,
+)
+
+# Wan2.1 dimensions shared by both Wan presets (wan/configs/*.py, shared_config.py).
+_WAN_COMMON = dict(
+    patch_size=(1, 2, 2),
+    in_dim=36,
+    out_dim=16,
+    freq_dim=256,
+    text_len=512,
+    text_dim=4096,
+    qk_norm=True,
+    cross_attn_norm=True,
+    eps=1e-6,
+)
+_WAV2VEC2_BASE_LAYERS = 12
+_WAV2VEC2_BASE = AudioEncoderConfig(
+    hidden_size=768,
+    num_hidden_layers=_WAV2VEC2_BASE_LAYERS,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    conv_dim=(512,) * 7,
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    layers=tuple(range(1, _WAV2VEC2_BASE_LAYERS + 1)),
+)
+_WAN_SAMPLER = SamplerConfig(shift=5.0, teacher_steps=40, cfg_scale=4.5)
+
+TM_MINI = ModelConfig(
+    name="tm-mini",
+    height=128,
+    width=128,
+    chunk_latent_frames=2,
+    vae=VAEConfig(),
+    dit=DiTConfig(
+        dim=128,
+        ffn_dim=384,
+        freq_dim=64,
+        num_heads=2,
+        num_layers=4,
+        text_len=0,
+        audio_dim=64,
+        audio_attn_dim=64,
+        audio_num_heads=1,
+    ),
+    audio_encoder=AudioEncoderConfig(),
+    audio_proj=AudioProjConfig(window=2, tokens=8, hidden_dim=256),
+    sampler=SamplerConfig(shift=3.0, teacher_steps=24, cfg_scale=4.0),
+)
+
+WAN_1_3B_AUDIO = ModelConfig(
+    name="wan2.1-1.3b-audio",
+    height=512,
+    width=512,
+    chunk_latent_frames=3,
+    dit=DiTConfig(
+        **_WAN_COMMON,
+        dim=1536,
+        ffn_dim=8960,
+        num_heads=12,
+        num_layers=30,
+        audio_dim=768,
+        audio_attn_dim=768,
+        audio_num_heads=6,
+    ),
+    audio_encoder=_WAV2VEC2_BASE,
+    audio_proj=AudioProjConfig(window=2, tokens=32, hidden_dim=512),
+    sampler=_WAN_SAMPLER,
+)
+
+WAN_14B_AUDIO = ModelConfig(
+    name="wan2.1-14b-audio",
+    height=512,
+    width=512,
+    chunk_latent_frames=3,
+    dit=DiTConfig(
+        **_WAN_COMMON,
+        dim=5120,
+        ffn_dim=13824,
+        num_heads=40,
+        num_layers=40,
+        image_embedding=True,
+        image_tokens=257,
+        image_dim=1280,
+        audio_dim=1024,
+        audio_attn_dim=2048,
+        audio_num_heads=16,
+    ),
+    audio_encoder=_WAV2VEC2_BASE,
+    audio_proj=AudioProjConfig(window=2, tokens=32, hidden_dim=2048),
+    sampler=_WAN_SAMPLER,
+)
+
+PRESETS: dict[str, ModelConfig] = {c.name: c for c in (TM_MINI, WAN_1_3B_AUDIO, WAN_14B_AUDIO)}

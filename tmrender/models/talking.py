@@ -1,0 +1,41 @@
+"""The bundle of networks of one model: `TalkingModel(ModelConfig)`.
+
+Holds `vae` (CausalVAE), `dit` (WanDiT), `audio_encoder` (Wav2Vec2), `audio_proj` and
+`silence`; their state-dict prefixes are the checkpoint's (`vae.`, `dit.`, ...). The
+renderer drives the parts directly (see `tmrender.models.dit` for the streaming API);
+`audio_tokens` is the one convenience that joins the audio parts:
+
+    feats = model.audio_encoder(wav)                                  # (B, F, L, D)
+    wins = audio_windows(feats, cfg.audio_proj.window, cfg.frames_per_latent)
+    tokens = model.audio_tokens(wins[:, j:j + C], speaking)           # (B, C, N, audio_dim)
+    v = model.dit.forward_chunk(x_t, t, tokens, state)
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from tmrender.config import ModelConfig
+from tmrender.models.audio import AudioEncoder, AudioProjection, SilenceEmbedding
+from tmrender.models.dit import WanDiT
+from tmrender.models.vae import CausalVAE
+
+
+class TalkingModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vae = CausalVAE(cfg.vae)
+        self.dit = WanDiT(cfg.dit, cfg.chunk_latent_frames)
+        self.audio_encoder = AudioEncoder(cfg.audio_encoder, cfg.samples_per_frame)
+        self.audio_proj = AudioProjection(
+            cfg.audio_proj, cfg.audio_window_frames, cfg.audio_feature_dim, cfg.dit.audio_dim
+        )
+        self.silence = SilenceEmbedding(cfg.audio_proj.tokens, cfg.dit.audio_dim)
+
+    def audio_tokens(self, windows: Tensor, speaking: Tensor | None = None) -> Tensor:
+        """windows (B, T, W, L, D) from `audio_windows` -> tokens (B, T, N, audio_dim);
+        `speaking` (B,) or (B, T) bool puts the silence embedding where False. For a chunk
+        that is silent throughout, `silence.expand(B, T)` skips the projection."""
+        tokens = self.audio_proj(windows)
+        return tokens if speaking is None else self.silence.mix(tokens, speaking)

@@ -1,0 +1,281 @@
+"""Causal video autoencoder, stride (4, 8, 8), with a streaming decoder (DESIGN.md issue 4).
+
+TAEHV-like (madebyollin/taehv) and light enough for the tm-mini CPU budget: mostly 2-D
+convolutions, few channels at high resolution, causal time mixing by residual "memory"
+blocks (each sees its last `temporal_kernel - 1` input frames), time pooling / expansion by
+channel <-> time reshapes at the latent resolution, and pixel (un)shuffle at the image end.
+Wan convention: the first frame is encoded alone, then groups of `temporal_stride` frames:
+`1 + 4k` frames <-> `1 + k` latent frames.
+
+Layout: video and latents are `B, C, T, H, W` everywhere; video is in [-1, 1].
+
+Streaming: `frames, state = vae.decode_step(latents, state)` with `state = None` (or
+`vae.init_decode_state(...)`) at the start of a stream; the state is a `DecodeState` holding,
+for each causal block, only its last `temporal_kernel - 1` input frames, so its size does not
+depend on the length of the stream (cf. Wan's `feat_cache`, Self-Forcing's explicit caches).
+`StreamingDecoder` wraps that in `reset / decode / flush` for the renderer.
+
+Training (a later issue): `encode_dist` gives a diagonal Gaussian posterior (mean, logvar);
+train with L1 + LPIPS-style perceptual reconstruction loss plus a small KL weight (~1e-6),
+optionally distilling a larger teacher decoder; this module holds no loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tmrender.config import VAEConfig
+from tmrender.models.vae_layers import (
+    CausalMemBlock,
+    TimeExpand,
+    TimePool,
+    Upsample2x,
+    conv3x3,
+    frames_to_video,
+    video_to_frames,
+)
+
+LOGVAR_RANGE = (-30.0, 20.0)  # clamp of the posterior log-variance (numerical safety)
+
+
+@dataclass(frozen=True)
+class DecodeState:
+    """Causal state of a decode stream, passed in and out of `CausalVAE.decode_step`.
+
+    started: False until the stream's first latent frame (which yields 1 frame, later
+        latents yield `temporal_stride` frames) has been decoded.
+    memory: one tensor per causal block of the decoder (in `CausalVAE.decoder_blocks()`
+        order), its last `temporal_kernel - 1` input frames, `B, C_l, P, H_l, W_l`
+        (zeros at the start of a stream). Constant size: nothing grows with the stream.
+    """
+
+    started: bool
+    memory: tuple[Tensor, ...]
+
+    def numel(self) -> int:
+        """Total number of elements held (the same after 5 or 5000 steps)."""
+        return sum(m.numel() for m in self.memory)
+
+
+class CausalVAE(nn.Module):
+    """Causal video autoencoder. Video `B, 3, 1 + 4k, H, W` in [-1, 1] <-> latents
+    `B, latent_channels, 1 + k, H / 8, W / 8` (for the default strides)."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.enc_pixel = cfg.spatial_stride // 2 ** (len(cfg.enc_channels) - 1)
+        self.dec_pixel = cfg.spatial_stride // 2 ** (len(cfg.dec_channels) - 1)
+        self.enc_in = conv3x3(cfg.image_channels * self.enc_pixel**2, cfg.enc_channels[0])
+        self.enc_layers = nn.ModuleList(_encoder_layers(cfg))
+        self.enc_out = conv3x3(cfg.enc_channels[-1], 2 * cfg.latent_channels)
+        self.dec_in = conv3x3(cfg.latent_channels, cfg.dec_channels[0])
+        layers, scales = _decoder_layers(cfg)
+        self.dec_layers = nn.ModuleList(layers)
+        self._dec_scales = scales  # input size of each decoder layer, in latent pixels
+        self.dec_out = conv3x3(cfg.dec_channels[-1], cfg.image_channels * self.dec_pixel**2)
+        self.to(memory_format=torch.channels_last)
+
+    # ---- shapes -------------------------------------------------------------------------
+
+    def latent_frames(self, frames: int) -> int:
+        """Number of latent frames for `frames = 1 + 4k` video frames: `1 + k`."""
+        st = self.cfg.temporal_stride
+        assert frames >= 1 and (frames - 1) % st == 0, (
+            f"video must have 1 + {st}k frames, got {frames}"
+        )
+        return 1 + (frames - 1) // st
+
+    def video_frames(self, latents: int) -> int:
+        """Number of video frames decoded from `latents = 1 + k` latent frames: `1 + 4k`."""
+        assert latents >= 1, f"need at least one latent frame, got {latents}"
+        return 1 + (latents - 1) * self.cfg.temporal_stride
+
+    def _check_video(self, video: Tensor) -> None:
+        cfg = self.cfg
+        assert video.ndim == 5 and video.shape[1] == cfg.image_channels, (
+            f"video must be B, {cfg.image_channels}, T, H, W, got {tuple(video.shape)}"
+        )
+        self.latent_frames(video.shape[2])
+        h, w = video.shape[3:]
+        ss = cfg.spatial_stride
+        assert h % ss == 0 and w % ss == 0, f"H, W must be multiples of {ss}, got {h}x{w}"
+
+    def _check_latent(self, latent: Tensor) -> None:
+        c = self.cfg.latent_channels
+        assert latent.ndim == 5 and latent.shape[1] == c, (
+            f"latents must be B, {c}, T, h, w, got {tuple(latent.shape)}"
+        )
+
+    # ---- encoder ------------------------------------------------------------------------
+
+    def encode_dist(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior of the latents. video: `B, 3, 1 + 4k, H, W` in [-1, 1] ->
+        (mean, logvar), each `B, latent_channels, 1 + k, H / 8, W / 8`."""
+        self._check_video(video)
+        b = video.shape[0]
+        x = F.relu_(self.enc_in(video_to_frames(video, self.enc_pixel)))
+        for layer in self.enc_layers:
+            if isinstance(layer, CausalMemBlock):
+                x = self._run_fresh(layer, x, b)
+            elif isinstance(layer, TimePool):
+                x = F.relu_(layer(x, b))
+            else:
+                x = F.relu_(layer(x))
+        mean, logvar = frames_to_video(self.enc_out(x), b).chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def encode(self, video: Tensor) -> Tensor:
+        """Posterior mean. video: `B, 3, 1 + 4k, H, W` in [-1, 1] -> latents
+        `B, latent_channels, 1 + k, H / 8, W / 8`. Latent `j` depends on frames `<= 4j` only."""
+        return self.encode_dist(video)[0]
+
+    @staticmethod
+    def _run_fresh(block: CausalMemBlock, x: Tensor, batch: int) -> Tensor:
+        """A causal block over a whole clip from a zero past. x: `B * T, C, H, W`."""
+        h, w = x.shape[2:]
+        past = x.new_zeros(batch, block.channels, block.past_frames, h, w)
+        return block(x, batch, past)[0]
+
+    # ---- decoder ------------------------------------------------------------------------
+
+    def decoder_blocks(self) -> list[CausalMemBlock]:
+        """The decoder's causal blocks, in the order of `DecodeState.memory`."""
+        return [layer for layer in self.dec_layers if isinstance(layer, CausalMemBlock)]
+
+    def init_decode_state(
+        self,
+        batch: int,
+        latent_height: int,
+        latent_width: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> DecodeState:
+        """Fresh stream state for latents `batch, C, t, latent_height, latent_width`: zeros,
+        one `batch, C_l, temporal_kernel - 1, H_l, W_l` tensor per causal decoder block."""
+        memory = []
+        for layer, scale in zip(self.dec_layers, self._dec_scales, strict=True):
+            if isinstance(layer, CausalMemBlock):
+                size = (batch, layer.channels, layer.past_frames)
+                hw = (latent_height * scale, latent_width * scale)
+                memory.append(torch.zeros(*size, *hw, device=device, dtype=dtype))
+        return DecodeState(started=False, memory=tuple(memory))
+
+    def decode_step(
+        self, latent: Tensor, state: DecodeState | None = None
+    ) -> tuple[Tensor, DecodeState]:
+        """Decode the next latent frames of a stream.
+
+        latent: `B, latent_channels, t, h, w` (any `t >= 0`); state: from the previous call,
+        or None / `init_decode_state(...)` at the start of a stream.
+        Returns frames `B, 3, n, 8h, 8w` (unclamped, ~[-1, 1]) with `n = 4t`, or `4t - 3`
+        on the stream's first call, and the new state. Frame `i` never depends on a later
+        latent, so any chunking of a clip gives the same frames as `decode`.
+        """
+        self._check_latent(latent)
+        b, _, t, h, w = latent.shape
+        if state is None:
+            state = self.init_decode_state(b, h, w, device=latent.device, dtype=latent.dtype)
+        blocks = self.decoder_blocks()
+        assert len(state.memory) == len(blocks), "state does not belong to this decoder"
+        if t == 0:
+            out_hw = (h * self.cfg.spatial_stride, w * self.cfg.spatial_stride)
+            return latent.new_zeros(b, self.cfg.image_channels, 0, *out_hw), state
+        memory = iter(state.memory)
+        new_memory = []
+        x = F.relu_(self.dec_in(video_to_frames(latent)))
+        for layer in self.dec_layers:
+            if isinstance(layer, CausalMemBlock):
+                x, past = layer(x, b, next(memory))
+                new_memory.append(past)
+            elif isinstance(layer, TimeExpand):
+                x = F.relu_(layer(x, b, drop_first=not state.started))
+            else:
+                x = F.relu_(layer(x))
+        frames = frames_to_video(self.dec_out(x), b, self.dec_pixel)
+        return frames, DecodeState(started=True, memory=tuple(new_memory))
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """Whole clip. latent: `B, latent_channels, 1 + k, h, w` -> video
+        `B, 3, 1 + 4k, 8h, 8w` (unclamped, ~[-1, 1])."""
+        self._check_latent(latent)
+        assert latent.shape[2] >= 1, "need at least one latent frame"
+        return self.decode_step(latent, None)[0]
+
+    def forward(self, video: Tensor) -> Tensor:
+        """Reconstruction through the posterior mean. video -> video, both `B, 3, T, H, W`."""
+        return self.decode(self.encode(video))
+
+
+def _encoder_layers(cfg: VAEConfig) -> list[nn.Module]:
+    """Encoder after `enc_in`, fine -> coarse: per level its causal blocks then a stride-2
+    conv to the next level; at the coarsest level the time pooling and the latent blocks."""
+    past, enc = cfg.temporal_kernel - 1, cfg.enc_channels
+    layers: list[nn.Module] = []
+    for i, (width, blocks) in enumerate(zip(enc, cfg.enc_blocks, strict=True)):
+        layers += [CausalMemBlock(width, past) for _ in range(blocks)]
+        if i + 1 < len(enc):
+            layers.append(conv3x3(width, enc[i + 1], stride=2))
+    layers.append(TimePool(enc[-1], cfg.temporal_stride))
+    layers += [CausalMemBlock(enc[-1], past) for _ in range(cfg.enc_latent_blocks)]
+    return layers
+
+
+def _decoder_layers(cfg: VAEConfig) -> tuple[list[nn.Module], tuple[int, ...]]:
+    """Decoder after `dec_in`, coarse -> fine: latent blocks, then per level its x2 upsample
+    (level > 0), the time expansion (level `dec_expand_level`) and its causal blocks.
+    Also returns each layer's input size as a multiple of the latent size."""
+    past, dec = cfg.temporal_kernel - 1, cfg.dec_channels
+    layers: list[nn.Module] = [CausalMemBlock(dec[0], past) for _ in range(cfg.dec_latent_blocks)]
+    scales = [1] * len(layers)
+    for i, (width, blocks) in enumerate(zip(dec, cfg.dec_blocks, strict=True)):
+        if i > 0:
+            layers.append(Upsample2x(dec[i - 1], width))
+            scales.append(2 ** (i - 1))
+        if i == cfg.dec_expand_level:
+            layers.append(TimeExpand(width, cfg.temporal_stride))
+            scales.append(2**i)
+        layers += [CausalMemBlock(width, past) for _ in range(blocks)]
+        scales += [2**i] * blocks
+    return layers, tuple(scales)
+
+
+class StreamingDecoder:
+    """Stateful wrapper for the renderer (cf. taehv's `StreamingTAEHV`).
+
+    `reset()` starts a stream; `decode(latents B, C, t, h, w)` returns the frames those
+    latents complete, `B, 3, n, H, W` clamped to [-1, 1] (1 frame for the stream's first
+    latent, then 4 per latent), at once: the decoder has no look-ahead. `flush()` ends the
+    stream and returns the frames still held back, which is always none (`B, 3, 0, H, W`,
+    or None when nothing was decoded), then resets. Runs under `torch.no_grad`, so no
+    autograd graph grows with the stream.
+    """
+
+    def __init__(self, vae: CausalVAE, clamp: bool = True) -> None:
+        self.vae = vae
+        self.clamp = clamp
+        self.state: DecodeState | None = None
+        self._empty: Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget the stream; the next `decode` starts a new one."""
+        self.state = None
+        self._empty = None
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """latent `B, C, t, h, w` -> frames `B, 3, n, 8h, 8w` (see class docstring)."""
+        with torch.no_grad():
+            frames, self.state = self.vae.decode_step(latent, self.state)
+        self._empty = frames[:, :, :0]
+        return frames.clamp_(-1.0, 1.0) if self.clamp else frames
+
+    def flush(self) -> Tensor | None:
+        """End the stream: no frames are held back (`B, 3, 0, H, W`, None if unused)."""
+        empty = self._empty
+        self.reset()
+        return empty
