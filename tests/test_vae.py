@@ -118,6 +118,20 @@ def test_streaming_equals_whole_clip(chunks: list[int]) -> None:
     assert (streamed - whole).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_streaming_other_temporal_kernels(kernel: int) -> None:
+    vae = _vae(dataclasses.replace(TINY, temporal_kernel=kernel))
+    lat = _latents(5)
+    with torch.no_grad():
+        whole = vae.decode(lat)
+        state, parts = None, []
+        for a, b in [(0, 1), (1, 2), (2, 4), (4, 5)]:
+            frames, state = vae.decode_step(lat[:, :, a:b], state)
+            parts.append(frames)
+    assert all(m.shape[2] == kernel - 1 for m in state.memory)
+    torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=1e-5, rtol=0)
+
+
 def test_streaming_decoder_wrapper() -> None:
     vae = _vae()
     lat = _latents(5)

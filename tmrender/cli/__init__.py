@@ -8,9 +8,10 @@ Exit codes: 0 success, 1 internal error, 2 bad input or usage, 3 some batch rows
 import sys
 
 import click
+import typer
 
 # Importing a command module registers its command on `app`.
-from tmrender.cli import avatar, bench, synth  # noqa: F401
+from tmrender.cli import avatar, bench, eval, generate, info, init, synth, train  # noqa: F401
 from tmrender.cli.app import State, app, console
 from tmrender.errors import UserInputError
 
@@ -19,36 +20,50 @@ EXIT_USER = 2
 EXIT_INTERRUPTED = 130
 
 
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """Click's usage errors, and those of the click copy that typer >= 0.29 vendors."""
+    types: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+    except ImportError:  # older typer uses click itself
+        pass
+    else:
+        types.append(VendoredClickException)
+    return tuple(types)
+
+
+USAGE_ERRORS = _usage_error_types()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `tmrender` script; never lets a traceback through without --debug."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    State.debug = debug = "--debug" in args
     command = typer_command()
     try:
         code = command.main(args=args, prog_name="tmrender", standalone_mode=False)
-    except click.ClickException as err:  # usage errors: typer/click print them themselves
+    except USAGE_ERRORS as err:  # bad options or commands: click's own message and code
         err.show()
         code = err.exit_code
-    except click.exceptions.Abort:
-        console.print("interrupted", highlight=False)
-        code = EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        console.print("interrupted: nothing was written", highlight=False)
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         code = EXIT_INTERRUPTED
     except UserInputError as err:
-        if debug or State.debug:
+        if debug:
             console.print_exception()
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         code = EXIT_USER
     except Exception as err:  # noqa: BLE001 - the last line of defence
-        if debug or State.debug:
+        if debug:
             console.print_exception()
         console.print(
             f"[red]internal error:[/red] {type(err).__name__}: {err} "
             "(run again with --debug for the traceback)",
             highlight=False,
+            soft_wrap=True,
         )
         code = EXIT_INTERNAL
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130) itself
+        console.print("interrupted: nothing was written", highlight=False, soft_wrap=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

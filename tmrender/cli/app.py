@@ -47,4 +47,4 @@ def root(
 
 def warn(message: str) -> None:
     """Print one warning line on stderr."""
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

@@ -3,42 +3,64 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tmrender.cli.app import app, console, stdout
+from tmrender.cli.app import app, stdout
+from tmrender.cli.options import DeviceOpt, JsonOpt, ModelOpt
 
-SUITES = ("decode", "write")
+SUITES = ("render", "decode", "write")
 
 
 @app.command(
     epilog=(
         "Examples:\n\n"
-        "  tmrender bench --suite decode --seconds 3600\n\n"
-        "  tmrender bench --suite write --seconds 60 --seconds 600 --json"
+        "  tmrender bench --preset tm-mini -s 60 -s 600     (untrained weights, speed only)\n\n"
+        "  tmrender bench --model tm-mini -s 60 --json\n\n"
+        "  tmrender bench --suite decode -s 3600            (streaming decode of a 60-min MP3)\n\n"
+        "  tmrender bench --suite write -s 60 -s 600        (the video writer alone)"
     )
 )
 def bench(
-    suite: Annotated[str, typer.Option(help=f"What to measure: {', '.join(SUITES)}.")] = "decode",
+    suite: Annotated[str, typer.Option(help=f"What to measure: {', '.join(SUITES)}.")] = "render",
+    model: ModelOpt = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="render: bench a preset with random weights."),
+    ] = None,
     seconds: Annotated[
         list[float] | None,
         typer.Option("--seconds", "-s", help="Audio length(s) to measure; repeat for a table."),
     ] = None,
+    device: DeviceOpt = "auto",
     audio: Annotated[
         Path | None, typer.Option(help="decode: measure this file instead of generated MP3s.")
     ] = None,
     size: Annotated[int, typer.Option(help="write: frame size in pixels.")] = 128,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Measure speed and peak memory; each case runs in a fresh process."""
     from tmrender.errors import UserInputError
-    from tmrender.eval import bench_io
+    from tmrender.eval import bench_io, bench_render
 
     lengths = seconds or [60.0]
-    if suite == "decode":
+    if suite == "render":
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = model
+            if preset is not None:
+                from tmrender.models.init import init_checkpoint
+
+                spec = str(Path(tmp) / f"{preset}.safetensors")
+                init_checkpoint(preset, spec)
+            from tmrender.render.weights import resolve_device, resolve_model_path
+
+            spec = str(resolve_model_path(spec))
+            rows = bench_render.bench_render(spec, lengths, str(resolve_device(device)))
+    elif suite == "decode":
         rows = bench_io.bench_decode(lengths, audio)
     elif suite == "write":
         rows = bench_io.bench_write(lengths, size)
@@ -48,13 +70,14 @@ def bench(
 
 
 def print_rows(rows: list[dict], as_json: bool, title: str) -> None:
-    """Print benchmark rows as JSON (stdout) or as a table."""
+    """Print benchmark rows as JSON (stdout) or as a table, one column per row."""
     if as_json:
         stdout.print_json(json.dumps(rows))
         return
     table = Table(title=title)
+    table.add_column("figure")
+    for i in range(len(rows)):
+        table.add_column(f"run {i + 1}", justify="right")
     for key in rows[0]:
-        table.add_column(key, justify="right")
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    console.print(table)
+        table.add_row(key, *(str(row.get(key, "")) for row in rows))
+    stdout.print(table)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.eval.peak import peak_rss_mb, run_case
-from tmrender.render.audio import AudioStream
+from tmrender.render.audio import AudioStream, open_audio
 from tmrender.render.ffmpeg import run_ffmpeg
 from tmrender.render.video import VideoWriter
 
@@ -96,6 +96,7 @@ def _moving_frames(size: int, count: int) -> np.ndarray:
 def bench_decode(seconds_list: list[float], audio: Path | None) -> list[dict]:
     """Decode a given file, or generated MP3s of each length, each in a fresh process."""
     if audio is not None:
+        open_audio(audio)  # a bad file is the user's error, reported before the child starts
         return [run_case(__name__, "decode", str(audio))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

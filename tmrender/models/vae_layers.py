@@ -89,13 +89,14 @@ class CausalMemBlock(nn.Module):
             f"past H, W {tuple(past.shape[3:])} != frame H, W {tuple(x.shape[2:])}"
         )
         cur = _to_nhwc5(x, batch)  # B, T, H, W, C
+        if p == 0:
+            return F.relu_(x + self.conv2(F.relu_(self.conv1(x)))), past
         t = cur.shape[1]
         full = torch.cat([past.permute(0, 2, 3, 4, 1).to(cur.dtype), cur], dim=1)  # B, P+T, ...
         shifted = [cur] + [full[:, p - j : p - j + t] for j in range(1, p + 1)]
-        stacked = torch.cat(shifted, dim=-1) if p > 0 else cur
-        y = self.conv2(F.relu_(self.conv1(_from_nhwc5(stacked))))
-        new_past = full[:, full.shape[1] - p :].permute(0, 4, 1, 2, 3)
-        return F.relu_(x + y), new_past.clone(memory_format=torch.contiguous_format)
+        y = self.conv2(F.relu_(self.conv1(_from_nhwc5(torch.cat(shifted, dim=-1)))))
+        new_past = full[:, t:].permute(0, 4, 1, 2, 3).clone(memory_format=torch.contiguous_format)
+        return F.relu_(x + y), new_past
 
 
 class TimePool(nn.Module):
@@ -103,8 +104,8 @@ class TimePool(nn.Module):
 
     The clip `1 + s*k` frames long is front-padded with `s - 1` copies of its first frame, cut
     into `1 + k` groups of `s` consecutive frames whose channels are concatenated, and mixed
-    by a 1x1 convolution. Group `j` holds frames `s*j - s + 1 .. s*j`, so it never sees a
-    later frame.
+    by a 1x1 convolution. Group 0 is frame 0 alone, group `j > 0` holds frames
+    `s*j - s + 1 .. s*j`: no group sees a later frame.
     """
 
     def __init__(self, channels: int, stride: int) -> None:
@@ -144,7 +145,7 @@ class TimeExpand(nn.Module):
         frames = v.reshape(b, t, h, w, s, c).permute(0, 1, 4, 2, 3, 5).reshape(b, t * s, h, w, c)
         if drop_first:
             frames = frames[:, s - 1 :]
-        return _from_nhwc5(frames.contiguous())
+        return _from_nhwc5(frames)
 
 
 class Upsample2x(nn.Module):

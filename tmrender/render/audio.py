@@ -36,10 +36,7 @@ class AudioInfo:
 def open_audio(path: Path | str) -> AudioInfo:
     """Check that `path` exists and has an audio stream; raise one clear UserInputError if not."""
     path = Path(path)
-    try:
-        info = probe(path)
-    except UserInputError as err:
-        raise type(err)(str(err).replace("media file", "audio file", 1)) from err
+    info = probe(path, what="audio file")
     if not info.audio:
         raise MediaError(f"{path} has no audio stream")
     stream = info.audio[0]

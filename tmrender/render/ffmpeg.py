@@ -81,6 +81,9 @@ class MediaInfo:
         return [s for s in self.streams if s.kind == "video" and not s.attached_picture]
 
 
+TEXT_FORMATS = frozenset({"tty"})  # demuxers that read plain text, never real media
+
+_INPUT_FORMAT = re.compile(r"Input #0, ([\w,]+), from")
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _STREAM = re.compile(r"Stream #\d+:(\d+)[^:]*: (Audio|Video): (\w+)(.*)")
 
@@ -100,13 +103,19 @@ def check_readable_file(path: Path, what: str) -> Path:
     return path
 
 
-def probe(path: Path) -> MediaInfo:
-    """Describe a media file with `ffmpeg -i`; MediaError if ffmpeg cannot read it."""
-    path = check_readable_file(path, "media file")
+def probe(path: Path, what: str = "media file") -> MediaInfo:
+    """Describe a media file with `ffmpeg -i`; MediaError if ffmpeg cannot read it.
+
+    `what` names the file in the not-found / unreadable messages (e.g. "audio file").
+    """
+    path = check_readable_file(path, what)
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
     stderr = subprocess.run(cmd, capture_output=True, text=True, errors="replace").stderr
     if "Input #0" not in stderr:
         raise MediaError(f"{path} is not a media file ffmpeg can read: {last_error_line(stderr)}")
+    if (match := _INPUT_FORMAT.search(stderr)) and match.group(1) in TEXT_FORMATS:
+        # ffmpeg's `tty` demuxer renders any .txt/.nfo/.asc file as ANSI-art video.
+        raise MediaError(f"{path} is not a media file ffmpeg can read: it is a text file")
     duration = None
     if match := _DURATION.search(stderr):
         hours, minutes, seconds = match.groups()

@@ -29,6 +29,8 @@ def check_writable_output(path: Path | str) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserInputError(f"output is a folder, not a file: {path}")
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"output folder is a file, not a folder: {folder}")
     if not folder.is_dir():
         raise UserInputError(f"output folder does not exist: {folder}")
     try:
@@ -116,12 +118,12 @@ class VideoWriter:
         """Finish encoding, mux the audio, move the file into place; returns the final path."""
         with contextlib.suppress(BrokenPipeError):
             self._proc.stdin.close()
-        if self._proc.wait() != 0:
-            raise MediaError(f"video encoding failed: {self._ffmpeg_reason()}")
-        if self.frames_written == 0:
-            raise MediaError("no frames were written")
         partial = temporary_sibling(self.path, "partial")
         try:
+            if self._proc.wait() != 0:
+                raise MediaError(f"video encoding failed: {self._ffmpeg_reason()}")
+            if self.frames_written == 0:
+                raise MediaError("no frames were written")
             if self.audio is None:
                 os.replace(self._video_tmp, partial)
             else:

@@ -1,0 +1,113 @@
+"""Shared fixtures: small media files made with the bundled ffmpeg and Pillow.
+
+Files that several tests only read are session-scoped and live in one temporary folder;
+tests that write files use their own `tmp_path`. Add new fixtures under a section heading.
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tmrender.render.audio import SAMPLE_RATE, write_wav
+from tmrender.render.ffmpeg import run_ffmpeg
+
+TONE_HZ = 440
+TONE_AMPLITUDE = 0.125  # lavfi `sine` plays at 1/8 of full scale
+
+
+# --- Media files (bundled ffmpeg) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """One folder for the session-scoped media files below."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def make_tone(media_dir) -> Callable[..., Path]:
+    """Factory: `make_tone(name, *encode_args, seconds=1.5, rate=44100, channels=1)` writes a
+    440 Hz sine of `seconds` seconds at `rate` Hz to `media_dir/name` (once per session)."""
+
+    def make(
+        name: str, *encode_args: str, seconds: float = 1.5, rate: int = 44_100, channels: int = 1
+    ) -> Path:
+        path = media_dir / name
+        if not path.exists():
+            source = f"sine=frequency={TONE_HZ}:sample_rate={rate}:duration={seconds}"
+            run_ffmpeg(
+                ["-f", "lavfi", "-i", source, "-ac", str(channels), *encode_args, "-y", str(path)],
+                what=f"cannot make test tone {name}",
+            )
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def video_with_audio(media_dir) -> Path:
+    """1.5 s MP4: 64x64 H.264 test pattern at 25 fps with a 440 Hz AAC track at 44.1 kHz."""
+    path = media_dir / "with-audio.mp4"
+    # fmt: off
+    run_ffmpeg(
+        [
+            "-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=1.5",
+            "-f", "lavfi", "-i", f"sine=frequency={TONE_HZ}:sample_rate=44100:duration=1.5",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+            "-y", str(path),
+        ],
+        what="cannot make the test video",
+    )
+    # fmt: on
+    return path
+
+
+@pytest.fixture(scope="session")
+def video_without_audio(media_dir) -> Path:
+    """1 s MP4 with an H.264 video stream and no audio stream."""
+    path = media_dir / "no-audio.mp4"
+    # fmt: off
+    run_ffmpeg(
+        [
+            "-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=1",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-y", str(path),
+        ],
+        what="cannot make the silent test video",
+    )
+    # fmt: on
+    return path
+
+
+# --- Special inputs ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def text_file(media_dir) -> Path:
+    """A plain text file, for tests that hand it over as media."""
+    path = media_dir / "notes.txt"
+    path.write_text("these are notes, not audio\n" * 20)
+    return path
+
+
+@pytest.fixture(scope="session")
+def empty_wav(media_dir) -> Path:
+    """A valid 16-bit WAV header with no samples at all."""
+    path = media_dir / "empty.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def silent_wav(media_dir) -> Path:
+    """One second of digital silence at 16 kHz."""
+    path = media_dir / "silent.wav"
+    write_wav(path, np.zeros(SAMPLE_RATE, np.float32))
+    return path

@@ -1,0 +1,114 @@
+"""`tmrender init`, `info` and `generate` through the command line, in-process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tmrender.cli import main
+from tmrender.render.audio import write_wav
+from tmrender.render.ffmpeg import count_video_frames
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "mini.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["init", "--preset", "tm-mini", "-o", str(path)])
+    assert exit_info.value.code == 0
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    image = tmp_path / "face.png"
+    Image.fromarray(np.full((300, 200, 4), 90, np.uint8), "RGBA").save(image)
+    audio = tmp_path / "speech.wav"
+    t = np.arange(16_000) / 16_000
+    write_wav(audio, 0.3 * np.sin(2 * np.pi * 200 * t))
+    return image, audio
+
+
+def test_generate_writes_next_to_the_audio_and_warns_untrained(capsys, checkpoint, inputs):
+    image, audio = inputs
+    code, _, err = run(
+        capsys, "generate", "-i", str(image), "-a", str(audio), "-m", str(checkpoint)
+    )
+    assert code == 0, err
+    assert "untrained" in err and "wrote" in err
+    assert count_video_frames(audio.with_suffix(".mp4")) == 25
+
+
+def test_generate_without_installed_model_says_so(capsys, inputs, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMRENDER_WEIGHTS", str(tmp_path / "no-weights"))
+    image, audio = inputs
+    code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio))
+    assert code == 2
+    assert "no trained model is installed" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def text_file(folder):
+    path = folder / "notes.txt"
+    path.write_text("this is not media\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i, a, t: ("-i", str(t / "missing.png")), "not found"),
+        (lambda i, a, t: ("-a", str(i)), "has no audio stream"),
+        (lambda i, a, t: ("-a", str(text_file(t))), "not a media file"),
+        (lambda i, a, t: ("-i", str(text_file(t))), "not an image"),
+        (lambda i, a, t: ("-o", str(t / "no" / "dir" / "x.mp4")), "does not exist"),
+        (lambda i, a, t: ("--mode", "shouting"), "--mode"),
+        (lambda i, a, t: ("--crop", "1,2,3"), "--crop"),
+        (lambda i, a, t: ("--crf", "80"), "--crf"),
+        (lambda i, a, t: ("-m", "nonexistent-model"), "unknown model"),
+    ],
+)
+def test_generate_bad_input_is_one_line(capsys, checkpoint, inputs, tmp_path, change, message):
+    image, audio = inputs
+    args = {"-i": str(image), "-a": str(audio), "-m": str(checkpoint)}
+    key, value = change(image, audio, tmp_path)
+    args[key] = value
+    flat = [x for pair in args.items() for x in pair]
+    code, _, err = run(capsys, "generate", *flat)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("*.mp4")) and not list(tmp_path.rglob(".*"))
+
+
+def test_info_describes_checkpoint(capsys, checkpoint):
+    code, out, _ = run(capsys, "info", str(checkpoint), "--json")
+    assert code == 0
+    facts = json.loads(out)
+    assert facts["trained"] is False and facts["name"] == "tm-mini"
+    assert len(facts["sha256"]) == 64 and facts["dtype"] == "F32"
+    params = facts["parameters"]
+    assert params["total"] == sum(
+        params[k] for k in ("vae", "dit", "audio_encoder", "audio_proj", "silence")
+    )
+
+
+def test_info_preset_counts_without_weights(capsys):
+    code, out, _ = run(capsys, "info", "--preset", "wan2.1-1.3b-audio", "--json")
+    assert code == 0
+    assert json.loads(out)["parameters"]["dit.base"] == 1_419_119_680
+
+
+def test_init_rejects_unknown_preset(capsys, tmp_path):
+    code, _, err = run(capsys, "init", "--preset", "huge", "-o", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "unknown preset" in err

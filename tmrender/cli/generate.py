@@ -1,0 +1,123 @@
+"""`tmrender generate`: one portrait + one audio file -> a lip-synced MP4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tmrender.cli.app import app, console, warn
+from tmrender.cli.options import (
+    MODES,
+    CrfOpt,
+    CropOpt,
+    DeviceOpt,
+    ModelOpt,
+    ModeOpt,
+    OutputOpt,
+    SeedOpt,
+)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  tmrender generate --image face.png --audio speech.wav\n\n"
+        "  tmrender generate -i photo.jpg -a talk.mp3 -o talk.mp4 --crop 200,80,600,600\n\n"
+        "  tmrender generate --image face.png --audio pause.wav --mode silence --seed 7"
+    )
+)
+def generate(
+    image: Annotated[Path, typer.Option("--image", "-i", help="Portrait: PNG, JPEG, WebP, BMP.")],
+    audio: Annotated[
+        Path, typer.Option("--audio", "-a", help="Any audio ffmpeg reads, or a video's track.")
+    ],
+    output: OutputOpt = None,
+    model: ModelOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    mode: ModeOpt = "auto",
+    crop: CropOpt = None,
+    crf: CrfOpt = 18,
+) -> None:
+    """Render a talking-head video; by default written next to the audio as <stem>.mp4."""
+    from tmrender.errors import UserInputError
+    from tmrender.render.audio import open_audio
+    from tmrender.render.image import CropBox, open_rgb
+    from tmrender.render.pipeline import RenderOptions, render_video
+    from tmrender.render.video import check_writable_output
+    from tmrender.render.weights import load_model
+
+    if mode not in MODES:
+        raise UserInputError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not 0 <= crf <= 51:
+        raise UserInputError(f"--crf must be between 0 and 51, got {crf}")
+    output = output if output is not None else audio.with_name(f"{audio.stem}.mp4")
+    if output.resolve() == audio.resolve():
+        raise UserInputError(f"the output would overwrite the audio {audio}; choose -o")
+    # 1. Check every input before the model is loaded.
+    options = RenderOptions(
+        seed=seed, mode=mode, crop=CropBox.parse(crop) if crop else None, crf=crf
+    )
+    info = open_audio(audio)
+    open_rgb(image)
+    check_writable_output(output)
+    # 2. Load the model.
+    net, meta = load_model(model, device)
+    if not meta["trained"]:
+        warn(f"{meta['path']} is an untrained model: the video will be noise")
+    # 3. Render with a progress bar.
+    fps = net.cfg.fps
+    estimate = round((info.duration_hint or 0) * fps) or None
+    with _progress() as bar:
+        task = bar.add_task("rendering", total=estimate, rtf="")
+
+        def update(stats) -> None:
+            rtf = stats.wall_seconds / max(stats.frames / fps, 1e-9)
+            bar.update(task, completed=stats.frames, total=stats.total_frames or estimate)
+            bar.update(task, rtf=f"{rtf:.2f}x")
+
+        stats = render_video(net, image, audio, output, options, on_frames=_timed(update))
+    console.print(
+        f"wrote {output}: {stats.frames} frames, {stats.frames / fps:.2f} s of video in "
+        f"{stats.wall_seconds:.2f} s ({stats.realtime_factor:.2f}x real time)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _timed(update):
+    """Wrap a progress callback so it sees a running wall clock."""
+    import time
+
+    start = time.perf_counter()
+
+    def call(stats) -> None:
+        stats.wall_seconds = time.perf_counter() - start
+        update(stats)
+
+    return call
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames  {task.fields[rtf]} real time"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )

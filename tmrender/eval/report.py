@@ -1,0 +1,211 @@
+"""The written report of `tmrender eval`: report.json, PNG figures and index.html.
+
+    OUT/report.json                 schema SCHEMA: options, reader, per-source summary and clips
+    OUT/opening-<clip>.png          audio waveform, then per source the read opening vs truth
+    OUT/strip-<source>-<clip>.png   sample frames, generated (top) above true (bottom)
+    OUT/index.html                  the metrics table beside the targets, and the figures
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tmrender.data.corpus import FPS
+from tmrender.eval.suite import METRICS, SCHEMA, TARGETS, ClipTrace
+
+COLOURS = {"gt": "tab:green", "still": "tab:grey", "loudness": "tab:orange"}
+MODEL_COLOUR = "tab:blue"
+METRIC_LABELS = {
+    "sync_r": "lip sync r (open)",
+    "sync_r_min": "worst clip r",
+    "width_r": "width r",
+    "round_r": "round r",
+    "offset": "A/V offset (frames)",
+    "offset_zero_share": "clips at offset 0",
+    "silence_open": "opening in pauses",
+    "psnr": "PSNR dB (mouth masked)",
+    "ssim": "SSIM (mouth masked)",
+    "motion_ratio": "motion / truth's",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_json(path: Path, report: dict) -> None:
+    """Write `report` atomically."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")
+    os.replace(partial, path)
+
+
+def build_report(results: dict, meta: dict) -> dict:
+    """The report.json document: {"schema", **meta, "targets", "sources": results}."""
+    return {"schema": SCHEMA, **meta, "targets": TARGETS, "sources": results}
+
+
+def plot_opening(path: Path, traces: dict[str, ClipTrace]) -> None:
+    """Waveform on top, then one panel per source: read opening vs true opening over time,
+    pause frames shaded."""
+    plt = _pyplot()
+    names = list(traces)
+    first = traces[names[0]]
+    t = np.arange(len(first.truth_open)) / FPS
+    fig, axes = plt.subplots(
+        len(names) + 1, 1, figsize=(12, 1.6 + 1.7 * len(names)), sharex=True, squeeze=False
+    )
+    wave = axes[0, 0]
+    wave.plot(np.arange(len(first.audio)) / 16000, first.audio, linewidth=0.3, color="black")
+    wave.set(ylabel="audio", title=f"{first.clip_id}: mouth opening, read vs true")
+    for ax, name in zip(axes[1:, 0], names, strict=True):
+        trace = traces[name]
+        _shade(ax, t, trace.pauses)
+        ax.plot(t, trace.truth_open, color="black", linewidth=1.0, label="true")
+        ax.plot(t, trace.read_open, color=COLOURS.get(name, MODEL_COLOUR), linewidth=1.0,
+                label=f"{name} (read)")  # fmt: skip
+        r = trace.metrics.get("sync_r")
+        ax.set(ylabel="open", ylim=(-0.05, 1.05))
+        ax.legend(loc="upper right", fontsize=8, title=f"r = {r}" if r is not None else None,
+                  title_fontsize=8)  # fmt: skip
+    axes[-1, 0].set_xlabel("seconds (grey: pauses)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _shade(ax, t: np.ndarray, mask: np.ndarray) -> None:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        ax.axvspan(t[a], t[min(b, len(t) - 1)], color="0.9", linewidth=0)
+
+
+def plot_strip(path: Path, name: str, trace: ClipTrace) -> None:
+    """Sample frames: generated (top row) above the true ones (bottom row)."""
+    plt = _pyplot()
+    count = len(trace.strip_index)
+    fig, axes = plt.subplots(2, count, figsize=(1.5 * count, 3.4), squeeze=False)
+    for j, frame in enumerate(trace.strip_index):
+        for i, (image, label) in enumerate(
+            ((trace.strip_generated[j], name), (trace.strip_truth[j], "true"))
+        ):
+            ax = axes[i, j]
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label)
+            if i == 0:
+                ax.set_title(f"{frame / FPS:.2f} s", fontsize=8)
+    fig.suptitle(f"{trace.clip_id}: {name} (top) vs true (bottom)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_figures(out: Path, traces: list[dict[str, ClipTrace]]) -> list[dict]:
+    """All PNGs; returns [{"clip", "opening", "strips": {source: file}}] for the HTML."""
+    listed = []
+    for traced in traces:
+        clip_id = next(iter(traced.values())).clip_id
+        opening = f"opening-{clip_id}.png"
+        plot_opening(out / opening, traced)
+        strips = {}
+        for name, trace in traced.items():
+            strips[name] = f"strip-{_slug(name)}-{clip_id}.png"
+            plot_strip(out / strips[name], name, trace)
+        listed.append({"clip": clip_id, "opening": opening, "strips": strips})
+    return listed
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60]
+
+
+def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the per-source summary, metrics as columns."""
+    keys = ["sync_r", "sync_r_min", *[k for k in METRICS if k != "sync_r"], "offset_zero_share"]
+    header = ["source", *[METRIC_LABELS.get(k, k) for k in keys]]
+    rows = []
+    for name, result in results.items():
+        summary = result["summary"]
+        rows.append([name, *[_fmt(summary.get(k)) for k in keys]])
+    return header, rows
+
+
+def drift_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of first-window, last-window and drift figures, or None (not long)."""
+    if not any("drift" in r["summary"] for r in results.values()):
+        return None
+    keys = [k for k in METRICS if k in next(iter(results.values()))["summary"]["drift"]]
+    header = ["source", *[f"{k} first / last / drift" for k in keys]]
+    rows = []
+    for name, result in results.items():
+        s = result["summary"]
+        cells = [
+            f"{_fmt(s['first'].get(k))} / {_fmt(s['last'].get(k))} / {_fmt(s['drift'].get(k))}"
+            for k in keys
+        ]
+        rows.append([name, *cells])
+    return header, rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_html(path: Path, report: dict, figures: list[dict]) -> None:
+    """index.html: the summary table, the targets, drift (long runs) and the figures."""
+    header, rows = summary_table(report["sources"])
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>tmrender eval</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+        "th{background:#eee}img{max-width:100%}</style>",
+        "<h1>tmrender eval</h1>",
+        f"<p>{html.escape(str(report['clips']))} clips from {html.escape(report['data'])} "
+        f"({html.escape(report['split'])} split); mouth reader "
+        f"{html.escape(report['reader']['path'])}. gt = the true frames (ceiling), still = "
+        "the first frame held, loudness = mouth driven by audio loudness only (floors).</p>",
+        _html_table(header, rows),
+        "<p>Targets (DESIGN.md): " + html.escape(json.dumps(report["targets"])) + "</p>",
+    ]
+    drift = drift_table(report["sources"])
+    if drift:
+        parts += ["<h2>Drift: first vs last minute</h2>", _html_table(*drift)]
+    for fig in figures:
+        parts.append(f"<h2>{html.escape(fig['clip'])}</h2><img src='{fig['opening']}'>")
+        parts += [f"<img src='{src}'>" for src in fig["strips"].values()]
+    path.write_text("\n".join(parts) + "\n")
+
+
+def write_report(out: Path, results: dict, traces: list[dict[str, ClipTrace]], meta: dict) -> dict:
+    """Write report.json, the figures and index.html under `out`; returns the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(results, meta)
+    write_json(out / "report.json", report)
+    figures = write_figures(out, traces)
+    write_html(out / "index.html", report, figures)
+    return report

@@ -1,0 +1,249 @@
+"""The evaluation suite: render test clips with frame sources and measure them.
+
+Per clip and source (`clip_metrics`), over a frame window:
+
+- `sync_r`        Pearson r of the mouth reader's opening on the generated frames with the
+                  ground-truth `open` column (lip sync; 1 = perfect, ~0 = unrelated);
+- `width_r`, `round_r`  the same for lip width and rounding;
+- `offset`        the lag in frames (-max_lag..max_lag) of best cross-correlation of the
+                  two opening curves (positive: video late);
+- `silence_open`  mean read opening on pause frames (truth: lips closed, ~0);
+- `psnr`, `ssim`  against the true frames, the mouth region (mouth box grown by
+                  `mask_dilate` px and extended down over the chin) masked out;
+- `motion_ratio`  mean frame-to-frame change relative to the truth's.
+
+Long clips (`window_seconds` or more, `tmrender eval --long`) are also measured over their
+first and last `window_seconds`; `drift` is (last - first) / |first| per metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tmrender.data.corpus import FPS, Clip, read_clip
+from tmrender.data.visemes import PARAMS, SAMPLES_PER_FRAME
+from tmrender.eval import metrics
+from tmrender.eval.mouth import read_mouth
+from tmrender.eval.sources import FrameSource
+from tmrender.models.mouth_reader import MouthReader
+
+SCHEMA = "tmrender-eval/1"
+METRICS = (
+    "sync_r", "width_r", "round_r", "offset", "silence_open", "psnr", "ssim", "motion_ratio",
+)  # fmt: skip
+DRIFT_METRICS = ("sync_r", "silence_open", "psnr", "ssim", "motion_ratio")
+# DESIGN.md section 6 (the instrument figures the product must reach)
+TARGETS = {"sync_r": 0.9, "offset": 0, "psnr": 30.0, "drift": 0.02}
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How clips are measured."""
+
+    # lip sync
+    max_lag: int = 5  # frames searched either side for the A/V offset
+    pause_trim: int = 3  # frames ignored at each end of a pause (coarticulation)
+    # appearance
+    mask_dilate: int = 4  # pixels (at 128 x 128) around the mouth box left out
+    # drift
+    window_seconds: float = 60.0  # first / last window of long clips
+    # report
+    strip_frames: int = 8  # frames per strip image
+
+
+@dataclass
+class ClipTrace:
+    """What the report draws for one clip and source: opening curves and sample frames."""
+
+    clip_id: str
+    truth_open: np.ndarray  # (T,) ground truth
+    read_open: np.ndarray  # (T,) reader on the source's frames
+    audio: np.ndarray  # (N,)
+    pauses: np.ndarray  # (T,) bool
+    strip_index: np.ndarray  # (S,) frame numbers
+    strip_generated: np.ndarray  # (S, H, W, 3)
+    strip_truth: np.ndarray  # (S, H, W, 3)
+    metrics: dict = field(default_factory=dict)
+
+
+def appearance_mask(clip: Clip, start: int, stop: int, dilate: int) -> np.ndarray:
+    """Bool (stop - start, H, W): True where appearance is compared (outside the mouth box
+    grown by `dilate` px at 128 px scale, extended down to the chin)."""
+    height, width = clip.frames.shape[1:3]
+    grow = max(1, round(dilate * height / 128))
+    boxes = clip.boxes[start:stop]
+    chin = boxes[:, 1, 3]  # bottom of the face box: the jaw moves with the mouth
+    return metrics.box_mask(boxes[:, 0], height, width, grow, down_to=chin)
+
+
+def window_metrics(
+    generated: np.ndarray,
+    clip: Clip,
+    read: np.ndarray,
+    pauses: np.ndarray,
+    start: int,
+    stop: int,
+    opts: EvalOptions,
+    batch: int = 512,
+) -> dict:
+    """All `METRICS` of generated[start:stop] against the clip (read: (T, k) reader outputs
+    on generated, columns as the reader's `outputs`)."""
+    truth = clip.mouth[start:stop]
+    names = list(PARAMS)
+    out = {}
+    for column, key in (("open", "sync_r"), ("width", "width_r"), ("round", "round_r")):
+        j = _reader_column(read, column)
+        out[key] = metrics.pearson(read[start:stop, j], truth[:, names.index(column)])
+    j_open = _reader_column(read, "open")
+    out["offset"] = metrics.av_offset(
+        read[start:stop, j_open], truth[:, names.index("open")], opts.max_lag
+    )
+    quiet = pauses[start:stop]
+    out["silence_open"] = float(read[start:stop, j_open][quiet].mean()) if quiet.any() else None
+    psnr, ssim = [], []
+    for lo in range(start, stop, batch):
+        hi = min(stop, lo + batch)
+        mask = appearance_mask(clip, lo, hi, opts.mask_dilate)
+        psnr.append(metrics.psnr(generated[lo:hi], clip.frames[lo:hi], mask))
+        ssim.append(metrics.ssim(generated[lo:hi], clip.frames[lo:hi], mask))
+    out["psnr"] = float(np.concatenate(psnr).mean())
+    out["ssim"] = float(np.concatenate(ssim).mean())
+    out["motion_ratio"] = metrics.motion_ratio(generated[start:stop], clip.frames[start:stop])
+    return {k: _round(v) for k, v in out.items()}
+
+
+def _reader_column(read: np.ndarray, name: str, outputs=("open", "width", "round")) -> int:
+    return list(outputs).index(name)
+
+
+def _round(value):
+    if value is None or isinstance(value, int):
+        return value
+    return None if not np.isfinite(value) else round(float(value), 5)
+
+
+def drift(first: dict, last: dict) -> dict:
+    """Relative change (last - first) / |first| of each `DRIFT_METRICS` entry."""
+    out = {}
+    for key in DRIFT_METRICS:
+        a, b = first.get(key), last.get(key)
+        out[key] = None if a is None or b is None or abs(a) < 1e-9 else _round((b - a) / abs(a))
+    return out
+
+
+def clip_metrics(
+    generated: np.ndarray,
+    clip: Clip,
+    reader: MouthReader,
+    opts: EvalOptions,
+    long: bool = False,
+) -> tuple[dict, np.ndarray]:
+    """Metrics of one generated clip: {"all": ..., and when `long` "first", "last",
+    "drift"}; also returns the reader's (T, k) outputs on the generated frames."""
+    assert generated.shape == clip.frames.shape, (
+        f"generated {generated.shape} vs true {clip.frames.shape}"
+    )
+    assert tuple(reader.cfg.outputs[:3]) == ("open", "width", "round"), reader.cfg.outputs
+    n = len(clip.frames)
+    read = read_mouth(reader, generated)
+    pauses = metrics.pause_frames(clip.meta["phonemes"], n, SAMPLES_PER_FRAME, opts.pause_trim)
+    result = {"all": window_metrics(generated, clip, read, pauses, 0, n, opts)}
+    if long:
+        w = int(round(opts.window_seconds * FPS))
+        result["first"] = window_metrics(generated, clip, read, pauses, 0, min(w, n), opts)
+        result["last"] = window_metrics(generated, clip, read, pauses, max(0, n - w), n, opts)
+        result["drift"] = drift(result["first"], result["last"])
+    return result, read
+
+
+def strip_index(clip: Clip, count: int) -> np.ndarray:
+    """`count` frame numbers for a strip: evenly spread over the first speech-rich stretch
+    (the 4 s around the frame of widest true opening in the first 20 s)."""
+    n = len(clip.frames)
+    head = clip.mouth[: min(n, 20 * FPS), PARAMS.index("open")]
+    centre = int(np.argmax(head)) if head.size else 0
+    lo = max(0, min(centre - 2 * FPS, n - 4 * FPS))
+    hi = min(n, lo + 4 * FPS)
+    return np.unique(np.linspace(lo, hi - 1, count).round().astype(int))
+
+
+def evaluate(
+    clips: list[Path],
+    sources: dict[str, FrameSource],
+    reader: MouthReader,
+    opts: EvalOptions,
+    long: bool = False,
+    trace_clips: int = 3,
+    on_step: Callable[[str, str, float], None] | None = None,
+) -> tuple[dict, list[dict[str, ClipTrace]]]:
+    """Measure every source on every clip. Returns (per-source results
+    {name: {"summary": ..., "clips": [...]}}, traces of the first `trace_clips` clips).
+
+    `on_step(source, clip_id, seconds)` is called after each render (progress)."""
+    results = {name: {"clips": []} for name in sources}
+    traces: list[dict[str, ClipTrace]] = []
+    for k, path in enumerate(clips):
+        clip = read_clip(path)
+        clip_id = clip.meta["id"]
+        traced: dict[str, ClipTrace] = {}
+        for name, source in sources.items():
+            tick = time.perf_counter()
+            generated = source(clip)
+            seconds = time.perf_counter() - tick
+            measured, read = clip_metrics(generated, clip, reader, opts, long)
+            row = {"id": clip_id, "frames": len(clip.frames), "render_seconds": round(seconds, 3)}
+            results[name]["clips"].append({**row, **measured})
+            if k < trace_clips:
+                traced[name] = _trace(clip, generated, read, measured["all"], opts)
+            if on_step:
+                on_step(name, clip_id, seconds)
+            del generated
+        if traced:
+            traces.append(traced)
+    for result in results.values():
+        result["summary"] = summarise(result["clips"], long)
+    return results, traces
+
+
+def _trace(clip: Clip, generated: np.ndarray, read: np.ndarray, measured: dict, opts) -> ClipTrace:
+    idx = strip_index(clip, opts.strip_frames)
+    n = len(clip.frames)
+    return ClipTrace(
+        clip_id=clip.meta["id"],
+        truth_open=clip.mouth[:, PARAMS.index("open")].copy(),
+        read_open=read[:, 0].copy(),
+        audio=clip.audio,
+        pauses=metrics.pause_frames(clip.meta["phonemes"], n, SAMPLES_PER_FRAME, opts.pause_trim),
+        strip_index=idx,
+        strip_generated=np.array(generated[idx]),
+        strip_truth=clip.frames[idx].copy(),
+        metrics=measured,
+    )
+
+
+def summarise(rows: list[dict], long: bool) -> dict:
+    """Means over clips of each metric (and the worst clip's sync_r, the share of clips
+    with offset 0); with `long`, the same for the first/last windows and the drift."""
+    out = {"clips": len(rows)}
+    out.update(_mean_metrics([r["all"] for r in rows]))
+    sync = [r["all"]["sync_r"] for r in rows if r["all"]["sync_r"] is not None]
+    out["sync_r_min"] = _round(min(sync)) if sync else None
+    out["offset_zero_share"] = _round(np.mean([r["all"]["offset"] == 0 for r in rows]))
+    if long:
+        for part in ("first", "last", "drift"):
+            out[part] = _mean_metrics([r[part] for r in rows])
+    return out
+
+
+def _mean_metrics(rows: list[dict]) -> dict:
+    keys = [k for k in METRICS if any(k in r for r in rows)]
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = _round(float(np.mean(values))) if values else None
+    return out

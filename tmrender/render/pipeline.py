@@ -1,0 +1,322 @@
+"""The streaming renderer (DESIGN.md section 1): one portrait + audio of any length -> frames.
+
+Three stages run at once and talk through small bounded queues, so memory stays constant:
+
+    audio thread:   ffmpeg blocks -> audio encoder, segment by segment (runs ahead)
+    DiT thread:     per chunk: audio tokens or silence -> 2 student steps -> KV cache update
+    caller thread:  streaming VAE decode -> uint8 frames (-> ffmpeg pipe in `render_video`)
+
+The embedding cache (anchor K/V, face gate, context K/V) is computed once per render by
+`start_stream`; the KV cache holds the anchor and the previous chunk only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tmrender.diffusion.samplers import sample_chunk_student
+from tmrender.models.audio import audio_windows
+from tmrender.models.talking import TalkingModel
+from tmrender.models.vae import StreamingDecoder
+from tmrender.render.audio import AudioStream
+from tmrender.render.features import FeatureProducer, FeatureTimeline
+from tmrender.render.image import CropBox, load_image
+from tmrender.render.video import DEFAULT_CRF, VideoWriter
+
+Mode = Literal["auto", "speaking", "silence"]
+QUEUE_DEPTH = 4  # items in flight between two stages
+JOIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to render one video."""
+
+    # what to render
+    seed: int = 0
+    mode: Mode = "auto"  # auto: speaking/silence per chunk from voice activity
+    crop: CropBox | None = None
+    # output
+    crf: int = DEFAULT_CRF
+    # compute
+    intra_op_threads: int = 1  # torch threads per stage on the CPU (stages run in parallel)
+
+
+@dataclass
+class RenderStats:
+    """Figures of one render, filled in while it runs (seconds unless named otherwise)."""
+
+    frames: int = 0
+    total_frames: int | None = None
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    first_frame_seconds: float | None = None
+    chunks: int = 0
+    speaking_chunks: int = 0
+    dit_steps: int = 0
+    stage_seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("audio_encoder", "dit", "cache_update", "vae_decode", "video_encode"), 0.0
+        )
+    )
+
+    @property
+    def realtime_factor(self) -> float:
+        """Wall time / audio time (below 1 is faster than real time)."""
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+
+class EndOfStream:
+    """Marks the end of a stage's output in a queue."""
+
+
+def render_frames(
+    model: TalkingModel,
+    image: Path | str | np.ndarray,
+    audio: Path | str,
+    options: RenderOptions | None = None,
+    stats: RenderStats | None = None,
+) -> Iterator[np.ndarray]:
+    """Stream a talking-head video: yields uint8 RGB blocks of shape (n, H, W, 3).
+
+    image: a file (scaled and centre-cropped to the model's size, or cut by
+    `options.crop`) or RGB uint8 (H, W, 3) already at the model's size. The blocks add up
+    to exactly ceil(audio_seconds * fps) frames; frame i shows audio samples
+    [i * spf, (i + 1) * spf) with spf = sample_rate / fps.
+    """
+    options = options or RenderOptions()
+    stats = stats if stats is not None else RenderStats()
+    cfg = model.cfg
+    start = time.perf_counter()
+    # 1. Check the inputs before any work: both raise one clear UserInputError.
+    stream = AudioStream(audio)
+    reference = _reference_image(image, cfg.height, cfg.width, options.crop)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    previous_threads = torch.get_num_threads()
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        torch.set_num_threads(options.intra_op_threads)
+    try:
+        with torch.inference_mode():
+            # 2. Embedding cache: the anchor latent and everything derived from it.
+            anchor = encode_reference(model, reference)
+            state = model.dit.start_stream(anchor)
+            decoder = StreamingDecoder(model.vae)
+            decoder.decode(anchor)  # primes the causal decoder; the reference frame is dropped
+        # 3. Audio features and latent chunks, each in its own thread.
+        producer = FeatureProducer(
+            stream,
+            model.audio_encoder,
+            cfg.samples_per_frame,
+            needed_frames=lambda total: (
+                _ceil_to(total, cfg.frames_per_chunk) + cfg.audio_proj.window
+            ),
+            device=device,
+        )
+        features: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        latents: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        timeline = FeatureTimeline(features, stop)
+        chunks = latent_chunks(model, state, timeline, options, stats)
+        threads = [
+            _start(_pump, producer.segments(), features, stop, name="tmrender-audio"),
+            _start(_pump, chunks, latents, stop, name="tmrender-dit"),
+        ]
+        # 4. Decode latent chunks into frames, here, while the other stages run ahead.
+        while (item := _take(latents, stop)) is not None:
+            chunk, keep = item
+            tick = time.perf_counter()
+            with torch.inference_mode():
+                frames = to_uint8(decoder.decode(chunk)[:, :, :keep])
+            stats.stage_seconds["vae_decode"] += time.perf_counter() - tick
+            stats.frames += frames.shape[0]
+            stats.total_frames = timeline.total_frames
+            if stats.first_frame_seconds is None:
+                stats.first_frame_seconds = time.perf_counter() - start
+            yield frames
+        stats.stage_seconds["audio_encoder"] = producer.seconds
+        stats.audio_seconds = stream.seconds_read
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(JOIN_SECONDS)
+        stream.close()
+        torch.set_num_threads(previous_threads)
+        stats.wall_seconds = time.perf_counter() - start
+
+
+def render_video(
+    model: TalkingModel,
+    image: Path | str | np.ndarray,
+    audio: Path | str,
+    output: Path | str,
+    options: RenderOptions | None = None,
+    stats: RenderStats | None = None,
+    on_frames: Callable[[RenderStats], None] | None = None,
+) -> RenderStats:
+    """Render to an MP4 file with the audio muxed in; the file appears only when complete.
+
+    `on_frames(stats)` is called after each block of frames is written (progress bars)."""
+    options = options or RenderOptions()
+    stats = stats if stats is not None else RenderStats()
+    cfg = model.cfg
+    start = time.perf_counter()
+    frames = render_frames(model, image, audio, options, stats)
+    with VideoWriter(output, cfg.width, cfg.height, cfg.fps, audio=audio, crf=options.crf) as out:
+        try:
+            for block in frames:
+                tick = time.perf_counter()
+                out.write(block)
+                stats.stage_seconds["video_encode"] += time.perf_counter() - tick
+                if on_frames is not None:
+                    on_frames(stats)
+        finally:
+            frames.close()
+        tick = time.perf_counter()
+    stats.stage_seconds["video_encode"] += time.perf_counter() - tick
+    stats.wall_seconds = time.perf_counter() - start
+    return stats
+
+
+def latent_chunks(
+    model: TalkingModel,
+    state,
+    timeline: FeatureTimeline,
+    options: RenderOptions,
+    stats: RenderStats,
+) -> Iterator[tuple[Tensor, int]]:
+    """The autoregressive loop: yields (clean latent chunk (1, C_lat, C, h, w), frames to
+    keep of its decoded 4*C) until the audio is covered."""
+    cfg = model.cfg
+    frames_per_chunk, window = cfg.frames_per_chunk, cfg.audio_proj.window
+    device = next(model.parameters()).device
+    dtype = next(model.dit.parameters()).dtype
+    generator = torch.Generator(device).manual_seed(options.seed)
+    shape = (
+        1,
+        cfg.vae.latent_channels,
+        cfg.chunk_latent_frames,
+        cfg.latent_height,
+        cfg.latent_width,
+    )
+    first = 0
+    while timeline.covers(first):
+        feats, voiced = timeline.window(first - window, first + frames_per_chunk + window)
+        speaking = chunk_is_speaking(options.mode, voiced)
+        tick = time.perf_counter()
+        if speaking:
+            windows = audio_windows(feats, window, cfg.frames_per_latent, pad="none")
+            tokens = model.audio_tokens(windows.to(dtype))
+        else:
+            tokens = model.silence.expand(1, cfg.chunk_latent_frames)
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+        def denoise(x: Tensor, t: Tensor, tokens=tokens, state=state) -> Tensor:
+            return model.dit.forward_chunk(x, t, tokens, state).to(dtype)
+
+        clean = sample_chunk_student(denoise, noise, cfg.sampler.student_sigmas)
+        stats.stage_seconds["dit"] += time.perf_counter() - tick
+        stats.dit_steps += len(cfg.sampler.student_sigmas)
+        stats.chunks += 1
+        stats.speaking_chunks += int(speaking)
+        total = timeline.total_frames
+        keep = frames_per_chunk if total is None else min(frames_per_chunk, total - first)
+        yield clean, keep
+        if total is not None and first + frames_per_chunk >= total:
+            return
+        tick = time.perf_counter()
+        state = model.dit.commit_chunk(clean, tokens, state, t=cfg.sampler.context_timestep)
+        stats.stage_seconds["cache_update"] += time.perf_counter() - tick
+        first += frames_per_chunk
+
+
+def chunk_is_speaking(mode: Mode, voiced: np.ndarray) -> bool:
+    """Speaking or silence for one chunk: forced by `mode`, or any voiced frame in its
+    audio window (voiced: (F,) bool)."""
+    if mode == "speaking":
+        return True
+    if mode == "silence":
+        return False
+    return bool(voiced.any())
+
+
+def encode_reference(model: TalkingModel, image: np.ndarray) -> Tensor:
+    """RGB uint8 (H, W, 3) -> anchor latent (1, C_lat, 1, h, w) (B, C, T, H, W)."""
+    device = next(model.vae.parameters()).device
+    dtype = next(model.vae.parameters()).dtype
+    pixels = torch.from_numpy(np.array(image, np.uint8)).to(device).permute(2, 0, 1)[None, :, None]
+    video = pixels.to(dtype) / 127.5 - 1.0
+    return model.vae.encode(video).to(next(model.dit.parameters()).dtype)
+
+
+def to_uint8(frames: Tensor) -> np.ndarray:
+    """Frames (1, 3, n, H, W) in [-1, 1] -> uint8 (n, H, W, 3)."""
+    assert frames.ndim == 5 and frames.shape[:2] == (1, 3), f"got {tuple(frames.shape)}"
+    pixels = ((frames[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _reference_image(image, height: int, width: int, crop: CropBox | None) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        assert image.shape == (height, width, 3) and image.dtype == np.uint8, (
+            f"reference must be uint8 ({height}, {width}, 3), got {image.dtype} {image.shape}"
+        )
+        return image
+    return load_image(image, (height, width), crop)
+
+
+def _ceil_to(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def _start(target, *args, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _pump(items: Iterable, out: queue.Queue, stop: threading.Event) -> None:
+    """Run a stage: put its items (then EndOfStream, or the exception it raised) on `out`."""
+    try:
+        with torch.inference_mode():
+            for item in items:
+                if not _put(out, item, stop):
+                    return
+        _put(out, EndOfStream(), stop)
+    except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises
+        _put(out, err, stop)
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        with contextlib.suppress(queue.Full):
+            out.put(item, timeout=0.1)
+            return True
+    return False
+
+
+def _take(source: queue.Queue, stop: threading.Event):
+    """Next item of a stage, None at its end; re-raises the stage's exception here."""
+    while True:
+        try:
+            item = source.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return None
+            continue
+        if isinstance(item, EndOfStream):
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item

@@ -1,0 +1,98 @@
+"""Finding and loading models: `--model NAME|PATH`, the default model, the device.
+
+Weights ship in the repository's `weights/` folder (or a folder named by the
+TMRENDER_WEIGHTS environment variable); nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from tmrender.errors import UserInputError
+
+WEIGHTS_ENV = "TMRENDER_WEIGHTS"
+DEFAULT_MODEL = "tm-mini"
+SUFFIX = ".safetensors"
+
+
+def weights_dir() -> Path:
+    """The folder searched for model names: $TMRENDER_WEIGHTS, else the repo's weights/."""
+    override = os.environ.get(WEIGHTS_ENV)
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "weights"
+
+
+def installed_models() -> list[str]:
+    """Names of the tmrender checkpoints in weights_dir() (other weights excluded)."""
+    from tmrender.models.checkpoint import CheckpointError, read_metadata
+
+    names = []
+    for path in sorted(weights_dir().glob(f"*{SUFFIX}")):
+        try:
+            read_metadata(path)
+        except CheckpointError:
+            continue
+        names.append(path.name[: -len(SUFFIX)])
+    return names
+
+
+def resolve_model_path(spec: str | Path | None) -> Path:
+    """A model file from a path, an installed name, or None for the default model."""
+    if spec is not None and (Path(spec).suffix == SUFFIX or os.sep in str(spec)):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserInputError(f"model file not found: {path}")
+        return path
+    name = str(spec) if spec is not None else DEFAULT_MODEL
+    path = weights_dir() / f"{name}{SUFFIX}"
+    if path.is_file():
+        return path
+    if spec is None:
+        raise UserInputError(
+            f"no trained model is installed (looked for {path}); pass --model PATH, "
+            "or make an untrained one for testing with `tmrender init --preset tm-mini -o M`"
+        )
+    available = ", ".join(installed_models()) or "none"
+    raise UserInputError(f"unknown model {name!r} (installed: {available}; or give a path)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserInputError(f"unknown device {name!r}; use auto, cpu or cuda") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda was asked for but no CUDA GPU is available")
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float32 on the CPU (fast enough for tm-mini and exact), bfloat16 on GPUs."""
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+def load_model(spec: str | Path | None, device: str = "auto"):
+    """-> (TalkingModel in eval mode on the device, checkpoint metadata with 'path')."""
+    from tmrender.models.checkpoint import load_checkpoint
+
+    path = resolve_model_path(spec)
+    target = resolve_device(device)
+    model, meta = load_checkpoint(path, device=target, dtype=default_dtype(target))
+    return model, {**meta, "path": path}
+
+
+def sha256_of(path: Path, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+    return digest.hexdigest()
