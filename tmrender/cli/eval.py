@@ -33,7 +33,8 @@ def eval_command(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            "--model", "-m",
+            "--model",
+            "-m",
             help="Model name or .safetensors path, or a baseline: gt, still, loudness. Repeat.",
         ),
     ] = None,  # fmt: skip
@@ -52,7 +53,9 @@ def eval_command(
     plots: Annotated[int, typer.Option(help="Clips drawn in the report figures.")] = 3,
     reader: Annotated[
         Path | None,
-        typer.Option(help="Mouth reader weights [default: weights/mouth_reader.safetensors]."),
+        typer.Option(
+            help="Mouth reader weights (default: the shipped weights/mouth_reader.safetensors)."
+        ),
     ] = None,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,

@@ -76,11 +76,15 @@ def mouth_reader(
     else:
         model = recipe.train(data, out, opts, resume=resume, on_log=_print_log)
     if export is not None:
+        from tmrender.eval.mouth import load_mouth_reader
+
         digest = export_weights(model, data, export)
         console.print(f"exported {export} (sha256 {digest[:12]}...)", highlight=False)
+        model = load_mouth_reader(export)  # the figures below are those of the shipped file
     from tmrender.data.corpus import list_clips
 
-    figures = {"split": "test", **recipe.evaluate_reader(model, list_clips(data, "test"))}
+    test_clips = list_clips(data, "test")
+    figures = {"split": "test", **recipe.evaluate_reader(model, test_clips, robustness=True)}
     stdout.print_json(json.dumps(figures))
 
 

@@ -83,21 +83,28 @@ def box_mask(
     return ~inside
 
 
-def psnr(generated: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Per-frame PSNR in dB (T,) over the masked pixels (all channels), capped at
-    `PSNR_CAP_DB` for identical frames."""
+def masked_mse(
+    generated: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-frame mean squared error (T,) over the masked pixels (all channels), 0..255 units."""
     assert generated.shape == truth.shape, f"{generated.shape} vs {truth.shape}"
     diff = (generated.astype(np.float32) - truth.astype(np.float32)) ** 2  # (T, H, W, 3)
     if mask is None:
-        mse = diff.reshape(len(diff), -1).mean(1)
-    else:
-        weight = mask[..., None].astype(np.float32)
-        mse = (diff * weight).reshape(len(diff), -1).sum(1) / np.maximum(
-            weight.reshape(len(diff), -1).sum(1) * 3, 1
-        )
+        return diff.reshape(len(diff), -1).mean(1)
+    weight = mask[..., None].astype(np.float32)
+    total = weight.reshape(len(diff), -1).sum(1) * 3
+    return (diff * weight).reshape(len(diff), -1).sum(1) / np.maximum(total, 1)
+
+
+def psnr_from_mse(mse: np.ndarray | float) -> np.ndarray:
+    """PSNR in dB of 8-bit images from their MSE, capped at `PSNR_CAP_DB` (MSE 0)."""
     with np.errstate(divide="ignore"):
-        out = 10 * np.log10(255.0**2 / mse)
-    return np.minimum(out, PSNR_CAP_DB)
+        return np.minimum(10 * np.log10(255.0**2 / np.asarray(mse, np.float64)), PSNR_CAP_DB)
+
+
+def psnr(generated: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-frame PSNR in dB (T,) over the masked pixels, capped for identical frames."""
+    return psnr_from_mse(masked_mse(generated, truth, mask))
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
@@ -138,7 +145,9 @@ def ssim(
             out.append(s.reshape(len(s), -1).mean(1))
         else:
             m = mask[i : i + batch].astype(np.float32)
-            out.append((s * m).reshape(len(s), -1).sum(1) / np.maximum(m.reshape(len(s), -1).sum(1), 1))
+            out.append(
+                (s * m).reshape(len(s), -1).sum(1) / np.maximum(m.reshape(len(s), -1).sum(1), 1)
+            )
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

@@ -1,14 +1,17 @@
 """Reading mouth parameters off frames with the mouth reader, and its weight files.
 
 Frames at this edge are numpy uint8 `(T, H, W, 3)`; the reader sees `(B, 3, h, w)` regions.
-Weights: one safetensors file, the `MouthReaderConfig` JSON in its metadata (fp16 tensors
-are loaded into an fp32 module).
+Weights: one safetensors file whose metadata has a single key, `META_KEY`, holding JSON
+{"config": MouthReaderConfig, "extra": {...}} (one key because safetensors writes several
+in random order, and the same weights must give the same SHA-256); fp16 tensors are
+loaded into an fp32 module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig, normali
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "mouth_reader.safetensors"
-FORMAT = "tmrender-mouth-reader"
+META_KEY = "tmrender-mouth-reader"
 
 
 def to_frame_size(frames: np.ndarray, size: int) -> Tensor:
@@ -74,13 +77,11 @@ def save_mouth_reader(
         k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in reader.state_dict().items()
     }
-    metadata = {
-        "format": FORMAT,
-        "config": reader.cfg.to_json(),
-        "extra": json.dumps(extra or {}, sort_keys=True),
-    }
+    meta = {"config": json.loads(reader.cfg.to_json()), "extra": extra or {}}
+    metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o644)  # a shipped file, readable by all like the rest of the repository
     return sha256_file(path)
 
 
@@ -100,9 +101,10 @@ def load_mouth_reader(path: Path | str | None = None) -> MouthReader:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     except SafetensorError as err:
         raise UserInputError(f"not a safetensors file: {path} ({err})") from err
-    if meta.get("format") != FORMAT:
+    if META_KEY not in meta:
         raise UserInputError(f"not a mouth reader checkpoint: {path}")
-    reader = MouthReader(MouthReaderConfig.from_json(meta["config"]))
+    config = json.loads(meta[META_KEY])["config"]
+    reader = MouthReader(MouthReaderConfig.from_json(json.dumps(config)))
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     reader.load_state_dict(state, strict=True)
     return reader.eval()

@@ -9,7 +9,8 @@ Per clip and source (`clip_metrics`), over a frame window:
                   two opening curves (positive: video late);
 - `silence_open`  mean read opening on pause frames (truth: lips closed, ~0);
 - `psnr`, `ssim`  against the true frames, the mouth region (mouth box grown by
-                  `mask_dilate` px and extended down over the chin) masked out;
+                  `mask_dilate` px and extended down over the chin) masked out; PSNR of
+                  the window's mean squared error, SSIM the mean of its frames';
 - `motion_ratio`  mean frame-to-frame change relative to the truth's.
 
 Long clips (`window_seconds` or more, `tmrender eval --long`) are also measured over their
@@ -105,13 +106,13 @@ def window_metrics(
     )
     quiet = pauses[start:stop]
     out["silence_open"] = float(read[start:stop, j_open][quiet].mean()) if quiet.any() else None
-    psnr, ssim = [], []
+    mse, ssim = [], []
     for lo in range(start, stop, batch):
         hi = min(stop, lo + batch)
         mask = appearance_mask(clip, lo, hi, opts.mask_dilate)
-        psnr.append(metrics.psnr(generated[lo:hi], clip.frames[lo:hi], mask))
+        mse.append(metrics.masked_mse(generated[lo:hi], clip.frames[lo:hi], mask))
         ssim.append(metrics.ssim(generated[lo:hi], clip.frames[lo:hi], mask))
-    out["psnr"] = float(np.concatenate(psnr).mean())
+    out["psnr"] = float(metrics.psnr_from_mse(np.concatenate(mse).mean()))  # of the pooled MSE
     out["ssim"] = float(np.concatenate(ssim).mean())
     out["motion_ratio"] = metrics.motion_ratio(generated[start:stop], clip.frames[start:stop])
     return {k: _round(v) for k, v in out.items()}
@@ -227,13 +228,16 @@ def _trace(clip: Clip, generated: np.ndarray, read: np.ndarray, measured: dict, 
 
 
 def summarise(rows: list[dict], long: bool) -> dict:
-    """Means over clips of each metric (and the worst clip's sync_r, the share of clips
-    with offset 0); with `long`, the same for the first/last windows and the drift."""
+    """Means over clips of each metric, the worst clip's sync_r, the share of clips with
+    offset 0 and the render's real-time factor (render seconds / audio seconds); with
+    `long`, the means for the first/last windows and the drift too."""
     out = {"clips": len(rows)}
     out.update(_mean_metrics([r["all"] for r in rows]))
     sync = [r["all"]["sync_r"] for r in rows if r["all"]["sync_r"] is not None]
     out["sync_r_min"] = _round(min(sync)) if sync else None
     out["offset_zero_share"] = _round(np.mean([r["all"]["offset"] == 0 for r in rows]))
+    seconds = sum(r["frames"] for r in rows) / FPS
+    out["realtime_factor"] = _round(sum(r["render_seconds"] for r in rows) / max(seconds, 1e-9))
     if long:
         for part in ("first", "last", "drift"):
             out[part] = _mean_metrics([r[part] for r in rows])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor, nn
 
 
@@ -43,11 +42,11 @@ class MouthReaderConfig:
 
     @property
     def feature_size(self) -> tuple[int, int]:
-        """(height, width) of the last feature map: the crop halved once per stage."""
+        """(height, width) of the last feature map: the crop divided by the stem stride,
+        then halved once per stage (rounding up, as padded 3x3 convolutions do)."""
         h, w = self.crop_size
-        h, w = (h + self.stem_stride - 1) // self.stem_stride, (w + self.stem_stride - 1) // self.stem_stride
-        for _ in self.channels:
-            h, w = (h + 1) // 2, (w + 1) // 2
+        for stride in (self.stem_stride, *[2] * len(self.channels)):
+            h, w = -(-h // stride), -(-w // stride)
         return (h, w)
 
     def to_json(self) -> str:
@@ -71,8 +70,8 @@ class MouthReader(nn.Module):
     """CNN: mouth region `(B, 3, h, w)` normalised pixels -> `(B, len(cfg.outputs))`.
 
     A stem convolution, one stride-2 stage per entry of `cfg.channels` (each
-    `cfg.convs_per_stage` 3x3 convolutions), then a small MLP on the flattened last feature map (flattened, not
-    pooled: where the lips are inside the region carries information).
+    `cfg.convs_per_stage` 3x3 convolutions), then a small MLP on the flattened last
+    feature map (flattened, not pooled: where the lips are in the region carries information).
     """
 
     def __init__(self, cfg: MouthReaderConfig | None = None):

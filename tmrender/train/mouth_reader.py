@@ -176,7 +176,9 @@ def validate(model: MouthReader, regions: np.ndarray, targets: np.ndarray, margi
     h, w = model.cfg.crop_size
     preds = []
     for i in range(0, len(regions), 512):
-        chunk = torch.from_numpy(regions[i : i + 512])[..., margin : margin + h, margin : margin + w]
+        chunk = torch.from_numpy(regions[i : i + 512])[
+            ..., margin : margin + h, margin : margin + w
+        ]
         preds.append(model(normalise(chunk)).clamp(0, 1))
     pred = torch.cat(preds).numpy()
     model.train()
@@ -222,7 +224,15 @@ def train(
     on_log: Callable[[dict], None] | None = None,
 ) -> MouthReader:
     """Train (or resume) a mouth reader on data/train; returns the final model."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
+    try:
+        return _train(data, out, opts, cfg, resume, on_log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(data, out, opts, cfg, resume, on_log) -> MouthReader:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
     # 1. model and optimizer, from the checkpoint when resuming
@@ -323,19 +333,55 @@ def plot_losses(log_path: Path, png: Path) -> None:
 # -- export and test figures -----------------------------------------------------------------
 
 
-def evaluate_reader(model: MouthReader, clips: list[Path]) -> dict:
+def _blur(frames: np.ndarray) -> np.ndarray:
+    """Half resolution and back up (a soft decoder), uint8 (T, H, W, 3)."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    small = F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True)
+    x = F.interpolate(small, size=frames.shape[1:3], mode="bilinear")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _shift(frames: np.ndarray, dx: int = 3, dy: int = 2) -> np.ndarray:
+    """The picture moved by (dx, dy) pixels, edges repeated, uint8 (T, H, W, 3)."""
+    padded = np.pad(frames, ((0, 0), (abs(dy),) * 2, (abs(dx),) * 2, (0, 0)), mode="edge")
+    h, w = frames.shape[1:3]
+    return padded[:, abs(dy) - dy : abs(dy) - dy + h, abs(dx) - dx : abs(dx) - dx + w]
+
+
+def _noise(frames: np.ndarray, sigma: float = 6.0) -> np.ndarray:
+    """Gaussian pixel noise of `sigma` (0..255 units), fixed seed, uint8 (T, H, W, 3)."""
+    rng = np.random.default_rng(0)
+    noisy = frames.astype(np.float32) + rng.normal(0, sigma, frames.shape).astype(np.float32)
+    return np.clip(noisy.round(), 0, 255).astype(np.uint8)
+
+
+# Degradations the reader must shrug off: generated frames are softer, placed a little
+# differently and noisier than the corpus drawings.
+DEGRADATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "blur": _blur,
+    "shift": _shift,
+    "noise": _noise,
+}
+
+
+def evaluate_reader(model: MouthReader, clips: list[Path], robustness: bool = False) -> dict:
     """Pooled and per-clip figures of `model` on the true frames of `clips`:
-    {"clips", "frames", output: {"r", "mae", "r_clip_mean", "r_clip_min"}}."""
+    {"clips", "frames", output: {"r", "mae", "r_clip_mean", "r_clip_min"}}; with
+    `robustness`, also {"robustness": {degradation: pooled r of the first output}}."""
     from tmrender.eval.mouth import read_mouth
 
     columns = output_columns(model.cfg)
     preds, truths, per_clip = [], [], []
+    degraded: dict[str, list[np.ndarray]] = {name: [] for name in DEGRADATIONS}
     for path in clips:
         clip = read_clip(path)
         pred, truth = read_mouth(model, clip.frames), clip.mouth[:, columns]
         preds.append(pred)
         truths.append(truth)
         per_clip.append([pearson(pred[:, j], truth[:, j]) for j in range(len(columns))])
+        if robustness:
+            for name, degrade in DEGRADATIONS.items():
+                degraded[name].append(read_mouth(model, degrade(clip.frames))[:, 0])
     if not preds:
         raise UserInputError("no clips to evaluate the mouth reader on")
     pred, truth, per_clip = np.concatenate(preds), np.concatenate(truths), np.array(per_clip)
@@ -346,5 +392,12 @@ def evaluate_reader(model: MouthReader, clips: list[Path]) -> dict:
             "mae": round(float(np.abs(pred[:, j] - truth[:, j]).mean()), 4),
             "r_clip_mean": round(float(np.nanmean(per_clip[:, j])), 4),
             "r_clip_min": round(float(np.nanmin(per_clip[:, j])), 4),
+        }
+    if robustness:
+        report["robustness"] = {
+            f"{name} ({model.cfg.outputs[0]} r)": round(
+                pearson(np.concatenate(values), truth[:, 0]), 4
+            )
+            for name, values in degraded.items()
         }
     return report
