@@ -10,7 +10,12 @@ from tmrender.errors import UserInputError
 from tmrender.models.presets import PRESETS
 from tmrender.models.talking import TalkingModel
 from tmrender.render.audio import audio_samples, frames_for_samples, write_wav
-from tmrender.render.features import SEGMENT_FRAMES, FeatureProducer, FeatureTimeline
+from tmrender.render.features import (
+    FIRST_SEGMENT_FRAMES,
+    SEGMENT_FRAMES,
+    FeatureProducer,
+    FeatureTimeline,
+)
 from tmrender.render.ffmpeg import count_video_frames, probe
 from tmrender.render.pipeline import (
     RenderOptions,
@@ -136,11 +141,12 @@ def test_feature_timeline_windows_match_segments(model, tmp_path):
     audio = tone(tmp_path / "a.wav", 4.5)
     spf = model.cfg.samples_per_frame
     producer = FeatureProducer(
-        AudioStream(audio), model.audio_encoder, spf, lambda total: total + 8, "cpu"
+        AudioStream(audio), model.audio_encoder, spf, lambda total: total + 8, "cpu", start=-2
     )
     with torch.no_grad():
         segments = list(producer.segments())
-    assert segments[0].first == -SEGMENT_FRAMES
+    assert [s.first for s in segments[:3]] == [-2, -2 + FIRST_SEGMENT_FRAMES, 64]
+    assert all(s.features.shape[1] == SEGMENT_FRAMES for s in segments[1:])
     total = frames_for_samples(round(4.5 * SR), 25)
     assert segments[-1].total_frames == total
     assert segments[-1].first + SEGMENT_FRAMES >= total + 8
@@ -148,7 +154,7 @@ def test_feature_timeline_windows_match_segments(model, tmp_path):
     for seg in segments:
         q.put(seg)
     timeline = FeatureTimeline(q, threading.Event())
-    feats, voiced = timeline.window(45, 57)  # spans segments 0 and 1
-    expected = torch.cat([segments[1].features, segments[2].features], dim=1)[:, 45:57]
+    feats, voiced = timeline.window(8, 20)  # spans the first two segments
+    expected = torch.cat([segments[0].features, segments[1].features], dim=1)[:, 10:22]
     assert torch.equal(feats, expected) and voiced.shape == (12,) and voiced.any()
     assert timeline.covers(total - 1) and not timeline.covers(total)

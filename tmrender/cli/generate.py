@@ -78,7 +78,7 @@ def generate(
             bar.update(task, completed=stats.frames, total=stats.total_frames or estimate)
             bar.update(task, rtf=f"{rtf:.2f}x")
 
-        stats = render_video(net, image, audio, output, options, on_frames=_timed(update))
+        stats = render_video(net, image, info, output, options, on_frames=_timed(update))
     console.print(
         f"wrote {output}: {stats.frames} frames, {stats.frames / fps:.2f} s of video in "
         f"{stats.wall_seconds:.2f} s ({stats.realtime_factor:.2f}x real time)",

@@ -31,7 +31,7 @@ META_KEY = "tmrender-mouth-reader"
 def to_frame_size(frames: np.ndarray, size: int) -> Tensor:
     """uint8 frames (T, H, W, 3) -> uint8 tensor (T, 3, size, size), resized if needed."""
     assert frames.ndim == 4 and frames.shape[-1] == 3, f"expected (T, H, W, 3), got {frames.shape}"
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    x = torch.tensor(frames).permute(0, 3, 1, 2)  # a copy: frames may be read-only views
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
         x = x.round().clamp(0, 255).to(torch.uint8)

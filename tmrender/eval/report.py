@@ -121,7 +121,7 @@ def plot_strip(path: Path, name: str, trace: ClipTrace) -> None:
     """Sample frames: generated (top row) above the true ones (bottom row)."""
     plt = _pyplot()
     count = len(trace.strip_index)
-    fig, axes = plt.subplots(2, count, figsize=(1.5 * count, 3.4), squeeze=False)
+    fig, axes = plt.subplots(2, count, figsize=(2.0 * count, 4.4), squeeze=False)
     for j, frame in enumerate(trace.strip_index):
         for i, (image, label) in enumerate(
             ((trace.strip_generated[j], name), (trace.strip_truth[j], "true"))

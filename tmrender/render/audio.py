@@ -46,15 +46,16 @@ def open_audio(path: Path | str) -> AudioInfo:
 class AudioStream:
     """Decode an audio file to 16 kHz mono float32, block by block.
 
+    `path` may be an AudioInfo from `open_audio`, which skips probing the file again.
     Iterating yields 1-D float32 arrays of `block_samples` samples (the last may be shorter).
     `samples_read` counts what has been yielded, so the exact duration is known at the end.
     Raises MediaError if ffmpeg fails midway and UserInputError if the file holds no samples.
     """
 
-    def __init__(self, path: Path | str, block_samples: int = SAMPLE_RATE * 10):
+    def __init__(self, path: Path | str | AudioInfo, block_samples: int = SAMPLE_RATE * 10):
         if block_samples <= 0:
             raise ValueError("block_samples must be positive")
-        self.info = open_audio(path)
+        self.info = path if isinstance(path, AudioInfo) else open_audio(path)
         self.block_samples = block_samples
         self.samples_read = 0
         self._proc: subprocess.Popen | None = None

@@ -1,11 +1,12 @@
 """Audio features for the streaming renderer, computed ahead of the DiT in fixed segments.
 
-The audio is treated as the decoded samples extended with silence on both sides. Segment
-`s` holds the features of video frames `[s * S, (s + 1) * S)`; it is encoded from the
-samples of frames `[s * S - M, (s + 1) * S + M)` (margin M each side) and only its central
-S frames are kept, so every frame's features see at least M frames of context whatever the
-segment boundaries. Segments start at -1 so that frames before the first one (the audio
-window of the first latent frames) have features of silence.
+The audio is treated as the decoded samples extended with silence on both sides. A segment
+holds the features of video frames `[first, first + n)`; it is encoded from the samples of
+frames `[first - M, first + n + M)` (margin M each side) and only its central n frames are
+kept, so every frame's features see at least M frames of context whatever the segment
+boundaries. The first segment starts at `start` (negative: the audio window of the first
+latent frames reaches before frame 0) and is short, so that the first chunk need not wait
+for a whole segment; the others hold S frames.
 
 Nothing here grows with the length of the audio: the sample buffer holds one encoding
 window and the consumer keeps only the segments its next window still needs.
@@ -26,6 +27,7 @@ from torch import Tensor
 from tmrender.render.audio import AudioStream
 
 SEGMENT_FRAMES = 50  # S: 2 s at 25 fps per encoder call
+FIRST_SEGMENT_FRAMES = 16  # the first, short segment: enough for the first chunk
 MARGIN_FRAMES = 10  # M: context on each side of a segment, 0.4 s
 VOICE_RMS_DB = -45.0  # frames louder than this (dBFS RMS) count as voice
 
@@ -86,12 +88,14 @@ def frame_rms_db(samples: np.ndarray, samples_per_frame: int) -> np.ndarray:
 
 
 class FeatureProducer:
-    """Encodes segments -1, 0, 1, ... until the frames the renderer can ask for are covered.
+    """Encodes segments from frame `start` on until the frames the renderer can ask for are
+    covered.
 
     `encode` maps samples (1, n) to features (1, n / spf, L, D); `needed_frames(total)`
     gives the end frame (exclusive) the consumer will read once the total is known."""
 
-    def __init__(self, stream, encode, samples_per_frame, needed_frames, device):
+    def __init__(self, stream, encode, samples_per_frame, needed_frames, device, start=0):
+        self.start = start
         self.window = SampleWindow(stream)
         self.encode = encode
         self.spf = samples_per_frame
@@ -101,23 +105,22 @@ class FeatureProducer:
 
     def segments(self) -> Iterator[FeatureSegment]:
         """Yield segments in order; stops once the needed frames are covered."""
-        s = -1
+        first, count = self.start, FIRST_SEGMENT_FRAMES
         while True:
-            first = s * SEGMENT_FRAMES
             lo = (first - MARGIN_FRAMES) * self.spf
-            hi = (first + SEGMENT_FRAMES + MARGIN_FRAMES) * self.spf
+            hi = (first + count + MARGIN_FRAMES) * self.spf
             samples = self.window.read(lo, hi)
-            centre = samples[MARGIN_FRAMES * self.spf : (MARGIN_FRAMES + SEGMENT_FRAMES) * self.spf]
-            start = time.perf_counter()
+            centre = samples[MARGIN_FRAMES * self.spf : (MARGIN_FRAMES + count) * self.spf]
+            tick = time.perf_counter()
             wav = torch.from_numpy(samples)[None].to(self.device)
-            feats = self.encode(wav)[:, MARGIN_FRAMES : MARGIN_FRAMES + SEGMENT_FRAMES]
-            self.seconds += time.perf_counter() - start
+            feats = self.encode(wav)[:, MARGIN_FRAMES : MARGIN_FRAMES + count]
+            self.seconds += time.perf_counter() - tick
             total = self._total_frames()
             yield FeatureSegment(first, feats, frame_rms_db(centre, self.spf) > VOICE_RMS_DB, total)
             self.window.forget_before(hi - 2 * MARGIN_FRAMES * self.spf)
-            if total is not None and first + SEGMENT_FRAMES >= self.needed_frames(total):
+            first, count = first + count, SEGMENT_FRAMES
+            if total is not None and first >= self.needed_frames(total):
                 return
-            s += 1
 
     def _total_frames(self) -> int | None:
         samples = self.window.total_samples
@@ -149,7 +152,7 @@ class FeatureTimeline:
 
     def _end(self) -> int:
         last = self.segments[-1] if self.segments else None
-        return last.first + last.features.shape[1] if last else -SEGMENT_FRAMES
+        return last.first + last.features.shape[1] if last else -(2**62)
 
     def window(self, f0: int, f1: int) -> tuple[Tensor, np.ndarray]:
         """Features (1, f1 - f0, L, D) and voice activity (f1 - f0,) of frames [f0, f1).

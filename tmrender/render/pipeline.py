@@ -29,13 +29,14 @@ from tmrender.diffusion.samplers import sample_chunk_student
 from tmrender.models.audio import audio_windows
 from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
-from tmrender.render.audio import AudioStream
+from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream
 from tmrender.render.features import FeatureProducer, FeatureTimeline
 from tmrender.render.image import CropBox, load_image
 from tmrender.render.video import DEFAULT_CRF, VideoWriter
 
 Mode = Literal["auto", "speaking", "silence"]
 QUEUE_DEPTH = 4  # items in flight between two stages
+AUDIO_BLOCK = SAMPLE_RATE // 2  # samples per read from ffmpeg: small, for a quick first frame
 JOIN_SECONDS = 10.0
 
 
@@ -84,14 +85,15 @@ class EndOfStream:
 def render_frames(
     model: TalkingModel,
     image: Path | str | np.ndarray,
-    audio: Path | str,
+    audio: Path | str | AudioInfo,
     options: RenderOptions | None = None,
     stats: RenderStats | None = None,
 ) -> Iterator[np.ndarray]:
     """Stream a talking-head video: yields uint8 RGB blocks of shape (n, H, W, 3).
 
     image: a file (scaled and centre-cropped to the model's size, or cut by
-    `options.crop`) or RGB uint8 (H, W, 3) already at the model's size. The blocks add up
+    `options.crop`) or RGB uint8 (H, W, 3) already at the model's size. audio: a file, or
+    its AudioInfo from `open_audio` (saves probing it again). The blocks add up
     to exactly ceil(audio_seconds * fps) frames; frame i shows audio samples
     [i * spf, (i + 1) * spf) with spf = sample_rate / fps.
     """
@@ -100,7 +102,7 @@ def render_frames(
     cfg = model.cfg
     start = time.perf_counter()
     # 1. Check the inputs before any work: both raise one clear UserInputError.
-    stream = AudioStream(audio)
+    stream = AudioStream(audio, block_samples=AUDIO_BLOCK)
     reference = _reference_image(image, cfg.height, cfg.width, options.crop)
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -109,13 +111,7 @@ def render_frames(
     if device.type == "cpu":
         torch.set_num_threads(options.intra_op_threads)
     try:
-        with torch.inference_mode():
-            # 2. Embedding cache: the anchor latent and everything derived from it.
-            anchor = encode_reference(model, reference)
-            state = model.dit.start_stream(anchor)
-            decoder = StreamingDecoder(model.vae)
-            decoder.decode(anchor)  # primes the causal decoder; the reference frame is dropped
-        # 3. Audio features and latent chunks, each in its own thread.
+        # 2. Audio features in their own thread, starting at once (ffmpeg, then the encoder).
         producer = FeatureProducer(
             stream,
             model.audio_encoder,
@@ -124,16 +120,22 @@ def render_frames(
                 _ceil_to(total, cfg.frames_per_chunk) + cfg.audio_proj.window
             ),
             device=device,
+            start=-cfg.audio_proj.window,
         )
         features: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        threads.append(_start(_pump, producer.segments(), features, stop, name="tmrender-audio"))
+        # 3. Embedding cache meanwhile: the anchor latent and everything derived from it.
+        with torch.inference_mode():
+            anchor = encode_reference(model, reference)
+            state = model.dit.start_stream(anchor)
+            decoder = StreamingDecoder(model.vae)
+            decoder.decode(anchor)  # primes the causal decoder; the reference frame is dropped
+        # 4. The autoregressive chunk loop in its own thread.
         latents: queue.Queue = queue.Queue(QUEUE_DEPTH)
         timeline = FeatureTimeline(features, stop)
         chunks = latent_chunks(model, state, timeline, options, stats)
-        threads = [
-            _start(_pump, producer.segments(), features, stop, name="tmrender-audio"),
-            _start(_pump, chunks, latents, stop, name="tmrender-dit"),
-        ]
-        # 4. Decode latent chunks into frames, here, while the other stages run ahead.
+        threads.append(_start(_pump, chunks, latents, stop, name="tmrender-dit"))
+        # 5. Decode latent chunks into frames, here, while the other stages run ahead.
         while (item := _take(latents, stop)) is not None:
             chunk, keep = item
             tick = time.perf_counter()
@@ -159,7 +161,7 @@ def render_frames(
 def render_video(
     model: TalkingModel,
     image: Path | str | np.ndarray,
-    audio: Path | str,
+    audio: Path | str | AudioInfo,
     output: Path | str,
     options: RenderOptions | None = None,
     stats: RenderStats | None = None,
@@ -173,7 +175,8 @@ def render_video(
     cfg = model.cfg
     start = time.perf_counter()
     frames = render_frames(model, image, audio, options, stats)
-    with VideoWriter(output, cfg.width, cfg.height, cfg.fps, audio=audio, crf=options.crf) as out:
+    source = audio.path if isinstance(audio, AudioInfo) else audio
+    with VideoWriter(output, cfg.width, cfg.height, cfg.fps, audio=source, crf=options.crf) as out:
         try:
             for block in frames:
                 tick = time.perf_counter()
