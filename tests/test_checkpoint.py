@@ -82,3 +82,11 @@ def test_wan_state_dict_maps_in_leaving_only_audio_missing(model):
     wan["blocks.0.self_attn.q.weight"] = torch.zeros(3, 3)
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_wan_dit(fresh, wan)
+
+
+def test_saving_twice_gives_identical_bytes(model, tmp_path):
+    """Exports are reproducible: same weights, same SHA-256 (one sorted metadata key)."""
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path in (first, second):
+        save_checkpoint(model, path, trained=True, extra_meta={"b": 1, "a": [1, 2]})
+    assert first.read_bytes() == second.read_bytes()

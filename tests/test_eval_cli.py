@@ -73,6 +73,7 @@ def test_ground_truth_scores_as_a_perfect_model(baseline_report):
 def test_still_image_scores_at_the_floor(baseline_report):
     still = baseline_report[1]["sources"]["still"]["summary"]
     assert abs(still["sync_r"]) < 0.1
+    assert still["offset"] is None and still["offset_zero_share"] == 0.0
     assert still["motion_ratio"] == 0.0
     assert still["psnr"] < 60
 
@@ -111,7 +112,7 @@ def test_eval_with_an_untrained_model_through_the_pipeline(corpus, tmp_path):
     torch.set_num_threads(threads)
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    (row,) = report["sources"][str(model)]["clips"]
+    (row,) = report["sources"]["untrained"]["clips"]
     assert row["frames"] == round(SECONDS * 25)
     assert abs(row["all"]["sync_r"]) < 0.5  # an untrained model cannot lip-sync
 
@@ -142,3 +143,18 @@ def test_long_mode_measures_first_and_last_windows(corpus, tmp_path):
             "reader": {"path": "x", "sha256": "y"}}  # fmt: skip
     report.write_report(tmp_path, results, traces, meta)
     assert "Drift: first vs last minute" in (tmp_path / "index.html").read_text()
+
+
+def test_a_late_video_is_caught_by_the_offset(corpus):
+    """The ground truth delayed by two frames: lip sync drops and the offset reads +2."""
+    from tmrender.data.corpus import list_clips
+    from tmrender.eval import suite
+    from tmrender.eval.mouth import load_mouth_reader
+
+    def late(clip):
+        return np.concatenate([np.repeat(clip.frames[:1], 2, axis=0), clip.frames[:-2]])
+
+    paths = list_clips(corpus, "test")
+    results, _ = suite.evaluate(paths, {"late": late}, load_mouth_reader(), suite.EvalOptions())
+    assert [row["all"]["offset"] for row in results["late"]["clips"]] == [2, 2]
+    assert results["late"]["summary"]["sync_r"] < 0.95

@@ -44,8 +44,8 @@ def test_av_offset_recovers_a_shift(shift):
     assert curve.shape == (11,) and curve[shift + 5] == pytest.approx(1.0, abs=0.05)
 
 
-def test_av_offset_of_a_flat_curve_is_zero():
-    assert metrics.av_offset(np.zeros(100), smooth_curve(100)) == 0
+def test_av_offset_of_a_flat_curve_is_undefined():
+    assert metrics.av_offset(np.zeros(100), smooth_curve(100)) is None
 
 
 # -- PSNR, SSIM and masks --------------------------------------------------------------------
@@ -155,9 +155,11 @@ def test_pause_frames_trims_the_ends():
     assert np.flatnonzero(quiet).tolist() == [*range(2, 8), *range(22, 28)]
 
 
-def test_drift_is_relative_change():
-    first = {"sync_r": 0.9, "psnr": 30.0, "silence_open": 0.0}
-    last = {"sync_r": 0.81, "psnr": 30.3, "silence_open": 0.1}
+def test_drift_is_relative_change_but_absolute_for_the_pause_opening():
+    first = {"sync_r": 0.9, "psnr": 30.0, "silence_open": 0.01, "ssim": 0.0}
+    last = {"sync_r": 0.81, "psnr": 30.3, "silence_open": 0.03, "ssim": 0.5}
     out = drift(first, last)
     assert out["sync_r"] == pytest.approx(-0.1) and out["psnr"] == pytest.approx(0.01)
-    assert out["silence_open"] is None  # relative to zero: undefined
+    assert out["silence_open"] == pytest.approx(0.02)
+    assert out["ssim"] is None  # relative to zero: undefined
+    assert out["motion_ratio"] is None  # not measured

@@ -87,7 +87,8 @@ def eval_command(
     reader_path = reader or DEFAULT_WEIGHTS
     mouth_reader = load_mouth_reader(reader_path)
     # 2. Sources: baselines by name, anything else is a model to load.
-    sources = {name: make_source(name, device, seed) for name in names}
+    labels = source_labels(names)
+    sources = {labels[name]: make_source(name, device, seed) for name in names}
     # 3. Render and measure, with progress on stderr.
     total = len(paths) * len(sources)
     done = [0]
@@ -118,6 +119,14 @@ def suite_baselines() -> tuple[str, ...]:
     from tmrender.eval.sources import BASELINES
 
     return BASELINES
+
+
+def source_labels(names: list[str]) -> dict[str, str]:
+    """Short report labels: a model file's stem instead of its path, unless two collide."""
+    short = {name: Path(name).stem if name.endswith(".safetensors") else name for name in names}
+    if len(set(short.values())) < len(short):
+        return {name: name for name in names}
+    return short
 
 
 def select_clips(paths: list[Path], limit: int, min_seconds: float | None) -> list[Path]:

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 PSNR_CAP_DB = 100.0  # PSNR of identical frames (instead of infinity)
 SSIM_WINDOW = 11
@@ -47,11 +46,14 @@ def lagged_pearson(generated: np.ndarray, truth: np.ndarray, max_lag: int = 5) -
     return out
 
 
-def av_offset(generated: np.ndarray, truth: np.ndarray, max_lag: int = 5) -> int:
+def av_offset(generated: np.ndarray, truth: np.ndarray, max_lag: int = 5) -> int | None:
     """The lag in frames (-max_lag..max_lag) that best aligns generated with truth by
     cross-correlation (`lagged_pearson`); positive = the video lags behind the audio.
-    Ties go to the smallest |lag|; a flat curve gives 0."""
+    Ties go to the smallest |lag|; None when no lag correlates at all (a flat curve: a
+    mouth that never moves has no offset, rather than a perfect one)."""
     curve = lagged_pearson(generated, truth, max_lag)
+    if not np.any(curve != 0.0):
+        return None
     lags = np.arange(-max_lag, max_lag + 1)
     best = curve.max()
     candidates = lags[np.isclose(curve, best, rtol=0, atol=1e-9)]
@@ -145,7 +147,7 @@ def ssim_map(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def ssim(
-    generated: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, batch: int = 256
+    generated: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, batch: int = 128
 ) -> np.ndarray:
     """Per-frame SSIM (T,): the SSIM map averaged over the masked pixels."""
     out = []
@@ -164,7 +166,7 @@ def ssim(
 # -- motion ----------------------------------------------------------------------------------
 
 
-def frame_motion(frames: np.ndarray, batch: int = 512) -> np.ndarray:
+def frame_motion(frames: np.ndarray, batch: int = 128) -> np.ndarray:
     """Mean absolute difference between consecutive frames, (T - 1,), in 0..255 units."""
     out = []
     for i in range(0, max(len(frames) - 1, 0), batch):

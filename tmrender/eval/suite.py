@@ -6,7 +6,8 @@ Per clip and source (`clip_metrics`), over a frame window:
                   ground-truth `open` column (lip sync; 1 = perfect, ~0 = unrelated);
 - `width_r`, `round_r`  the same for lip width and rounding;
 - `offset`        the lag in frames (-max_lag..max_lag) of best cross-correlation of the
-                  two opening curves (positive: video late);
+                  two opening curves (positive: video late; None for a mouth that never
+                  moves, which counts as not in sync);
 - `silence_open`  mean read opening on pause frames (truth: lips closed, ~0);
 - `psnr`, `ssim`  against the true frames, the mouth region (mouth box grown by
                   `mask_dilate` px and extended down over the chin) masked out; PSNR of
@@ -14,7 +15,8 @@ Per clip and source (`clip_metrics`), over a frame window:
 - `motion_ratio`  mean frame-to-frame change relative to the truth's.
 
 Long clips (`window_seconds` or more, `tmrender eval --long`) are also measured over their
-first and last `window_seconds`; `drift` is (last - first) / |first| per metric.
+first and last `window_seconds`; `drift` is (last - first) / |first| per metric
+(last - first for the opening in pauses, a level near 0).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ METRICS = (
     "sync_r", "width_r", "round_r", "offset", "silence_open", "psnr", "ssim", "motion_ratio",
 )  # fmt: skip
 DRIFT_METRICS = ("sync_r", "silence_open", "psnr", "ssim", "motion_ratio")
+ABSOLUTE_DRIFT = ("silence_open",)  # drift of these is last - first, not relative
 # DESIGN.md section 6 (the instrument figures the product must reach)
 TARGETS = {"sync_r": 0.9, "offset": 0, "psnr": 30.0, "drift": 0.02}
 
@@ -90,7 +93,7 @@ def window_metrics(
     start: int,
     stop: int,
     opts: EvalOptions,
-    batch: int = 512,
+    batch: int = 128,  # frames per step: big arrays churn the allocator (system time)
 ) -> dict:
     """All `METRICS` of generated[start:stop] against the clip (read: (T, k) reader outputs
     on generated, columns as the reader's `outputs`)."""
@@ -129,11 +132,18 @@ def _round(value):
 
 
 def drift(first: dict, last: dict) -> dict:
-    """Relative change (last - first) / |first| of each `DRIFT_METRICS` entry."""
+    """Change from the first to the last window of each `DRIFT_METRICS` entry: relative,
+    (last - first) / |first|, except for levels that should be ~0 (`ABSOLUTE_DRIFT`),
+    where a relative change of tiny numbers means nothing: last - first."""
     out = {}
     for key in DRIFT_METRICS:
         a, b = first.get(key), last.get(key)
-        out[key] = None if a is None or b is None or abs(a) < 1e-9 else _round((b - a) / abs(a))
+        if a is None or b is None:
+            out[key] = None
+        elif key in ABSOLUTE_DRIFT:
+            out[key] = _round(b - a)
+        else:
+            out[key] = None if abs(a) < 1e-9 else _round((b - a) / abs(a))
     return out
 
 

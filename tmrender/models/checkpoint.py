@@ -2,9 +2,11 @@
 `convert_for_inference.py` style), strict key/shape checks on load, and Wan2.1 key names.
 
 File: tensors of `TalkingModel.state_dict()` under the network prefixes (`vae.`, `dit.`,
-`audio_encoder.`, `audio_proj.`, `silence.`); metadata (all strings):
-    format = "tmrender", format_version = "1", config = ModelConfig JSON,
-    trained = "true" | "false", extra = JSON of `extra_meta`.
+`audio_encoder.`, `audio_proj.`, `silence.`); metadata: ONE key, "tmrender", holding
+    {"format": "tmrender", "format_version": "2", "config": ModelConfig (JSON object),
+     "trained": bool, "extra": extra_meta} as JSON with sorted keys.
+One key because safetensors writes several metadata keys in random order, which would give
+the same weights a different SHA-256 at every save; one key makes exports reproducible.
 Training checkpoints (model, ema, optimizer, step) are a different thing (tmrender/train).
 
 Wan2.1 original keys (wan/modules/model.py) -> ours: our DiT uses Wan's names, so the map
@@ -29,7 +31,8 @@ from tmrender.errors import UserInputError
 from tmrender.models.talking import TalkingModel
 
 FORMAT = "tmrender"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+METADATA_KEY = "tmrender"
 WAN_PREFIX = "dit."
 WAN_RENAMES: dict[str, str] = {}  # Wan2.1 key fragment -> ours; empty: names are Wan's
 
@@ -103,14 +106,14 @@ def save_checkpoint(
 ) -> None:
     """Write `model` to one safetensors file with its config in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {
+    record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": model.cfg.to_json(),
-        "trained": "true" if trained else "false",
-        "extra": json.dumps(extra_meta or {}, sort_keys=True),
+        "config": json.loads(model.cfg.to_json()),
+        "trained": bool(trained),
+        "extra": extra_meta or {},
     }
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -124,23 +127,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a safetensors file ({err})") from err
-    if meta.get("format") != FORMAT:
+    try:
+        record = json.loads(meta.get(METADATA_KEY, "{}"))
+    except ValueError:
+        record = {}
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a tmrender checkpoint")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if record.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format {meta.get('format_version')}, "
+            f"{path}: checkpoint format {record.get('format_version')}, "
             f"this tmrender reads {FORMAT_VERSION}"
         )
     try:
-        config = ModelConfig.from_json(meta["config"])
-        extra = json.loads(meta.get("extra", "{}"))
+        config = ModelConfig.from_json(json.dumps(record["config"]))
     except (KeyError, ValueError, TypeError, AssertionError) as err:
         raise CheckpointError(f"{path}: unreadable model config in metadata ({err})") from err
     return {
         "config": config,
-        "trained": meta.get("trained") == "true",
+        "trained": record.get("trained") is True,
         "format_version": FORMAT_VERSION,
-        "extra": extra,
+        "extra": record.get("extra", {}),
     }
 
 

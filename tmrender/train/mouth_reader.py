@@ -81,7 +81,7 @@ def load_split_regions(
     """Regions, targets and clip numbers of every `stride`-th frame of `clips`.
 
     Returns regions uint8 (N, 3, h + 2 margin, w + 2 margin), targets float32
-    (N, n_outputs), clip float32-free int32 (N,) index into `clips`.
+    (N, n_outputs) and owner int32 (N,), each frame's index into `clips`.
     """
     columns = output_columns(cfg)
     regions, targets, owner = [], [], []
