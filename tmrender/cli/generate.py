@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -72,32 +73,20 @@ def generate(
     estimate = round((info.duration_hint or 0) * fps) or None
     with _progress() as bar:
         task = bar.add_task("rendering", total=estimate, rtf="")
+        start = time.perf_counter()
 
         def update(stats) -> None:
-            rtf = stats.wall_seconds / max(stats.frames / fps, 1e-9)
-            bar.update(task, completed=stats.frames, total=stats.total_frames or estimate)
-            bar.update(task, rtf=f"{rtf:.2f}x")
+            rtf = (time.perf_counter() - start) / max(stats.frames / fps, 1e-9)
+            total = stats.total_frames or estimate
+            bar.update(task, completed=stats.frames, total=total, rtf=f"{rtf:.2f}x")
 
-        stats = render_video(net, image, info, output, options, on_frames=_timed(update))
+        stats = render_video(net, image, info, output, options, on_frames=update)
     console.print(
         f"wrote {output}: {stats.frames} frames, {stats.frames / fps:.2f} s of video in "
         f"{stats.wall_seconds:.2f} s ({stats.realtime_factor:.2f}x real time)",
         highlight=False,
         soft_wrap=True,
     )
-
-
-def _timed(update):
-    """Wrap a progress callback so it sees a running wall clock."""
-    import time
-
-    start = time.perf_counter()
-
-    def call(stats) -> None:
-        stats.wall_seconds = time.perf_counter() - start
-        update(stats)
-
-    return call
 
 
 def _progress():
