@@ -17,8 +17,8 @@ from tmrender.eval.mouth import (
     read_mouth,
     record_checksum,
     save_mouth_reader,
-    sha256_file,
 )
+from tmrender.files import sha256_file
 from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig
 from tmrender.train import mouth_reader as recipe
 

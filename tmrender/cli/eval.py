@@ -68,7 +68,8 @@ def eval_command(
     from tmrender.errors import UserInputError
     from tmrender.eval import report as report_mod
     from tmrender.eval import suite
-    from tmrender.eval.mouth import DEFAULT_WEIGHTS, load_mouth_reader, sha256_file
+    from tmrender.eval.mouth import DEFAULT_WEIGHTS, load_mouth_reader
+    from tmrender.files import sha256_file
 
     # 1. Check the inputs: sources, clips, output folder, reader.
     names = list(dict.fromkeys([*(model or []), *(suite_baselines() if baselines else [])]))

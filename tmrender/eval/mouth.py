@@ -9,9 +9,7 @@ loaded into an fp32 module.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tmrender.errors import UserInputError
+from tmrender.files import atomic_write, sha256_file
 from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig, normalise
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
@@ -80,8 +79,8 @@ def save_mouth_reader(
     meta = {"config": json.loads(reader.cfg.to_json()), "extra": extra or {}}
     metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    os.chmod(path, 0o644)  # a shipped file, readable by all like the rest of the repository
+    with atomic_write(path) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
     return sha256_file(path)
 
 
@@ -108,15 +107,6 @@ def load_mouth_reader(path: Path | str | None = None) -> MouthReader:
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     reader.load_state_dict(state, strict=True)
     return reader.eval()
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_checksum(sums_file: Path | str, path: Path | str, digest: str) -> None:

@@ -32,7 +32,8 @@ def describe_preset(name: str) -> dict:
 
 def describe_checkpoint(spec: str | None) -> dict:
     """-> {name, path, trained, dtype, sha256, size, parameters, config} of a checkpoint."""
-    from tmrender.render.weights import resolve_model_path, sha256_of
+    from tmrender.files import sha256_file
+    from tmrender.render.weights import resolve_model_path
 
     path = resolve_model_path(spec)
     meta = read_metadata(path)
@@ -41,7 +42,7 @@ def describe_checkpoint(spec: str | None) -> dict:
         "path": str(path),
         "trained": meta["trained"],
         "dtype": _stored_dtypes(path),
-        "sha256": sha256_of(path),
+        "sha256": sha256_file(path),
         "size_mb": round(Path(path).stat().st_size / 2**20, 2),
         "extra": meta["extra"],
         "parameters": _counts(meta["config"]),

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from tmrender.errors import UserInputError
+from tmrender.files import atomic_write
 from tmrender.models.checkpoint import save_checkpoint
 from tmrender.models.presets import PRESETS
 from tmrender.models.talking import TalkingModel
@@ -46,12 +47,11 @@ def init_checkpoint(name: str, output: Path | str, seed: int = 0) -> int:
         raise UserInputError(f"output folder does not exist: {output.parent}")
     torch.manual_seed(seed)
     model = TalkingModel(preset_config(name))
-    partial = output.with_name(f".{output.name}.partial")
     try:
-        save_checkpoint(model, partial, trained=False, extra_meta={"preset": name, "seed": seed})
-        os.replace(partial, output)
+        with atomic_write(output) as partial:
+            save_checkpoint(
+                model, partial, trained=False, extra_meta={"preset": name, "seed": seed}
+            )
     except OSError as err:
         raise UserInputError(f"cannot write {output}: {err.strerror}") from err
-    finally:
-        partial.unlink(missing_ok=True)
     return count

@@ -35,7 +35,6 @@ import re
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -44,6 +43,7 @@ from typing import Literal
 
 import tmrender
 from tmrender.errors import UserInputError
+from tmrender.files import atomic_write, sha256_file
 from tmrender.render.manifest import CheckedRow, ManifestRow, check_rows, read_manifest
 from tmrender.render.video import DEFAULT_CRF
 
@@ -326,13 +326,6 @@ class HashCache:
         return self._known[path]
 
 
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    from tmrender.render.weights import sha256_of
-
-    return sha256_of(Path(path))
-
-
 # --- Sidecars -----------------------------------------------------------------------------
 
 
@@ -393,16 +386,11 @@ def write_sidecar(output: Path, key: dict, audio_seconds: float, frames: int) ->
 
 def write_json_atomic(path: Path, data: dict) -> Path:
     """Write JSON under a temporary name in the same folder, then rename it into place."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with partial.open("w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_write(path) as partial, partial.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

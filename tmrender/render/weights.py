@@ -6,7 +6,6 @@ TMRENDER_WEIGHTS environment variable); nothing is ever downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -87,12 +86,3 @@ def load_model(spec: str | Path | None, device: str = "auto"):
     target = resolve_device(device)
     model, meta = load_checkpoint(path, device=target, dtype=default_dtype(target))
     return model, {**meta, "path": path}
-
-
-def sha256_of(path: Path, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while data := f.read(block):
-            digest.update(data)
-    return digest.hexdigest()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from tmrender.data.visemes import PARAMS
 from tmrender.errors import UserInputError
 from tmrender.eval.metrics import pearson
 from tmrender.eval.mouth import mouth_regions
+from tmrender.files import atomic_write
 from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig, normalise
 
 
@@ -108,9 +108,8 @@ def cached_regions(
             if str(z["key"]) == key:
                 return z["regions"], z["targets"], z["owner"]
     regions, targets, owner = load_split_regions(clips, cfg, margin, stride)
-    partial = cache.with_name(cache.name + ".partial.npz")
-    np.savez(partial, key=np.array(key), regions=regions, targets=targets, owner=owner)
-    os.replace(partial, cache)
+    with atomic_write(cache) as partial, partial.open("wb") as f:
+        np.savez(f, key=np.array(key), regions=regions, targets=targets, owner=owner)
     return regions, targets, owner
 
 
@@ -193,18 +192,15 @@ def validate(model: MouthReader, regions: np.ndarray, targets: np.ndarray, margi
 
 def save_training_checkpoint(path: Path, model, optimizer, step: int, opts: TrainOptions) -> None:
     """Atomically write model, optimizer, step, config and options."""
-    partial = path.with_name(path.name + ".partial")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": optimizer.state_dict(),
-            "step": step,
-            "config": model.cfg.to_json(),
-            "options": asdict(opts),
-        },
-        partial,
-    )
-    os.replace(partial, path)
+    state = {
+        "model": model.state_dict(),
+        "opt": optimizer.state_dict(),
+        "step": step,
+        "config": model.cfg.to_json(),
+        "options": asdict(opts),
+    }
+    with atomic_write(path) as partial:
+        torch.save(state, partial)
 
 
 def load_training_checkpoint(path: Path) -> tuple[MouthReader, dict]:
