@@ -72,11 +72,11 @@ def batch(
     """Render a CSV manifest of portrait + audio pairs; resumable, shardable, fault tolerant."""
     from tmrender.errors import UserInputError
     from tmrender.render.batch import BatchSettings, Shard, execute_batch, prepare_batch
+    from tmrender.render.video import check_crf
 
     if workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {workers}")
-    if not 0 <= crf <= 51:
-        raise UserInputError(f"--crf must be between 0 and 51, got {crf}")
+    check_crf(crf)
     settings = BatchSettings(
         model=model,
         out_dir=out_dir,

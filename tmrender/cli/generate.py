@@ -47,13 +47,12 @@ def generate(
     from tmrender.render.audio import open_audio
     from tmrender.render.image import CropBox, open_rgb
     from tmrender.render.pipeline import RenderOptions, render_video
-    from tmrender.render.video import check_writable_output
+    from tmrender.render.video import check_crf, check_writable_output
     from tmrender.render.weights import load_model
 
     if mode not in MODES:
         raise UserInputError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if not 0 <= crf <= 51:
-        raise UserInputError(f"--crf must be between 0 and 51, got {crf}")
+    check_crf(crf)
     output = output if output is not None else audio.with_name(f"{audio.stem}.mp4")
     if output.resolve() == audio.resolve():
         raise UserInputError(f"the output would overwrite the audio {audio}; choose -o")

@@ -139,6 +139,16 @@ def block_causal_mask(
     return frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
+def split_heads(num_heads: int, x: Tensor) -> Tensor:
+    """(..., heads * d) -> (..., heads, d)."""
+    return x.unflatten(-1, (num_heads, -1))
+
+
+def split_kv(num_heads: int, k: Tensor, v: Tensor) -> KV:
+    """Keys and values (..., heads * d) -> each (..., heads, d)."""
+    return split_heads(num_heads, k), split_heads(num_heads, v)
+
+
 # ---- layers ----------------------------------------------------------------------------
 
 
@@ -155,16 +165,13 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, -1))
-
     def project_kv(self, x: Tensor) -> KV:
         """x (B, L, dim) -> normed, un-rotated k and v, each (B, L, H, d)."""
-        return self._heads(self.norm_k(self.k(x))), self._heads(self.v(x))
+        return split_kv(self.num_heads, self.norm_k(self.k(x)), self.v(x))
 
     def forward(self, x: Tensor, plan, layer: int) -> tuple[Tensor, KV]:
         """x (B, L, dim) -> (output (B, L, dim), this call's un-rotated (k, v))."""
-        q = self._heads(self.norm_q(self.q(x)))
+        q = split_heads(self.num_heads, self.norm_q(self.q(x)))
         k, v = self.project_kv(x)
         q_r, keys, values, mask = plan.assemble(layer, q, k, v)
         return self.o(attend(q_r, keys, values, mask)), (k, v)
@@ -189,22 +196,19 @@ class CrossAttention(nn.Module):
             self.v_img = nn.Linear(dim, dim)
             self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, -1))
-
     def kv(self, text: Tensor, image: Tensor | None) -> tuple[KV, ...]:
         """text (B, Lt, dim), image (B, Li, dim) | None -> ((k, v) text[, (k, v) image])."""
-        out = [(self._heads(self.norm_k(self.k(text))), self._heads(self.v(text)))]
+        out = [split_kv(self.num_heads, self.norm_k(self.k(text)), self.v(text))]
         if self.image:
             assert image is not None, "this cross-attention needs CLIP image tokens"
             out.append(
-                (self._heads(self.norm_k_img(self.k_img(image))), self._heads(self.v_img(image)))
+                split_kv(self.num_heads, self.norm_k_img(self.k_img(image)), self.v_img(image))
             )
         return tuple(out)
 
     def forward(self, x: Tensor, kv: tuple[KV, ...]) -> Tensor:
         """x (B, L, dim), kv from `kv()` -> (B, L, dim); image and text results are summed."""
-        q = self._heads(self.norm_q(self.q(x)))
+        q = split_heads(self.num_heads, self.norm_q(self.q(x)))
         out = sum(attend(q, k, v) for k, v in kv)
         return self.o(out)
 
@@ -227,14 +231,11 @@ class AudioCrossAttention(nn.Module):
         self.norm_q = RMSNorm(inner, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(inner, eps) if qk_norm else nn.Identity()
 
-    def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, -1))
-
     def kv(self, audio: Tensor) -> KV:
         """audio tokens (B, T, N, audio_dim) -> k, v each (B * T, N, H, d)."""
         assert audio.ndim == 4, f"audio tokens must be (B, T, N, D), got {tuple(audio.shape)}"
         flat = audio.flatten(0, 1)
-        return self._heads(self.norm_k(self.k(flat))), self._heads(self.v(flat))
+        return split_kv(self.num_heads, self.norm_k(self.k(flat)), self.v(flat))
 
     def forward(self, x: Tensor, kv: KV, gate: Tensor | None) -> Tensor:
         """x (B, T, S, dim) -> (B, T, S, dim); frame j attends only to frame j's tokens.
@@ -243,6 +244,6 @@ class AudioCrossAttention(nn.Module):
         """
         b, t, s, _ = x.shape
         assert kv[0].shape[0] == b * t, f"audio for {kv[0].shape[0]} frames, x has {b}x{t}"
-        q = self._heads(self.norm_q(self.q(x.flatten(0, 1))))
+        q = split_heads(self.num_heads, self.norm_q(self.q(x.flatten(0, 1))))
         out = self.o(attend(q, *kv)).unflatten(0, (b, t))
         return out if gate is None else out * gate.to(out.dtype)

@@ -21,6 +21,14 @@ from tmrender.render.ffmpeg import ffmpeg_command, last_error_line, run_ffmpeg
 
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"
+MAX_CRF = 51  # x264's range is 0 (lossless) to 51
+
+
+def check_crf(crf: int) -> int:
+    """The H.264 quality setting, or UserInputError if it is outside 0..51."""
+    if not 0 <= crf <= MAX_CRF:
+        raise UserInputError(f"--crf must be between 0 and {MAX_CRF}, got {crf}")
+    return crf
 
 
 def check_writable_output(path: Path | str) -> Path:
@@ -69,8 +77,7 @@ class VideoWriter:
         preset: str = DEFAULT_PRESET,
         audio_bitrate: str = "128k",
     ):
-        if not 0 <= crf <= 51:
-            raise UserInputError(f"--crf must be between 0 and 51, got {crf}")
+        check_crf(crf)
         self.path = check_writable_output(path)
         self.width, self.height, self.fps = width, height, fps
         self.audio = Path(audio) if audio is not None else None
