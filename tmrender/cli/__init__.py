@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserInputError as err:
         if debug:
             console.print_exception()
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {err}", highlight=False)
         code = EXIT_USER
     except Exception as err:  # noqa: BLE001 - the last line of defence
         if debug:
@@ -59,11 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             f"[red]internal error:[/red] {type(err).__name__}: {err} "
             "(run again with --debug for the traceback)",
             highlight=False,
-            soft_wrap=True,
         )
         code = EXIT_INTERNAL
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130) itself
-        console.print("interrupted: nothing was written", highlight=False, soft_wrap=True)
+        console.print("interrupted: nothing was written", highlight=False)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -18,8 +18,8 @@ app = typer.Typer(
 )
 
 # Progress bars, warnings and errors go to stderr so that stdout stays clean for --json.
-console = Console(stderr=True)
-stdout = Console()
+console = Console(stderr=True, soft_wrap=True)  # one message, one line
+stdout = Console(soft_wrap=True)
 
 
 class State:
@@ -47,4 +47,4 @@ def root(
 
 def warn(message: str) -> None:
     """Print one warning line on stderr."""
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)

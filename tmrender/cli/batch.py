@@ -132,7 +132,6 @@ def print_plan(plan) -> None:
         f"{len(plan.with_action('skip'))} finished, fail {len(plan.with_action('fail'))}; "
         f"report: {plan.report_path}",
         highlight=False,
-        soft_wrap=True,
     )
 
 
@@ -242,4 +241,4 @@ def print_summary(report: dict, plan) -> None:
         from tmrender.render.batch import rank_report_path
 
         where = rank_report_path(plan.report_path, plan.shard.index)
-    console.print(f"report: {where}", highlight=False, soft_wrap=True)
+    console.print(f"report: {where}", highlight=False)

@@ -84,7 +84,6 @@ def generate(
         f"wrote {output}: {stats.frames} frames, {stats.frames / fps:.2f} s of video in "
         f"{stats.wall_seconds:.2f} s ({stats.realtime_factor:.2f}x real time)",
         highlight=False,
-        soft_wrap=True,
     )
 
 

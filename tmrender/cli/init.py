@@ -29,5 +29,4 @@ def init(
     console.print(
         f"wrote {output}: untrained {preset}, {params:,} parameters",
         highlight=False,
-        soft_wrap=True,
     )
