@@ -31,7 +31,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
 import wave
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -313,7 +312,9 @@ def read_clip(path: Path | str) -> Clip:
     if frames_file.suffix == ".npy":
         frames = np.load(frames_file)
     else:
-        frames = decode_frames(frames_file, meta["size"], meta["size"])
+        from tmrender.render.video import read_video_frames
+
+        frames = read_video_frames(frames_file)
     return Clip(
         frames=frames,
         audio=read_wav(path / "audio.wav"),
@@ -331,18 +332,3 @@ def read_wav(path: Path) -> np.ndarray:
             raise UserInputError(f"expected 16-bit mono WAV: {path}")
         data = f.readframes(f.getnframes())
     return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
-
-
-def decode_frames(path: Path, width: int, height: int) -> np.ndarray:
-    """All frames of a video as uint8 RGB, shape (T, height, width, 3)."""
-    from tmrender.render.ffmpeg import ffmpeg_command, last_error_line
-
-    cmd = ffmpeg_command(
-        "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"
-    )
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        raise UserInputError(
-            f"cannot decode {path}: {last_error_line(proc.stderr.decode('utf-8', 'replace'))}"
-        )
-    return np.frombuffer(proc.stdout, np.uint8).reshape(-1, height, width, 3)
