@@ -20,6 +20,8 @@ SUITES = ("render", "decode", "write")
     epilog=(
         "Examples:\n\n"
         "  tmrender bench --preset tm-mini -s 60 -s 600     (untrained weights, speed only)\n\n"
+        "  tmrender bench --preset wan2.1-14b-audio --device cuda -s 60   (random bf16 "
+        "weights built on the GPU; stage profile, fps, memory)\n\n"
         "  tmrender bench --model tm-mini -s 60 --json\n\n"
         "  tmrender bench --suite decode -s 3600            (streaming decode of a 60-min MP3)\n\n"
         "  tmrender bench --suite write -s 60 -s 600        (the video writer alone)"
@@ -41,6 +43,18 @@ def bench(
         Path | None, typer.Option(help="decode: measure this file instead of generated MP3s.")
     ] = None,
     size: Annotated[int, typer.Option(help="write: frame size in pixels.")] = 128,
+    compiled: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="render on CUDA: fuse the DiT's elementwise ops (torch.compile)."
+        ),
+    ] = False,
+    context: Annotated[
+        str,
+        typer.Option(
+            help="render on CUDA: cache update per chunk, refresh (a forward) or last_step."
+        ),
+    ] = "refresh",
     as_json: JsonOpt = False,
 ) -> None:
     """Measure speed and peak memory; each case runs in a fresh process."""
@@ -48,7 +62,14 @@ def bench(
     from tmrender.eval import bench_io, bench_render
 
     lengths = seconds or [60.0]
-    if suite == "render":
+    if suite == "render" and preset is not None and _is_cuda(device):
+        from tmrender.eval import bench_gpu
+        from tmrender.models.init import preset_config
+        from tmrender.render.weights import resolve_device
+
+        preset_config(preset)  # one clear line for an unknown preset
+        rows = bench_gpu.bench_gpu(preset, lengths, str(resolve_device(device)), compiled, context)
+    elif suite == "render":
         with tempfile.TemporaryDirectory() as tmp:
             spec = model
             if preset is not None:
@@ -67,6 +88,12 @@ def bench(
     else:
         raise UserInputError(f"unknown --suite {suite!r}; choose one of {', '.join(SUITES)}")
     print_rows(rows, as_json, title=f"tmrender bench --suite {suite}")
+
+
+def _is_cuda(device: str) -> bool:
+    from tmrender.render.weights import resolve_device
+
+    return resolve_device(device).type == "cuda"
 
 
 def print_rows(rows: list[dict], as_json: bool, title: str) -> None:

@@ -63,6 +63,7 @@ from tmrender.models.attention import (
     SelfAttention,
     block_causal_mask,
 )
+from tmrender.models.fused import gated_residual, modulated_norm
 from tmrender.models.rope import Rope, grid_positions
 
 ROPE_CACHE_SIZE = 16  # memoised RoPE tables per DiT (position sets x grids x devices)
@@ -150,6 +151,10 @@ class WanBlock(nn.Module):
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
+    def reset_parameters(self) -> None:
+        """Own parameters only (submodules reset themselves): the modulation table."""
+        nn.init.normal_(self.modulation, std=self.modulation.shape[-1] ** -0.5)
+
     def _mod(self, e: Tensor) -> tuple[Tensor, ...]:
         """e (B, T, 6, dim) -> six (B, T, 1, dim) float32: shift/scale/gate of attn, ffn."""
         return tuple(m.unsqueeze(2) for m in (self.modulation.float() + e).unbind(2))
@@ -157,7 +162,7 @@ class WanBlock(nn.Module):
     def attn_input(self, x: Tensor, e: Tensor) -> Tensor:
         """Modulated input of self-attention, flattened to (B, T*S, dim)."""
         shift, scale = self._mod(e)[:2]
-        return (self.norm1(x).float() * (1 + scale) + shift).to(x.dtype).flatten(1, 2)
+        return modulated_norm(x, shift, scale, self.norm1.eps).flatten(1, 2)
 
     def forward(
         self,
@@ -175,17 +180,17 @@ class WanBlock(nn.Module):
         audio: per-frame audio K/V for frames `audio_from:` of x (None: no audio term).
         """
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self._mod(e)
-        h = (self.norm1(x).float() * (1 + scale_a) + shift_a).to(x.dtype)
+        h = modulated_norm(x, shift_a, scale_a, self.norm1.eps)
         y, kv = self.self_attn(h.flatten(1, 2), plan, layer)
-        x = x + (y.view_as(x).float() * gate_a).to(x.dtype)
+        x = gated_residual(x, y.view_as(x), gate_a)
         if context is not None:
             x = x + self.cross_attn(self.norm3(x).flatten(1, 2), context).view_as(x)
         if audio is not None:
             head, tail = x[:, :audio_from], x[:, audio_from:]
             tail = tail + self.audio_cross_attn(self.norm_audio(tail), audio, gate)
             x = torch.cat((head, tail), dim=1)
-        y = self.ffn((self.norm2(x).float() * (1 + scale_f) + shift_f).to(x.dtype))
-        return x + (y.float() * gate_f).to(x.dtype), kv
+        y = self.ffn(modulated_norm(x, shift_f, scale_f, self.norm2.eps))
+        return gated_residual(x, y, gate_f), kv
 
 
 class Head(nn.Module):
@@ -197,11 +202,14 @@ class Head(nn.Module):
         self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
+    def reset_parameters(self) -> None:
+        """Own parameters only (submodules reset themselves): the modulation table."""
+        nn.init.normal_(self.modulation, std=self.modulation.shape[-1] ** -0.5)
+
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
         """x (B, T, S, dim), e (B, T, dim) float32 -> (B, T, S, prod(patch) * out_dim)."""
         shift, scale = (self.modulation.float() + e.unsqueeze(2)).unbind(2)
-        h = self.norm(x).float() * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
-        return self.head(h.to(x.dtype))
+        return self.head(modulated_norm(x, shift.unsqueeze(2), scale.unsqueeze(2), self.norm.eps))
 
 
 class MLPProj(nn.Module):

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from tmrender.config import ModelConfig
 from tmrender.errors import UserInputError
 from tmrender.files import atomic_write
 from tmrender.models.checkpoint import save_checkpoint
+from tmrender.models.dit import WanDiT
 from tmrender.models.presets import PRESETS
 from tmrender.models.talking import TalkingModel
 
@@ -28,6 +30,29 @@ def parameter_count(name: str) -> int:
     with torch.device("meta"):
         model = TalkingModel(preset_config(name))
     return sum(p.numel() for p in model.parameters())
+
+
+def build_random_model(
+    cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> TalkingModel:
+    """A model with random weights whose DiT is built directly on `device` in `dtype`.
+
+    The DiT is created on the meta device, cast, materialised on the device and
+    initialised there (`reset_parameters` of every module, then Wan's `init_weights`), so a
+    14B-parameter DiT never exists as a float32 copy, on the host or the GPU. The small
+    networks (VAE, audio encoder, projection) are initialised on the CPU and moved.
+    Returns the model in eval mode on `device`."""
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        dit = WanDiT(cfg.dit, cfg.chunk_latent_frames)
+    dit = dit.to(dtype).to_empty(device=device)
+    with torch.no_grad():
+        for module in dit.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        dit.init_weights()
+    model = TalkingModel(cfg, dit=dit)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def init_checkpoint(name: str, output: Path | str, seed: int = 0) -> int:

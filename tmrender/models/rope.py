@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tmrender.models.fused import rotate_pairs
+
 
 def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
     """Rotation pairs given to (t, h, w) for a head of width `head_dim` (Wan's split)."""
@@ -65,8 +67,4 @@ class Rope:
         assert n == len(self) and d == 2 * self.cos.shape[1], (
             f"rope for {len(self)} tokens x {2 * self.cos.shape[1]} dims, got {tuple(x.shape)}"
         )
-        pairs = x.float().reshape(b, n, h, d // 2, 2)
-        re, im = pairs.unbind(-1)
-        cos, sin = self.cos[None, :, None], self.sin[None, :, None]
-        out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)
-        return out.reshape(b, n, h, d).to(x.dtype)
+        return rotate_pairs(x, self.cos, self.sin)
