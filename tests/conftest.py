@@ -111,3 +111,78 @@ def silent_wav(media_dir) -> Path:
     path = media_dir / "silent.wav"
     write_wav(path, np.zeros(SAMPLE_RATE, np.float32))
     return path
+
+
+# --- Tiny model and corpus for the DiT training stages (teacher, ode, dmd) ------------------
+
+
+def tiny_model_config():
+    """A `ModelConfig` small enough for CPU unit tests: 32x32 frames, 4 latent channels,
+    a 2-layer DiT of width 32, a 1-layer Wav2Vec2 of width 16, chunks of 2 latent frames."""
+    from tmrender.config import (
+        AudioEncoderConfig,
+        AudioProjConfig,
+        DiTConfig,
+        ModelConfig,
+        SamplerConfig,
+        VAEConfig,
+    )
+
+    return ModelConfig(
+        name="tiny",
+        height=32,
+        width=32,
+        chunk_latent_frames=2,
+        vae=VAEConfig(latent_channels=4, enc_channels=(8, 8, 8), dec_channels=(8, 8, 8)),
+        dit=DiTConfig(
+            in_dim=12, out_dim=4, dim=32, ffn_dim=64, freq_dim=16, num_heads=2, num_layers=2,
+            audio_dim=8, audio_attn_dim=8, text_len=0,
+        ),
+        audio_encoder=AudioEncoderConfig(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            conv_dim=(8,) * 7, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+            layers=(1,),
+        ),
+        audio_proj=AudioProjConfig(window=2, tokens=2, hidden_dim=16),
+        sampler=SamplerConfig(shift=3.0, cfg_scale=2.0),
+    )  # fmt: skip
+
+
+def randomized_model(model, seed: int = 1):
+    """A copy of a TalkingModel whose DiT and audio projection have random weights
+    everywhere (a fresh DiT's zero head and zero audio output would hide bugs)."""
+    import torch
+
+    from tmrender.models.talking import TalkingModel
+
+    out = TalkingModel(model.cfg)
+    out.load_state_dict(model.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in [*out.dit.parameters(), *out.audio_proj.parameters()]:
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    return out.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """Three 2.4 s train clips at the tiny model's 32 px (npy frames), with speech and pauses."""
+    from tmrender.data.corpus import generate_corpus
+
+    root = tmp_path_factory.mktemp("tiny-corpus")
+    generate_corpus(root, "train", clips=3, seconds=2.4, seed=2, size=32, frame_format="npy")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_init(tmp_path_factory) -> Path:
+    """A fresh `TalkingModel(tiny_model_config())` (seed 0) as a stage's `--init` file."""
+    import torch
+
+    from tmrender.models.checkpoint import save_checkpoint
+    from tmrender.models.talking import TalkingModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-init") / "init.safetensors"
+    save_checkpoint(TalkingModel(tiny_model_config()), path, trained=False)
+    return path

@@ -117,8 +117,9 @@ def test_eval_with_an_untrained_model_through_the_pipeline(corpus, tmp_path):
     assert abs(row["all"]["sync_r"]) < 0.5  # an untrained model cannot lip-sync
 
 
-def test_bad_input_is_one_line_exit_2(corpus, tmp_path, capsys):
-    assert run_cli("eval", "--data", str(corpus), "--out", str(tmp_path)) == 2
+def test_bad_input_is_one_line_exit_2(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TMRENDER_WEIGHTS", str(tmp_path / "no-weights"))
+    assert run_cli("eval", "--data", str(corpus), "--out", str(tmp_path)) == 2  # no tm-mini
     assert run_cli("eval", "--data", str(tmp_path), "--out", str(tmp_path), "--baselines") == 2
     code = run_cli("eval", "--data", str(corpus), "--out", str(tmp_path), "--baselines", "--long")
     assert code == 2

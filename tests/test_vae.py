@@ -204,3 +204,23 @@ def test_encode_dist_is_trainable() -> None:
     loss = (recon - video).abs().mean() + 1e-6 * (mean.square() + logvar.exp() - logvar).mean()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.parameters())
+
+
+def test_latent_statistics_normalise_encode_and_are_undone_by_decode() -> None:
+    mean, std = (0.5, -1.0, 2.0, 0.0), (2.0, 0.5, 1.0, 4.0)
+    plain, scaled = _vae(), CausalVAE(dataclasses.replace(TINY, latent_mean=mean, latent_std=std))
+    scaled.load_state_dict(plain.state_dict())
+    video = _video(9)
+    shape = (1, 4, 1, 1, 1)
+    with torch.no_grad():
+        raw = plain.encode(video)
+        lat = scaled.encode(video)
+        torch.testing.assert_close(
+            lat, (raw - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+        )
+        torch.testing.assert_close(scaled.decode(lat), plain.decode(raw), atol=1e-5, rtol=0)
+        dec = StreamingDecoder(scaled)
+        streamed = torch.cat([dec.decode(lat[:, :, :1]), dec.decode(lat[:, :, 1:])], dim=2)
+    torch.testing.assert_close(streamed, plain.decode(raw).clamp(-1, 1), atol=1e-5, rtol=0)
+    with pytest.raises(AssertionError, match="latent_std"):
+        VAEConfig(latent_channels=2, latent_std=(1.0,))

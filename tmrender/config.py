@@ -2,7 +2,7 @@
 `ModelConfig` as JSON in its safetensors metadata, so loading needs nothing else.
 
 Sections: VAE (owned by tmrender/models/vae.py), then the DiT, audio encoder, audio
-projection, sampler, and the `ModelConfig` that bundles them.
+projection, sampler, Wan's image and text encoders, and the `ModelConfig` that bundles them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 # ---- VAE ---------------------------------------------------------------------------------
 
@@ -46,10 +46,43 @@ class VAEConfig:
     dec_expand_level: int = 1
     # every residual block is causal in time: it sees this many frames (itself + past)
     temporal_kernel: int = 2
+    # per-channel statistics of the raw latents (set by `tmrender train vae`): `encode`
+    # returns (raw - latent_mean) / latent_std, so the DiT sees unit-scale latents, and
+    # `decode` undoes it; empty = identity (an untrained VAE)
+    latent_mean: tuple[float, ...] = ()
+    latent_std: tuple[float, ...] = ()
+    # which autoencoder: "mini" (the fields above) or "wan" (Wan2.1's causal 3-D conv VAE,
+    # `tmrender.models.wan_vae.WanVAE`, with the fields below; Wan's `WanVAE_` arguments
+    # dim, dim_mult, num_res_blocks, temperal_downsample; the mini fields are then unused)
+    kind: str = "mini"
+    base_dim: int = 96
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dim_mult", tuple(int(v) for v in self.dim_mult))
+        object.__setattr__(
+            self, "temporal_downsample", tuple(bool(v) for v in self.temporal_downsample)
+        )
+        assert self.kind in ("mini", "wan"), f"unknown VAE kind {self.kind!r}"
+        if self.kind == "wan":
+            levels = len(self.dim_mult)
+            assert len(self.temporal_downsample) == levels - 1, "one temporal flag per downsample"
+            assert self.spatial_stride == 2 ** (levels - 1), (
+                "Wan VAE: spatial_stride = 2 ** (len(dim_mult) - 1)"
+            )
+            assert self.temporal_stride == 2 ** sum(self.temporal_downsample), (
+                "Wan VAE: temporal_stride must be 2 ** (number of temporal downsamples)"
+            )
         for name in ("enc_channels", "enc_blocks", "dec_channels", "dec_blocks"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("latent_mean", "latent_std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+            assert len(getattr(self, name)) in (0, self.latent_channels), (
+                f"{name}: none or one value per latent channel ({self.latent_channels})"
+            )
+        assert all(s > 0 for s in self.latent_std), "latent_std must be positive"
         levels = len(self.dec_channels)
         assert levels >= 1 and len(self.enc_channels) >= 1, "need at least one level"
         for n in (len(self.enc_channels), levels):
@@ -205,18 +238,80 @@ class SamplerConfig:
     student_timesteps: tuple[float, float] = (1.0, 0.5)
     # timestep at which a clean chunk is re-run to refresh the KV cache
     context_timestep: float = 0.0
+    # how a finished chunk becomes the next chunk's context: "refresh" re-runs it at
+    # context_timestep (`WanDiT.commit_chunk`); "last_step" keeps the K/V of its last
+    # denoising step (`commit_kv`: one forward less per chunk; the student must be
+    # trained for it, `tmrender train dmd --context last_step`)
+    context: str = "refresh"
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "student_timesteps", tuple(float(t) for t in self.student_timesteps)
         )
         assert len(self.student_timesteps) == 2, "the student takes exactly 2 steps"
+        assert self.context in ("refresh", "last_step"), f"unknown context {self.context!r}"
 
     @property
     def student_sigmas(self) -> tuple[float, float]:
         """The student's timesteps after the shift: what the network sees."""
         s = self.shift
         return tuple(s * t / (1 + (s - 1) * t) for t in self.student_timesteps)
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """CLIP vision tower of Wan2.1 I2V (`tmrender.models.conditioning.ImageEncoder`, a
+    `transformers.CLIPVisionModel`); field names are CLIPVisionConfig's. Defaults: the
+    open-clip XLM-RoBERTa ViT-H/14 visual tower (wan/modules/clip.py)."""
+
+    hidden_size: int = 1280
+    intermediate_size: int = 5120
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu"
+    # the features are `hidden_states[feature_layer]`: -2 = the output of all blocks but
+    # the last (Wan's `use_31_block`, diffusers' `hidden_states[-2]`)
+    feature_layer: int = -2
+    image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+
+    def __post_init__(self) -> None:
+        for name in ("image_mean", "image_std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        assert self.hidden_size % self.num_attention_heads == 0
+        assert self.image_size % self.patch_size == 0
+        assert -self.num_hidden_layers - 1 <= self.feature_layer <= self.num_hidden_layers
+
+    @property
+    def tokens(self) -> int:
+        """Image tokens: the class token + one per patch (257 for ViT-H/14 at 224)."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """umT5 encoder of Wan2.1 (`tmrender.models.conditioning.TextEncoder`, a
+    `transformers.UMT5EncoderModel`); field names are UMT5Config's. Defaults: umT5-XXL
+    (wan/modules/t5.py `umt5_xxl`). `tokenizer_bytes`: length of the tokenizer (the
+    `tokenizers` JSON of umT5's tokenizer) stored in the checkpoint beside the weights."""
+
+    vocab_size: int = 256384
+    d_model: int = 4096
+    d_kv: int = 64
+    d_ff: int = 10240
+    num_layers: int = 24
+    num_heads: int = 64
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "gated-gelu"
+    tokenizer_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.tokenizer_bytes >= 0
 
 
 @dataclass(frozen=True)
@@ -233,6 +328,9 @@ class ModelConfig:
     audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     audio_proj: AudioProjConfig = field(default_factory=AudioProjConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # Wan2.1's conditioning encoders, in converted large models only (tm-mini has none)
+    image_encoder: ImageEncoderConfig | None = None
+    text_encoder: TextEncoderConfig | None = None
 
     def __post_init__(self) -> None:
         ph, pw = self.dit.patch_size[1:]
@@ -249,6 +347,22 @@ class ModelConfig:
             "audio features must tile video frames exactly"
         )
         assert self.chunk_latent_frames >= 1
+        if self.image_encoder is not None:
+            assert self.dit.image_embedding, "an image encoder needs the DiT's img_emb"
+            assert self.image_encoder.hidden_size == self.dit.image_dim, (
+                f"image encoder width {self.image_encoder.hidden_size} != DiT image_dim "
+                f"{self.dit.image_dim}"
+            )
+            assert self.image_encoder.tokens == self.dit.image_tokens, (
+                f"image encoder tokens {self.image_encoder.tokens} != DiT image_tokens "
+                f"{self.dit.image_tokens}"
+            )
+        if self.text_encoder is not None:
+            assert self.dit.has_context, "a text encoder needs the DiT's cross-attention"
+            assert self.text_encoder.d_model == self.dit.text_dim, (
+                f"text encoder width {self.text_encoder.d_model} != DiT text_dim "
+                f"{self.dit.text_dim}"
+            )
 
     # ---- derived sizes
     @property
@@ -311,10 +425,18 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
     kwargs = {}
     for name, value in data.items():
-        hint = hints[name]
-        if is_dataclass(hint):
-            value = _from_dict(hint, value)
+        target = _config_class(hints[name])
+        if target is not None and isinstance(value, dict):
+            value = _from_dict(target, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _config_class(hint: Any) -> type | None:
+    """The dataclass of a field typed `Config` or `Config | None`, else None."""
+    if is_dataclass(hint):
+        return hint
+    found = [arg for arg in get_args(hint) if is_dataclass(arg)]
+    return found[0] if len(found) == 1 else None

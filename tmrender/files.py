@@ -19,6 +19,20 @@ def sha256_file(path: Path | str, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_cached(path: Path | str) -> str:
+    """`sha256_file`, read once per process for a file whose path, size and modification
+    time have not changed (a batch asks for the model's hash again and again)."""
+    path = Path(path).resolve()
+    info = path.stat()
+    key = (str(path), info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path | str) -> Iterator[Path]:
     """Yield a hidden sibling `.<name>.<8 hex>.partial` to write; on success it is given the

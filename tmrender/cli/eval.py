@@ -35,7 +35,10 @@ def eval_command(
         typer.Option(
             "--model",
             "-m",
-            help="Model name or .safetensors path, or a baseline: gt, still, loudness. Repeat.",
+            help=(
+                "Model name or .safetensors path, or a baseline: gt, still, loudness. Repeat. "
+                "[default: tm-mini]"
+            ),
         ),
     ] = None,  # fmt: skip
     baselines: Annotated[
@@ -72,9 +75,10 @@ def eval_command(
     from tmrender.files import sha256_file
 
     # 1. Check the inputs: sources, clips, output folder, reader.
-    names = list(dict.fromkeys([*(model or []), *(suite_baselines() if baselines else [])]))
-    if not names:
-        raise UserInputError("nothing to evaluate: give --model NAME|PATH and/or --baselines")
+    from tmrender.render.weights import DEFAULT_MODEL
+
+    models = model or [DEFAULT_MODEL]
+    names = list(dict.fromkeys([*models, *(suite_baselines() if baselines else [])]))
     if clips < 1:
         raise UserInputError(f"--clips must be at least 1, got {clips}")
     paths = select_clips(list_clips(data, split), clips, LONG_SECONDS if long else None)

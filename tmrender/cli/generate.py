@@ -26,7 +26,9 @@ from tmrender.cli.options import (
         "Examples:\n\n"
         "  tmrender generate --image face.png --audio speech.wav\n\n"
         "  tmrender generate -i photo.jpg -a talk.mp3 -o talk.mp4 --crop 200,80,600,600\n\n"
-        "  tmrender generate --image face.png --audio pause.wav --mode silence --seed 7"
+        "  tmrender generate --image face.png --audio pause.wav --mode silence --seed 7\n\n"
+        "  tmrender generate -i face.png -a talk.wav --model wan.safetensors --device cuda "
+        "--compile"
     )
 )
 def generate(
@@ -41,12 +43,30 @@ def generate(
     mode: ModeOpt = "auto",
     crop: CropOpt = None,
     crf: CrfOpt = 18,
+    compiled: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Fuse the DiT's elementwise ops with torch.compile (GPUs; the first "
+            "chunks compile, so the first frame comes later).",
+        ),
+    ] = False,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="Text for models with a text encoder (converted Wan2.1) "
+            '[default: "a person talking to the camera"].',
+        ),
+    ] = None,
 ) -> None:
     """Render a talking-head video; by default written next to the audio as <stem>.mp4."""
     from tmrender.errors import UserInputError
+    from tmrender.models.conditioning import DEFAULT_PROMPT
     from tmrender.render.audio import open_audio
     from tmrender.render.image import CropBox, open_rgb
     from tmrender.render.pipeline import RenderOptions, render_video
+    from tmrender.render.portrait import portrait_looks_like_avatar
     from tmrender.render.video import check_crf, check_writable_output
     from tmrender.render.weights import load_model
 
@@ -58,15 +78,30 @@ def generate(
         raise UserInputError(f"the output would overwrite the audio {audio}; choose -o")
     # 1. Check every input before the model is loaded.
     options = RenderOptions(
-        seed=seed, mode=mode, crop=CropBox.parse(crop) if crop else None, crf=crf
+        seed=seed,
+        mode=mode,
+        crop=CropBox.parse(crop) if crop else None,
+        prompt=DEFAULT_PROMPT if prompt is None else prompt,
+        crf=crf,
     )
     info = open_audio(audio)
     open_rgb(image)
     check_writable_output(output)
     # 2. Load the model.
     net, meta = load_model(model, device)
+    if compiled:
+        from tmrender.models.fused import enable_fusion
+
+        enable_fusion()
     if not meta["trained"]:
         warn(f"{meta['path']} is an untrained model: the video will be noise")
+    if prompt is not None and net.text_encoder is None:
+        warn(f"{meta['path']} has no text encoder: --prompt is ignored")
+    if not portrait_looks_like_avatar(image, options.crop):
+        warn(
+            f"{image} does not look like the drawn avatars the model learned from (a "
+            "photograph?): it still renders, but expect a poor likeness and lip sync"
+        )
     # 3. Render with a progress bar.
     fps = net.cfg.fps
     estimate = round((info.duration_hint or 0) * fps) or None

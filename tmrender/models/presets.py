@@ -18,6 +18,8 @@ the project's VAE (the Wan VAE is not part of tmrender).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tmrender.config import (
     AudioEncoderConfig,
     AudioProjConfig,
@@ -116,5 +118,15 @@ WAN_14B_AUDIO = ModelConfig(
     audio_proj=AudioProjConfig(window=2, tokens=32, hidden_dim=2048),
     sampler=_WAN_SAMPLER,
 )
+
+
+def tm_mini_variant(latent_channels: int, dec_blocks: tuple[int, ...]) -> ModelConfig:
+    """tm-mini with another latent width and decoder depth (VAE experiments); the DiT's
+    input/output channels follow the latent (Wan I2V layout: noise | mask | reference)."""
+    vae = replace(TM_MINI.vae, latent_channels=latent_channels, dec_blocks=dec_blocks)
+    mask = TM_MINI.dit.mask_channels
+    dit = replace(TM_MINI.dit, out_dim=latent_channels, in_dim=2 * latent_channels + mask)
+    return replace(TM_MINI, vae=vae, dit=dit)
+
 
 PRESETS: dict[str, ModelConfig] = {c.name: c for c in (TM_MINI, WAN_1_3B_AUDIO, WAN_14B_AUDIO)}

@@ -15,9 +15,12 @@ for each causal block, only its last `temporal_kernel - 1` input frames, so its 
 depend on the length of the stream (cf. Wan's `feat_cache`, Self-Forcing's explicit caches).
 `StreamingDecoder` wraps that in `reset / decode / flush` for the renderer.
 
-Training (a later issue): `encode_dist` gives a diagonal Gaussian posterior (mean, logvar);
-train with L1 + LPIPS-style perceptual reconstruction loss plus a small KL weight (~1e-6),
-optionally distilling a larger teacher decoder; this module holds no loss.
+Latent scale: `encode_dist` gives the raw posterior (mean, logvar); `encode` returns the
+posterior mean normalised per channel by the config's `latent_mean` / `latent_std` (what
+the DiT sees, unit scale), and `decode` / `decode_step` / `StreamingDecoder` take
+normalised latents and undo it (`normalise_latent` / `denormalise_latent`). Training
+(`tmrender.train.vae`) fits the raw autoencoder, then measures and stores the statistics;
+this module holds no loss.
 """
 
 from __future__ import annotations
@@ -130,9 +133,38 @@ class CausalVAE(nn.Module):
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
     def encode(self, video: Tensor) -> Tensor:
-        """Posterior mean. video: `B, 3, 1 + 4k, H, W` in [-1, 1] -> latents
+        """Normalised posterior mean. video: `B, 3, 1 + 4k, H, W` in [-1, 1] -> latents
         `B, latent_channels, 1 + k, H / 8, W / 8`. Latent `j` depends on frames `<= 4j` only."""
-        return self.encode_dist(video)[0]
+        return self.normalise_latent(self.encode_dist(video)[0])
+
+    # ---- latent scale -------------------------------------------------------------------
+
+    def _latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Config statistics as `1, C, 1, 1, 1` tensors on `like`'s device and dtype, or
+        None when the config has none (identity)."""
+        cfg = self.cfg
+        if not cfg.latent_mean and not cfg.latent_std:
+            return None
+        c = cfg.latent_channels
+        mean = cfg.latent_mean or (0.0,) * c
+        std = cfg.latent_std or (1.0,) * c
+        shape = (1, c, 1, 1, 1)
+        return (
+            torch.tensor(mean, device=like.device, dtype=like.dtype).view(shape),
+            torch.tensor(std, device=like.device, dtype=like.dtype).view(shape),
+        )
+
+    def normalise_latent(self, raw: Tensor) -> Tensor:
+        """Raw latents `B, C, T, h, w` -> unit-scale latents `(raw - mean) / std` per channel."""
+        self._check_latent(raw)
+        stats = self._latent_stats(raw)
+        return raw if stats is None else (raw - stats[0]) / stats[1]
+
+    def denormalise_latent(self, latent: Tensor) -> Tensor:
+        """Unit-scale latents `B, C, T, h, w` -> raw latents `latent * std + mean`."""
+        self._check_latent(latent)
+        stats = self._latent_stats(latent)
+        return latent if stats is None else latent * stats[1] + stats[0]
 
     @staticmethod
     def _run_fresh(block: CausalMemBlock, x: Tensor, batch: int) -> Tensor:
@@ -171,8 +203,8 @@ class CausalVAE(nn.Module):
     ) -> tuple[Tensor, DecodeState]:
         """Decode the next latent frames of a stream.
 
-        latent: `B, latent_channels, t, h, w` (any `t >= 0`); state: from the previous call,
-        or None / `init_decode_state(...)` at the start of a stream.
+        latent: normalised (`encode`'s scale) `B, latent_channels, t, h, w` (any `t >= 0`);
+        state: from the previous call, or None / `init_decode_state(...)` at the start.
         Returns frames `B, 3, n, 8h, 8w` (unclamped, ~[-1, 1]) with `n = 4t`, or `4t - 3`
         on the stream's first call, and the new state. Frame `i` never depends on a later
         latent, so any chunking of a clip gives the same frames as `decode`.
@@ -188,7 +220,7 @@ class CausalVAE(nn.Module):
             return latent.new_zeros(b, self.cfg.image_channels, 0, *out_hw), state
         memory = iter(state.memory)
         new_memory = []
-        x = F.relu_(self.dec_in(video_to_frames(latent)))
+        x = F.relu_(self.dec_in(video_to_frames(self.denormalise_latent(latent))))
         for layer in self.dec_layers:
             if isinstance(layer, CausalMemBlock):
                 x, past = layer(x, b, next(memory))
@@ -201,7 +233,7 @@ class CausalVAE(nn.Module):
         return frames, DecodeState(started=True, memory=tuple(new_memory))
 
     def decode(self, latent: Tensor) -> Tensor:
-        """Whole clip. latent: `B, latent_channels, 1 + k, h, w` -> video
+        """Whole clip. latent (normalised): `B, latent_channels, 1 + k, h, w` -> video
         `B, 3, 1 + 4k, 8h, 8w` (unclamped, ~[-1, 1])."""
         self._check_latent(latent)
         assert latent.shape[2] >= 1, "need at least one latent frame"

@@ -43,7 +43,7 @@ from typing import Literal
 
 import tmrender
 from tmrender.errors import UserInputError
-from tmrender.files import atomic_write, sha256_file
+from tmrender.files import atomic_write, sha256_cached, sha256_file
 from tmrender.render.manifest import CheckedRow, ManifestRow, check_rows, read_manifest
 from tmrender.render.video import DEFAULT_CRF
 
@@ -237,7 +237,7 @@ def prepare_batch(
     # 3. Every row of this shard (collisions over the whole manifest).
     checked = check_rows(rows, probe=mine, create_folders=create_folders)
     # 4. Hashes, then what to do with each row.
-    model_sha = sha256_file(model_path)
+    model_sha = sha256_cached(model_path)  # hashed once per process
     hashes = HashCache()
     planned = [plan_row(c, model_sha, settings, hashes) for c in checked]
     report = Path(os.path.abspath(settings.report or out_dir / DEFAULT_REPORT_NAME))

@@ -7,7 +7,9 @@ Three stages run at once and talk through small bounded queues, so memory stays 
     caller thread:  streaming VAE decode -> uint8 frames (-> ffmpeg pipe in `render_video`)
 
 The embedding cache (anchor K/V, face gate, context K/V) is computed once per render by
-`start_stream`; the KV cache holds the anchor and the previous chunk only.
+`start_stream`, with, for converted Wan models, the umT5 context of the prompt and the CLIP
+features of the portrait (`encode_conditioning`); the KV cache holds the anchor and the
+previous chunk only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from tmrender.diffusion.samplers import sample_chunk_student
 from tmrender.models.audio import audio_windows
+from tmrender.models.conditioning import DEFAULT_PROMPT
 from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
 from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream
@@ -48,6 +51,7 @@ class RenderOptions:
     seed: int = 0
     mode: Mode = "auto"  # auto: speaking/silence per chunk from voice activity
     crop: CropBox | None = None
+    prompt: str = DEFAULT_PROMPT  # text context, for models with a text encoder (Wan)
     # output
     crf: int = DEFAULT_CRF
     # compute
@@ -107,7 +111,7 @@ def render_frames(
     stop = threading.Event()
     threads: list[threading.Thread] = []
     previous_threads = torch.get_num_threads()
-    device = next(model.parameters()).device
+    device = next(model.dit.parameters()).device
     if device.type == "cpu":
         torch.set_num_threads(options.intra_op_threads)
     try:
@@ -127,19 +131,27 @@ def render_frames(
         # 3. Embedding cache meanwhile: the anchor latent and everything derived from it.
         with torch.inference_mode():
             anchor = encode_reference(model, reference)
-            state = model.dit.start_stream(anchor)
+            context, clip_fea = encode_conditioning(model, reference, options.prompt)
+            state = model.dit.start_stream(anchor, context=context, clip_fea=clip_fea)
             decoder = StreamingDecoder(model.vae)
-            decoder.decode(anchor)  # primes the causal decoder; the reference frame is dropped
+            # prime the causal decoder with the anchor; the reference frame is dropped
+            decoder.decode(anchor.to(next(model.vae.parameters()).device))
         # 4. The autoregressive chunk loop in its own thread.
         latents: queue.Queue = queue.Queue(QUEUE_DEPTH)
         timeline = FeatureTimeline(features, stop)
         chunks = latent_chunks(model, state, timeline, options, stats)
         threads.append(_start(_pump, chunks, latents, stop, name="tmrender-dit"))
-        # 5. Decode latent chunks into frames, here, while the other stages run ahead.
+        # 5. Decode latent chunks into frames, here, while the other stages run ahead (on
+        #    a GPU: on a stream of its own, so decoding overlaps the next chunk's steps).
+        vae_device = next(model.vae.parameters()).device
+        decode_stream = torch.cuda.Stream(vae_device) if vae_device.type == "cuda" else None
         while (item := _take(latents, stop)) is not None:
-            chunk, keep = item
+            chunk, keep, ready = item
             tick = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), _side_stream(decode_stream, ready):
+                chunk = chunk.to(vae_device, non_blocking=True)
+                if decode_stream is not None:  # made on the DiT's stream, freed there later
+                    chunk.record_stream(decode_stream)
                 frames = to_uint8(decoder.decode(chunk)[:, :, :keep])
             stats.stage_seconds["vae_decode"] += time.perf_counter() - tick
             stats.frames += frames.shape[0]
@@ -200,10 +212,11 @@ def latent_chunks(
     stats: RenderStats,
 ) -> Iterator[tuple[Tensor, int]]:
     """The autoregressive loop: yields (clean latent chunk (1, C_lat, C, h, w), frames to
-    keep of its decoded 4*C) until the audio is covered."""
+    keep of its decoded 4*C, a CUDA event marking the chunk ready or None on the CPU)
+    until the audio is covered."""
     cfg = model.cfg
     frames_per_chunk, window = cfg.frames_per_chunk, cfg.audio_proj.window
-    device = next(model.parameters()).device
+    device = next(model.dit.parameters()).device
     dtype = next(model.dit.parameters()).dtype
     generator = torch.Generator(device).manual_seed(options.seed)
     shape = (
@@ -224,9 +237,12 @@ def latent_chunks(
         else:
             tokens = model.silence.expand(1, cfg.chunk_latent_frames)
         noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        last_kv = []  # the K/V of the latest denoising step (sampler.context "last_step")
 
-        def denoise(x: Tensor, t: Tensor, tokens=tokens, state=state) -> Tensor:
-            return model.dit.forward_chunk(x, t, tokens, state).to(dtype)
+        def denoise(x: Tensor, t: Tensor, tokens=tokens, state=state, last_kv=last_kv) -> Tensor:
+            v, kv = model.dit.forward_chunk(x, t, tokens, state, return_kv=True)
+            last_kv[:] = [kv]
+            return v.to(dtype)
 
         clean = sample_chunk_student(denoise, noise, cfg.sampler.student_sigmas)
         stats.stage_seconds["dit"] += time.perf_counter() - tick
@@ -235,13 +251,37 @@ def latent_chunks(
         stats.speaking_chunks += int(speaking)
         total = timeline.total_frames
         keep = frames_per_chunk if total is None else min(frames_per_chunk, total - first)
-        yield clean, keep
+        yield clean, keep, _ready_event(clean)
         if total is not None and first + frames_per_chunk >= total:
             return
         tick = time.perf_counter()
-        state = model.dit.commit_chunk(clean, tokens, state, t=cfg.sampler.context_timestep)
+        if cfg.sampler.context == "last_step":
+            state = model.dit.commit_kv(last_kv[0], state)
+        else:
+            state = model.dit.commit_chunk(clean, tokens, state, t=cfg.sampler.context_timestep)
         stats.stage_seconds["cache_update"] += time.perf_counter() - tick
         first += frames_per_chunk
+
+
+def _ready_event(x: Tensor) -> torch.cuda.Event | None:
+    """An event recorded after the work that makes `x`, on a GPU; None on the CPU."""
+    if x.device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(x.device))
+    return event
+
+
+@contextlib.contextmanager
+def _side_stream(stream: torch.cuda.Stream | None, ready: torch.cuda.Event | None):
+    """Run the block on `stream` once `ready` has fired (nothing to do on the CPU)."""
+    if stream is None:
+        yield
+        return
+    if ready is not None:
+        stream.wait_event(ready)
+    with torch.cuda.stream(stream):
+        yield
 
 
 def chunk_is_speaking(mode: Mode, voiced: np.ndarray) -> bool:
@@ -260,7 +300,26 @@ def encode_reference(model: TalkingModel, image: np.ndarray) -> Tensor:
     dtype = next(model.vae.parameters()).dtype
     pixels = torch.from_numpy(np.array(image, np.uint8)).to(device).permute(2, 0, 1)[None, :, None]
     video = pixels.to(dtype) / 127.5 - 1.0
-    return model.vae.encode(video).to(next(model.dit.parameters()).dtype)
+    dit = next(model.dit.parameters())
+    return model.vae.encode(video).to(device=dit.device, dtype=dit.dtype)
+
+
+def encode_conditioning(
+    model: TalkingModel, image: np.ndarray, prompt: str
+) -> tuple[Tensor | None, Tensor | None]:
+    """RGB uint8 (H, W, 3) portrait + prompt -> (text context (1, L, text_dim), CLIP
+    features (1, image_tokens, image_dim)), on the DiT's device and dtype; None for each
+    encoder the model does not have (tm-mini has neither)."""
+    dit = next(model.dit.parameters())
+    context = clip_fea = None
+    if model.text_encoder is not None:
+        context = model.text_encoder.encode(prompt).to(device=dit.device, dtype=dit.dtype)
+    if model.image_encoder is not None:
+        device = next(model.image_encoder.parameters()).device
+        pixels = torch.from_numpy(np.array(image, np.uint8)).to(device)
+        video = pixels.permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        clip_fea = model.image_encoder(video).to(device=dit.device, dtype=dit.dtype)
+    return context, clip_fea
 
 
 def to_uint8(frames: Tensor) -> np.ndarray:

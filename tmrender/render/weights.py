@@ -1,7 +1,9 @@
 """Finding and loading models: `--model NAME|PATH`, the default model, the device.
 
 Weights ship in the repository's `weights/` folder (or a folder named by the
-TMRENDER_WEIGHTS environment variable); nothing is ever downloaded.
+TMRENDER_WEIGHTS environment variable); nothing is ever downloaded. A model file whose
+folder has a SHA256SUMS line for it is used only if its SHA-256 matches that line (checked
+once per process and file version, see `tmrender.files.sha256_cached`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tmrender.errors import UserInputError
 WEIGHTS_ENV = "TMRENDER_WEIGHTS"
 DEFAULT_MODEL = "tm-mini"
 SUFFIX = ".safetensors"
+SUMS_FILE = "SHA256SUMS"
 
 
 def weights_dir() -> Path:
@@ -38,8 +41,43 @@ def installed_models() -> list[str]:
     return names
 
 
+def listed_checksum(path: Path) -> str | None:
+    """The SHA-256 that the SHA256SUMS beside `path` lists for it (sha256sum format), or
+    None when there is no such file or line."""
+    sums = path.parent / SUMS_FILE
+    if not sums.is_file():
+        return None
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if name.lstrip("*") == path.name:
+            return digest.lower()
+    return None
+
+
+def verify_checksum(path: Path) -> None:
+    """Refuse (CheckpointError, one line) a file whose SHA-256 differs from its SHA256SUMS
+    line; files without a line are not checked."""
+    from tmrender.files import sha256_cached
+    from tmrender.models.checkpoint import CheckpointError
+
+    expected = listed_checksum(path)
+    if expected is not None and sha256_cached(path) != expected:
+        raise CheckpointError(
+            f"{path} does not match its SHA-256 in {path.parent / SUMS_FILE}: the file is "
+            "damaged or was replaced; restore it (git checkout weights/) or, if you replaced "
+            "it on purpose, update its line"
+        )
+
+
 def resolve_model_path(spec: str | Path | None) -> Path:
-    """A model file from a path, an installed name, or None for the default model."""
+    """A model file from a path, an installed name, or None for the default model;
+    checked against the SHA256SUMS of its folder (`verify_checksum`)."""
+    path = _find_model(spec)
+    verify_checksum(path)
+    return path
+
+
+def _find_model(spec: str | Path | None) -> Path:
     if spec is not None and (Path(spec).suffix == SUFFIX or os.sep in str(spec)):
         path = Path(spec)
         if not path.is_file():

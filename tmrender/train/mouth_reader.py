@@ -8,11 +8,15 @@ Robustness to generated frames comes from augmentation of the mouth region: rand
 shift, scale and rotation (head placement), colour gain and offset, blur (a decoder's
 softness) and pixel noise.
 
-Run folder (git-ignored, e.g. runs/mouth_reader/):
-    checkpoint.pt    model, optimizer, step, config, options: written every
-                     `checkpoint_every` steps (atomically); `resume` continues from it
+Training runs on the one training loop (`tmrender.train.loop.run_stage`) through
+`MouthReaderStage`. Run folder (git-ignored, e.g. runs/mouth_reader/):
+    checkpoint.pt    the loop's checkpoint (network, optimizer, step, RNG states, options),
+                     every `checkpoint_every` steps (atomically); `resume` continues from it
+    config.json      the reader's MouthReaderConfig
     log.jsonl        one JSON line per logged step (loss, lr) and per validation
-    loss.png         the loss curve and the validation Pearson r, redrawn at each checkpoint
+                     ({"val": {"open_r", "open_mae", ...}})
+    loss.png         the loss curve and the validation figures, redrawn at each checkpoint
+    export.safetensors  fp32 weights at the end
     regions-*.npz    the cached input regions of the split (rebuilt when missing)
 """
 
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +40,9 @@ from tmrender.eval.metrics import pearson
 from tmrender.eval.mouth import mouth_regions
 from tmrender.files import atomic_write
 from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig, normalise
+from tmrender.train.loop import LoopOptions, run_stage, seeded
+
+CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
@@ -150,37 +156,32 @@ def augment(
     return normalise(x.clamp(0, 1) * 255.0)
 
 
-# -- training loop ---------------------------------------------------------------------------
-
-
-def lr_at(step: int, opts: TrainOptions) -> float:
-    """Linear warm-up then cosine decay to 2% of `opts.lr`."""
-    if step < opts.warmup:
-        return opts.lr * (step + 1) / opts.warmup
-    progress = min(1.0, (step - opts.warmup) / max(1, opts.steps - opts.warmup))
-    return opts.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+# -- the stage on the one training loop (tmrender.train.loop) -------------------------------
 
 
 def loss_fn(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error over (B, n_outputs), the first output (`open`) weighted twice."""
-    weights = torch.ones(pred.shape[1])
+    weights = torch.ones(pred.shape[1], device=pred.device)
     weights[0] = 2.0
-    return (((pred - target) ** 2) * weights).mean()
+    return (((pred.float() - target) ** 2) * weights).mean()
 
 
 @torch.no_grad()
 def validate(model: MouthReader, regions: np.ndarray, targets: np.ndarray, margin: int) -> dict:
-    """Pearson r and MAE per output on centre crops of the held-out regions."""
+    """Pearson r and MAE per output on centre crops of the held-out regions:
+    {output: {"r", "mae"}}."""
+    was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     h, w = model.cfg.crop_size
     preds = []
     for i in range(0, len(regions), 512):
         chunk = torch.from_numpy(regions[i : i + 512])[
             ..., margin : margin + h, margin : margin + w
         ]
-        preds.append(model(normalise(chunk)).clamp(0, 1))
+        preds.append(model(normalise(chunk.to(device))).clamp(0, 1).float().cpu())
     pred = torch.cat(preds).numpy()
-    model.train()
+    model.train(was_training)
     return {
         name: {
             "r": round(pearson(pred[:, j], targets[:, j]), 5),
@@ -190,25 +191,73 @@ def validate(model: MouthReader, regions: np.ndarray, targets: np.ndarray, margi
     }
 
 
-def save_training_checkpoint(path: Path, model, optimizer, step: int, opts: TrainOptions) -> None:
-    """Atomically write model, optimizer, step, config and options."""
-    state = {
-        "model": model.state_dict(),
-        "opt": optimizer.state_dict(),
-        "step": step,
-        "config": model.cfg.to_json(),
-        "options": asdict(opts),
-    }
-    with atomic_write(path) as partial:
-        torch.save(state, partial)
+def loop_options(opts: TrainOptions, device: str = "cpu") -> LoopOptions:
+    """The loop's options for a mouth reader run: no gradient clipping, cosine to 2%,
+    validation at every checkpoint."""
+    return LoopOptions(
+        steps=opts.steps, lr=opts.lr, warmup=opts.warmup, min_lr_ratio=0.02,
+        weight_decay=opts.weight_decay, grad_clip=0.0, max_minutes=opts.max_minutes,
+        checkpoint_every=opts.checkpoint_every, log_every=opts.log_every,
+        val_every=opts.checkpoint_every, seed=opts.seed, threads=opts.threads, device=device,
+    )  # fmt: skip
 
 
-def load_training_checkpoint(path: Path) -> tuple[MouthReader, dict]:
-    """-> (model with the checkpoint's weights, the raw checkpoint dict)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = MouthReader(MouthReaderConfig.from_json(state["config"]))
-    model.load_state_dict(state["model"])
-    return model, state
+class MouthReaderStage:
+    """`tmrender.train.loop.Stage` of the mouth reader: one network, one optimizer."""
+
+    name = "mouth_reader"
+
+    def __init__(self, data: Path, out: Path, cfg: MouthReaderConfig, opts: TrainOptions) -> None:
+        """Regions of the train split (the last `opts.val_clips` clips held out), cached
+        in `out`; the reader is built from `cfg`, seeded by `opts.seed`."""
+        self.opts = opts
+        with seeded(opts.seed):
+            self.model = MouthReader(cfg)
+        clips = list_clips(data, "train")
+        if len(clips) <= opts.val_clips:
+            raise UserInputError(f"need more than {opts.val_clips} train clips in {data}")
+        fit_clips, val_clips = clips[: -opts.val_clips], clips[-opts.val_clips :]
+        regions, targets, _ = cached_regions(
+            out / "regions-fit.npz", fit_clips, cfg, opts.margin, opts.frame_stride
+        )
+        self.val_regions, self.val_targets, _ = cached_regions(
+            out / "regions-val.npz", val_clips, cfg, opts.margin, 1
+        )
+        self.regions, self.targets = torch.from_numpy(regions), torch.from_numpy(targets)
+        self.val: dict[str, float] = {}
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {"model": list(self.model.parameters())}
+
+    def updates(self, step: int) -> list[str]:
+        return ["model"]
+
+    def batch(self, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(augmented regions (B, 3, h, w), targets (B, n_outputs)) on `device`."""
+        idx = torch.randint(len(self.regions), (self.opts.batch,), generator=gen)
+        x = augment(self.regions[idx], self.model.cfg, self.opts, gen)
+        return x.to(device), self.targets[idx].to(device)
+
+    def loss(self, opt_name: str, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+        x, y = batch
+        return loss_fn(self.model(x), y), {}
+
+    def validate(self) -> dict[str, float]:
+        nested = validate(self.model, self.val_regions, self.val_targets, self.opts.margin)
+        self.val = {
+            f"{name}_{k}": v for name, figures in nested.items() for k, v in figures.items()
+        }
+        return self.val
+
+    def export(self, path: Path) -> dict:
+        """fp32 weights of the reader (the CLI's --export decides fp16 for the shipped file)."""
+        from tmrender.eval.mouth import save_mouth_reader
+
+        extra = {"held_out": self.val, "options": asdict(self.opts)}
+        return {"sha256": save_mouth_reader(self.model, path, half=False, extra=extra)}
 
 
 def train(
@@ -218,112 +267,43 @@ def train(
     cfg: MouthReaderConfig | None = None,
     resume: bool = False,
     on_log: Callable[[dict], None] | None = None,
+    device: str = "cpu",
 ) -> MouthReader:
-    """Train (or resume) a mouth reader on data/train; returns the final model."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(opts.threads)
-    try:
-        return _train(data, out, opts, cfg, resume, on_log)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _train(data, out, opts, cfg, resume, on_log) -> MouthReader:
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "log.jsonl"
-    # 1. model and optimizer, from the checkpoint when resuming
-    step = 0
-    if resume and ckpt_path.exists():
-        model, state = load_training_checkpoint(ckpt_path)
-        step = state["step"]
-    else:
-        if resume:
-            raise UserInputError(f"nothing to resume: {ckpt_path} does not exist")
-        model = MouthReader(cfg)
-        log_path.unlink(missing_ok=True)
-    cfg = model.cfg
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    if step:
-        optimizer.load_state_dict(state["opt"])
-    # 2. data: all train clips but the last val_clips
-    clips = list_clips(data, "train")
-    if len(clips) <= opts.val_clips:
-        raise UserInputError(f"need more than {opts.val_clips} train clips in {data}")
-    fit_clips, val_clips = clips[: -opts.val_clips], clips[-opts.val_clips :]
-    regions, targets, _ = cached_regions(
-        out / "regions-fit.npz", fit_clips, cfg, opts.margin, opts.frame_stride
-    )
-    val_regions, val_targets, _ = cached_regions(
-        out / "regions-val.npz", val_clips, cfg, opts.margin, 1
-    )
-    # 3. loop: sample a batch, augment, step; log, validate and checkpoint on schedule
-    gen = torch.Generator().manual_seed(opts.seed * 100_003 + step)
-    regions_t, targets_t = torch.from_numpy(regions), torch.from_numpy(targets)
-    start, losses = time.perf_counter(), []
-    model.train()
-    while step < opts.steps:
-        idx = torch.randint(len(regions_t), (opts.batch,), generator=gen)
-        x = augment(regions_t[idx], cfg, opts, gen)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, opts)
-        loss = loss_fn(model(x), targets_t[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        losses.append(loss.item())
-        if step % opts.log_every == 0:
-            row = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(step - 1, opts)}
-            row["seconds"] = round(time.perf_counter() - start, 1)
-            _append_log(log_path, row, on_log)
-            losses = []
-        out_of_time = opts.max_minutes and time.perf_counter() - start > opts.max_minutes * 60
-        if step % opts.checkpoint_every == 0 or step == opts.steps or out_of_time:
-            row = {"step": step, "val": validate(model, val_regions, val_targets, opts.margin)}
-            _append_log(log_path, row, on_log)
-            save_training_checkpoint(ckpt_path, model, optimizer, step, opts)
-            plot_losses(log_path, out / "loss.png")
-        if out_of_time:
-            break
-    return model.eval()
-
-
-def _append_log(path: Path, row: dict, on_log: Callable[[dict], None] | None) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    if on_log:
-        on_log(row)
-
-
-def plot_losses(log_path: Path, png: Path) -> None:
-    """Loss curve (log scale) and validation r of `open` per checkpoint, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    train_rows = [r for r in rows if "loss" in r]
-    val_rows = [r for r in rows if "val" in r]
-    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.semilogy([r["step"] for r in train_rows], [r["loss"] for r in train_rows])
-    ax_loss.set(xlabel="step", ylabel="train loss (weighted MSE)", title="mouth reader")
-    ax_loss.grid(alpha=0.3)
-    if val_rows:
-        for name in val_rows[-1]["val"]:
-            ax_r.plot(
-                [r["step"] for r in val_rows],
-                [r["val"][name]["r"] for r in val_rows],
-                marker="o",
-                label=name,
+    """Train (or, with `resume`, continue) a mouth reader on data/train with the one
+    training loop; returns the final model (eval mode). The run folder keeps the reader's
+    config in `config.json`, so `resume` needs no `cfg`."""
+    out = Path(out)
+    config_path = out / CONFIG
+    if resume:
+        if not config_path.exists() and (out / "checkpoint.pt").exists():
+            raise UserInputError(
+                f"{out} holds a checkpoint of the earlier mouth reader loop, which cannot "
+                "be resumed; train into a new --out folder"
             )
-        ax_r.axhline(0.97, color="grey", linestyle="--", linewidth=1)
-        ax_r.legend()
-    ax_r.set(xlabel="step", ylabel="validation Pearson r", ylim=(0.5, 1.0))
-    ax_r.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+        if not config_path.exists():
+            raise UserInputError(f"nothing to resume: {config_path} does not exist")
+        cfg = MouthReaderConfig.from_json(config_path.read_text())
+    cfg = cfg or MouthReaderConfig()
+    out.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(cfg.to_json())
+    stage = MouthReaderStage(data, out, cfg, opts)
+    run_stage(stage, out, loop_options(opts, device), resume=resume, on_log=on_log)
+    return stage.model.eval()
+
+
+def load_training_checkpoint(path: Path) -> tuple[MouthReader, dict]:
+    """-> (model with the checkpoint's weights, the raw checkpoint dict); the config comes
+    from `config.json` beside the checkpoint (or from the checkpoint itself when the
+    earlier mouth reader loop wrote it)."""
+    path = Path(path)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "networks" not in state:  # written before the one training loop
+        model = MouthReader(MouthReaderConfig.from_json(state["config"]))
+        model.load_state_dict(state["model"])
+        return model, state
+    model = MouthReader(MouthReaderConfig.from_json((path.parent / CONFIG).read_text()))
+    model.load_state_dict(state["networks"]["model"])
+    return model, state
 
 
 # -- export and test figures -----------------------------------------------------------------
