@@ -11,7 +11,19 @@ import click
 import typer
 
 # Importing a command module registers its command on `app`.
-from tmrender.cli import avatar, batch, bench, eval, generate, info, init, synth, train  # noqa: F401
+from tmrender.cli import (  # noqa: F401
+    avatar,
+    batch,
+    bench,
+    convert,
+    eval,
+    generate,
+    info,
+    init,
+    prepare,
+    synth,
+    train,
+)
 from tmrender.cli.app import State, app, console
 from tmrender.errors import UserInputError
 

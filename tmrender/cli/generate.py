@@ -55,8 +55,8 @@ def generate(
         str | None,
         typer.Option(
             "--prompt",
-            help="Text for models with a text encoder (converted Wan2.1) "
-            '[default: "a person talking to the camera"].',
+            help="Text for models with a text encoder (converted Wan2.1); "
+            'default "a person talking to the camera".',
         ),
     ] = None,
 ) -> None:

@@ -27,7 +27,8 @@ def info(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Describe a model: config, parameter counts per network, dtype, SHA-256, trained or not."""
+    """Describe a model: config, parameters, dtype and trained-or-not per network (with the
+    source's counts and layout for converted models), SHA-256."""
     from tmrender.models.describe import describe_checkpoint, describe_preset
 
     facts = describe_preset(preset) if preset else describe_checkpoint(model)
@@ -38,7 +39,17 @@ def info(
     for key, value in facts.items():
         if key == "parameters":
             value = "\n".join(f"{k}: {v:,}" for k, v in value.items())
+        elif key == "networks":
+            value = "\n".join(_network_line(k, v) for k, v in value.items())
         elif key == "config":
             value = json.dumps(value, indent=1)[:2000]
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _network_line(name: str, facts: dict) -> str:
+    """One network of `info`'s table: parameters, dtype, trained, and the source's count."""
+    source = facts.get("source_parameters")
+    origin = f", {source:,} in the source" if source is not None else ""
+    state = "trained" if facts["trained"] else "untrained"
+    return f"{name}: {facts['parameters']:,} ({facts['dtype']}, {state}{origin})"

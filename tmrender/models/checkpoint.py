@@ -106,14 +106,21 @@ def save_checkpoint(
 ) -> None:
     """Write `model` to one safetensors file with its config in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata=checkpoint_metadata(model.cfg, trained, extra_meta))
+
+
+def checkpoint_metadata(
+    cfg: ModelConfig, trained: bool, extra_meta: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The safetensors metadata of a tmrender checkpoint: one key, see the module docstring."""
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": json.loads(model.cfg.to_json()),
+        "config": json.loads(cfg.to_json()),
         "trained": bool(trained),
         "extra": extra_meta or {},
     }
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+    return {METADATA_KEY: json.dumps(record, sort_keys=True)}
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
