@@ -13,7 +13,8 @@
   paper's "18B". Build it on `torch.device("meta")` unless you have the memory.
 
 Both Wan presets use wav2vec2-base dimensions for the audio encoder (all 12 layers) and
-the project's VAE (the Wan VAE is not part of tmrender).
+tm-mini's light VAE, so that `tmrender bench` measures the DiT; a checkpoint converted from
+a Wan2.1 release (`tmrender convert`) carries the real Wan VAE and CLIP/umT5 encoders.
 """
 
 from __future__ import annotations
