@@ -13,15 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_model import TINY as BASE
 from tmrender.cli import main
-from tmrender.config import (
-    AudioEncoderConfig,
-    AudioProjConfig,
-    DiTConfig,
-    ModelConfig,
-    SamplerConfig,
-    VAEConfig,
-)
 from tmrender.data import visemes
 from tmrender.data.corpus import generate_corpus, list_clips
 from tmrender.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
@@ -33,26 +26,12 @@ from tmrender.train import augment
 from tmrender.train.loop import LoopOptions, run_stage
 
 SR, SPF, SIZE = 16_000, 640, 32
-TINY = ModelConfig(
-    name="tiny",
-    height=SIZE,
-    width=SIZE,
-    vae=VAEConfig(
-        latent_channels=4, enc_channels=(8, 8, 8), enc_blocks=(0, 0, 0), enc_latent_blocks=1,
-        dec_latent_blocks=1, dec_channels=(8, 8, 8), dec_blocks=(0, 0, 0),
-    ),
-    dit=DiTConfig(
-        in_dim=12, out_dim=4, dim=32, ffn_dim=64, freq_dim=16, num_heads=2, num_layers=1,
-        audio_dim=8, audio_attn_dim=16, audio_num_heads=1,
-    ),
-    audio_encoder=AudioEncoderConfig(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(8,) * 7, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
-        layers=(0, 1),
-    ),
-    audio_proj=AudioProjConfig(window=2, tokens=2, hidden_dim=16),
-    sampler=SamplerConfig(teacher_steps=4),
-)  # fmt: skip
+TINY = dataclasses.replace(
+    BASE,
+    vae=dataclasses.replace(BASE.vae, enc_latent_blocks=1, dec_latent_blocks=1),
+    dit=dataclasses.replace(BASE.dit, num_layers=1),
+    audio_encoder=dataclasses.replace(BASE.audio_encoder, layers=(0, 1)),
+)
 OPTS = recipe.AudioOptions(
     batch=4, window_frames=30, short_window_frames=16, loss_margin=4, edge_frames=6,
     val_clips=1, head_hidden=16, min_phoneme_count=2,

@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_model import TINY as BASE
 from tmrender.cli import main
-from tmrender.config import (
-    AudioEncoderConfig,
-    AudioProjConfig,
-    DiTConfig,
-    ModelConfig,
-    SamplerConfig,
-    VAEConfig,
-)
 from tmrender.data.corpus import generate_corpus
 from tmrender.errors import UserInputError
 from tmrender.models.checkpoint import load_checkpoint, read_metadata
@@ -29,25 +22,15 @@ from tmrender.train import vae as recipe
 from tmrender.train.loop import LoopOptions, run_stage
 
 SIZE = 48
-TINY = ModelConfig(
-    name="tiny",
+TINY = dataclasses.replace(
+    BASE,
     height=SIZE,
     width=SIZE,
-    vae=VAEConfig(
-        latent_channels=4, enc_channels=(8, 8, 12), enc_blocks=(0, 0, 1), enc_latent_blocks=1,
-        dec_latent_blocks=1, dec_channels=(12, 8, 8), dec_blocks=(0, 0, 0),
+    vae=dataclasses.replace(
+        BASE.vae, enc_channels=(8, 8, 12), enc_blocks=(0, 0, 1), enc_latent_blocks=1,
+        dec_latent_blocks=1, dec_channels=(12, 8, 8),
     ),
-    dit=DiTConfig(
-        in_dim=12, out_dim=4, dim=32, ffn_dim=64, freq_dim=16, num_heads=2, num_layers=1,
-        audio_dim=8, audio_attn_dim=16, audio_num_heads=1,
-    ),
-    audio_encoder=AudioEncoderConfig(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(8,) * 7, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
-        layers=(1,),
-    ),
-    audio_proj=AudioProjConfig(window=2, tokens=2, hidden_dim=16),
-    sampler=SamplerConfig(teacher_steps=4),
+    dit=dataclasses.replace(BASE.dit, num_layers=1),
 )  # fmt: skip
 OPTS = recipe.VAEOptions(
     val_clips=1, val_frames=9, crop_batch=8, crop_frames=1, crop=24, clip_batch=2, clip_frames=5,
