@@ -112,3 +112,17 @@ def test_tm_mini_streams_end_to_end_and_silence_ignores_audio():
     assert torch.equal(s1, s2)  # silence: it does not
     state = model.dit.commit_chunk(x, a1, state)
     assert state.chunks_done == 1
+
+
+def test_tm_mini_variants_keep_the_dit_token_grid():
+    from tmrender.models.presets import TM_MINI, tm_mini_variant
+
+    assert tm_mini_variant(16, (0, 0, 0)) == TM_MINI
+    wide = tm_mini_variant(32, (0, 1, 0))
+    assert (wide.dit.in_dim, wide.dit.out_dim) == (68, 32)
+    fine = tm_mini_variant(8, (0, 0), spatial_stride=4)
+    assert fine.latent_height == 32 and fine.dit.patch_size == (1, 4, 4)
+    assert fine.tokens_per_latent_frame == TM_MINI.tokens_per_latent_frame == 64
+    assert fine.vae.dec_channels == TM_MINI.vae.dec_channels[1:]
+    with torch.device("meta"):
+        TalkingModel(fine)

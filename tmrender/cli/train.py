@@ -263,6 +263,10 @@ def vae_command(
     dec_blocks: Annotated[
         str, typer.Option(help="tm-mini variant: decoder residual blocks per level, e.g. 0,1,0.")
     ] = "0,0,0",
+    spatial_stride: Annotated[
+        int,
+        typer.Option(help="tm-mini variant: VAE stride 8, or 4 (2 levels; DiT patch 4x4)."),
+    ] = 8,
 ) -> None:
     """Train the causal VAE on DATA/train frames; export a checkpoint with its latent stats."""
     import json
@@ -275,7 +279,7 @@ def vae_command(
 
     try:
         blocks = tuple(int(v) for v in dec_blocks.split(","))
-        cfg = tm_mini_variant(latent_channels, blocks)
+        cfg = tm_mini_variant(latent_channels, blocks, spatial_stride)
     except (ValueError, AssertionError) as err:
         raise UserInputError(f"bad --latent-channels/--dec-blocks: {err}") from err
 
@@ -336,6 +340,14 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _rank_device(device: str) -> str:
+    """`--device` of this process: under torchrun it joins the ranks and `cuda` is the GPU
+    of its LOCAL_RANK (tmrender.train.distributed); otherwise `device` as given."""
+    from tmrender.train.distributed import rank_device
+
+    return rank_device(device)
+
+
 def _progress(what: str, done: int, total: int) -> None:
     if done == total or done % max(1, total // 10) == 0:
         console.print(f"{what}: {done}/{total}", highlight=False)
@@ -345,9 +357,12 @@ def _finish_stage(stage, out: Path, loop, resume: bool, export: Path | None) -> 
     import json
     import shutil
 
+    from tmrender.train.distributed import parallel
     from tmrender.train.loop import run_stage
 
     result = run_stage(stage, out, loop, resume=resume, on_log=print_loop_row)
+    if not parallel(loop.device).main:
+        return  # under torchrun, rank 0 reports
     if export is not None:
         export.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "export.safetensors", export)
@@ -402,6 +417,7 @@ def teacher_command(
         batch=batch, chunks=chunks, audio_drop=audio_drop, mouth_weight=mouth_weight,
         val_clips=val_clips, sample_every=sample_every,
     )  # fmt: skip
+    device = _rank_device(device)
     loop = _loop_options(steps, lr, max_minutes, val_every, seed, threads, device)
     _set_threads(threads)
     stage = recipe.TeacherStage(
@@ -466,6 +482,7 @@ def ode_command(
         teacher_steps=teacher_steps, seed=seed, mouth_weight=mouth_weight, face_mask=face_mask,
         val_clips=val_clips, sample_every=sample_every,
     )  # fmt: skip
+    device = _rank_device(device)
     loop = _loop_options(steps, lr, max_minutes, val_every, seed, threads, device)
     _set_threads(threads)
     stage = recipe.OdeStage(
@@ -644,6 +661,7 @@ def dmd_command(
         reg_batch=reg_batch, mouth_weight=mouth_weight, face_mask=face_mask, pairs=pairs,
         seed=seed, sample_every=sample_every,
     )  # fmt: skip
+    device = _rank_device(device)
     loop = _loop_options(steps, lr, max_minutes, val_every, seed, threads, device)
     _set_threads(threads)
     stage = recipe.DmdStage(

@@ -121,12 +121,38 @@ WAN_14B_AUDIO = ModelConfig(
 )
 
 
-def tm_mini_variant(latent_channels: int, dec_blocks: tuple[int, ...]) -> ModelConfig:
-    """tm-mini with another latent width and decoder depth (VAE experiments); the DiT's
-    input/output channels follow the latent (Wan I2V layout: noise | mask | reference)."""
-    vae = replace(TM_MINI.vae, latent_channels=latent_channels, dec_blocks=dec_blocks)
+def tm_mini_variant(
+    latent_channels: int, dec_blocks: tuple[int, ...], spatial_stride: int = 8
+) -> ModelConfig:
+    """tm-mini with another VAE (experiments of the VAE stage); the DiT follows it.
+
+    The DiT's input/output channels follow the latent (Wan I2V: noise | mask | reference).
+    `spatial_stride` 4 drops the VAE's coarsest level and doubles the DiT patch (1, 4, 4),
+    so the DiT keeps its 64 tokens per latent frame and its speed, while each latent cell
+    covers 4x4 pixels instead of 8x8 (the mouth spans ~3 latent rows instead of ~2); the
+    levels kept have tm-mini's widths at the same resolutions."""
+    assert spatial_stride in (4, 8), "spatial_stride must be 4 or 8"
+    levels = 3 if spatial_stride == 8 else 2
+    base = TM_MINI.vae
+    assert len(dec_blocks) == levels, f"--dec-blocks needs {levels} values"
+    vae = replace(
+        base,
+        latent_channels=latent_channels,
+        spatial_stride=spatial_stride,
+        enc_channels=base.enc_channels[:levels],  # fine -> coarse: keep the fine ones
+        enc_blocks=base.enc_blocks[:levels],
+        dec_channels=base.dec_channels[-levels:],  # coarse -> fine: keep the fine ones
+        dec_blocks=dec_blocks,
+        dec_expand_level=min(base.dec_expand_level, levels - 1),
+    )
+    patch = TM_MINI.dit.patch_size[1] * TM_MINI.vae.spatial_stride // spatial_stride
     mask = TM_MINI.dit.mask_channels
-    dit = replace(TM_MINI.dit, out_dim=latent_channels, in_dim=2 * latent_channels + mask)
+    dit = replace(
+        TM_MINI.dit,
+        out_dim=latent_channels,
+        in_dim=2 * latent_channels + mask,
+        patch_size=(1, patch, patch),
+    )
     return replace(TM_MINI, vae=vae, dit=dit)
 
 
