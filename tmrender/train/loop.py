@@ -9,6 +9,7 @@ validation and the final export.
 
 Run folder:
     checkpoint.pt      networks, optimizers, step, RNG states, options (atomic)
+    checkpoint.sharded/  instead, on several ranks: the same as a DCP folder (see below)
     log.jsonl          one JSON line per logged step ({"step", "lr", "seconds", "loss", ...})
                        and per validation ({"step", "val": {...}})
     loss.png           training losses and validation figures, redrawn at each checkpoint
@@ -19,6 +20,21 @@ names (each on a fresh batch), all at the lr of step `s`; `opts.steps` iteration
 Randomness: `stage.batch` gets a CPU `torch.Generator` seeded from `opts.seed` (draw random
 numbers with it on the CPU, then move them); its state, the global torch RNG states and
 the optimizers are saved in the checkpoint, so a resumed run is the uninterrupted run.
+
+Several ranks (`tmrender.train.distributed`): under torchrun the DiT stages (teacher, ode,
+dmd) train data-parallel with FSDP2,
+
+    torchrun --standalone --nproc-per-node 2 -m tmrender train teacher --data D --init I ...
+
+(or `torchrun ... $(which tmrender) train ...`; `--device cuda` puts each rank on the GPU
+of its LOCAL_RANK). `run_stage` asks `distributed.parallel` for this process's `Parallel`
+and goes through it for the networks (sharded before the optimizers are built), each
+batch (every rank draws the global batch, keeps its rows), the logged figures (averaged
+over the ranks), stopping (together), checkpoints (`checkpoint.sharded/`, readable on any
+number of ranks; `checkpoint.pt` is read onto several ranks too) and the export (rank 0;
+logging and the curve too). Outside torchrun it is world size 1: every one of those steps
+is the identity and a run is exactly the one-process run. `checkpoint_blocks` recomputes
+each DiT block's activations in the backward pass, on any number of ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -37,8 +54,11 @@ from torch import Tensor, nn
 
 from tmrender.errors import UserInputError
 from tmrender.files import atomic_write
+from tmrender.train import distributed
+from tmrender.train.distributed import Parallel
 
 CHECKPOINT = "checkpoint.pt"
+SHARDED = "checkpoint.sharded"
 LOG = "log.jsonl"
 LOSS_PNG = "loss.png"
 EXPORT = "export.safetensors"
@@ -64,6 +84,7 @@ class LoopOptions:
     seed: int = 0
     threads: int = 2  # torch CPU threads
     device: str = "cpu"  # cpu | cuda | cuda:N ; bf16 autocast on CUDA
+    checkpoint_blocks: bool = False  # recompute DiT block activations in backward (memory)
 
 
 class Stage(Protocol):
@@ -160,14 +181,18 @@ def run_stage(
 
 
 def _run(stage: Stage, out: Path, opts: LoopOptions, resume: bool, on_log) -> dict:
+    par = distributed.parallel(opts.device)  # world size 1 outside torchrun
     out.mkdir(parents=True, exist_ok=True)
     device = _device(opts.device)
-    log = _Log(out / LOG, on_log)
-    # 1. networks on the device, one AdamW per optimizer name, seeded generators
+    log = _Log(out / LOG, on_log, enabled=par.main)
+    # 1. networks on the device (sharded on several ranks), one AdamW per optimizer name,
+    #    seeded generators
     torch.manual_seed(opts.seed)
     nets = stage.networks()
     for net in nets.values():
         net.to(device)
+    trained = {id(p) for params in stage.optimizers().values() for p in params}
+    par.parallelize(nets, trained, opts.checkpoint_blocks)
     groups = stage.optimizers()
     optimizers = {
         name: torch.optim.AdamW(
@@ -183,7 +208,7 @@ def _run(stage: Stage, out: Path, opts: LoopOptions, resume: bool, on_log) -> di
     # 2. resume: restore everything the next step depends on; else start a fresh log
     step = 0
     if resume:
-        step = _load_checkpoint(out / CHECKPOINT, nets, optimizers, gen, device)
+        step = _resume(out, nets, optimizers, gen, device, par)
         log.truncate_after(step)
     else:
         log.clear()
@@ -196,30 +221,30 @@ def _run(stage: Stage, out: Path, opts: LoopOptions, resume: bool, on_log) -> di
     while step < opts.steps:
         lr = lr_at(step, opts)
         for name in stage.updates(step):
-            loss, figures = _update(stage, nets, name, optimizers[name], lr, gen, opts)
+            loss, figures = _update(stage, nets, name, optimizers[name], lr, gen, opts, par)
             window.add(name, loss, figures, main=name == next(iter(groups)))
         step += 1
         seconds = time.perf_counter() - start
         if step % opts.log_every == 0 or step == opts.steps:
-            log.write({"step": step, "lr": lr, "seconds": round(seconds, 1), **window.pop()})
-        stopped_early = bool(opts.max_minutes) and seconds > opts.max_minutes * 60
+            row = window.pop(par.mean)
+            log.write({"step": step, "lr": lr, "seconds": round(seconds, 1), **row})
+        stopped_early = bool(opts.max_minutes) and par.any(seconds > opts.max_minutes * 60)
         if stopped_early and step < opts.steps:
             break
         if opts.val_every and step % opts.val_every == 0 and step < opts.steps:
             val = _validate(stage, nets, groups, step, log)
         if step % opts.checkpoint_every == 0 and step < opts.steps:
-            _save_checkpoint(out / CHECKPOINT, stage, nets, optimizers, gen, step, opts)
-            plot_log(out / LOG, out / LOSS_PNG, stage.name)
+            _checkpoint(out, stage, nets, optimizers, gen, step, opts, par)
     # 4. the end (or the clock): validation, checkpoint, curve, export
     if window.count:
-        row = {"step": step, "lr": lr_at(step - 1, opts), **window.pop()}
+        row = {"step": step, "lr": lr_at(step - 1, opts), **window.pop(par.mean)}
         log.write({**row, "seconds": round(time.perf_counter() - start, 1)})
     val = _validate(stage, nets, groups, step, log)
-    _save_checkpoint(out / CHECKPOINT, stage, nets, optimizers, gen, step, opts)
-    plot_log(out / LOG, out / LOSS_PNG, stage.name)
+    _checkpoint(out, stage, nets, optimizers, gen, step, opts, par)
     for net in nets.values():
         net.eval()
-    meta = stage.export(out / EXPORT)
+    with par.full_state_dicts(nets):
+        meta = par.on_main(lambda: stage.export(out / EXPORT))
     minutes = round((time.perf_counter() - start) / 60, 2)
     return {"step": step, "minutes": minutes, "stopped_early": stopped_early, "val": val,
             "export": meta}  # fmt: skip
@@ -257,10 +282,12 @@ def _update(
     lr: float,
     gen: torch.Generator,
     opts: LoopOptions,
+    par: Parallel,
 ) -> tuple[Tensor, dict[str, float]]:
-    """One update of optimizer `name` on a fresh batch; returns (detached loss, figures)."""
+    """One update of optimizer `name` on a fresh batch (this rank's rows of it); returns
+    (detached loss, figures)."""
     device = torch.device(opts.device)
-    batch = stage.batch(gen, device)
+    batch = par.split(stage.batch(gen, device))
     for group in optimizer.param_groups:
         group["lr"] = lr
     with _autocast(device):
@@ -296,8 +323,9 @@ class _Window:
         self.sums[key] = self.sums.get(key, 0.0) + value
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def pop(self) -> dict[str, float]:
-        row = {k: round(float(v) / self.counts[k], 6) for k, v in self.sums.items()}
+    def pop(self, mean_over_ranks: Callable[[list[float]], list[float]]) -> dict[str, float]:
+        means = mean_over_ranks([float(v) / self.counts[k] for k, v in self.sums.items()])
+        row = {k: round(m, 6) for k, m in zip(self.sums, means, strict=True)}
         self.__init__()
         return row
 
@@ -314,6 +342,57 @@ def _validate(stage: Stage, nets, groups, step: int, log: _Log) -> dict[str, flo
 
 
 # -- checkpoints -----------------------------------------------------------------------------
+
+
+def _checkpoint(
+    out: Path,
+    stage: Stage,
+    nets: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    gen: torch.Generator,
+    step: int,
+    opts: LoopOptions,
+    par: Parallel,
+) -> None:
+    """The run's checkpoint (`checkpoint.pt` on one rank, `checkpoint.sharded/` on several;
+    the other kind is removed) and the loss curve."""
+    if par.world == 1:
+        _save_checkpoint(out / CHECKPOINT, stage, nets, optimizers, gen, step, opts)
+        shutil.rmtree(out / SHARDED, ignore_errors=True)
+    else:
+        extra = {"stage": stage.name, **_rng_state(gen), "step": step, "options": asdict(opts)}
+        par.save(out / SHARDED, nets, optimizers, extra)
+        if par.main:
+            (out / CHECKPOINT).unlink(missing_ok=True)
+    if par.main:
+        plot_log(out / LOG, out / LOSS_PNG, stage.name)
+
+
+def _resume(
+    out: Path,
+    nets: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    gen: torch.Generator,
+    device: torch.device,
+    par: Parallel,
+) -> int:
+    """Restore the run folder's checkpoint in place; returns its step. One process reads
+    `checkpoint.pt` as it always has; a sharded checkpoint (on any number of ranks) and
+    `checkpoint.pt` onto several ranks go through `tmrender.train.distributed`."""
+    if par.world == 1 and not (out / SHARDED).is_dir():
+        return _load_checkpoint(out / CHECKPOINT, nets, optimizers, gen, device)
+    template = {**_rng_state(gen), "step": 0}
+    if (out / SHARDED).is_dir():
+        state = distributed.load_sharded(out / SHARDED, nets, optimizers, template)
+    else:
+        state = distributed.load_full(out / CHECKPOINT, nets, optimizers, template)
+    gen.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return int(state["step"])
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Tensor]:
+    return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
 
 
 def _save_checkpoint(
@@ -374,24 +453,29 @@ def load_training_networks(path: Path) -> dict[str, dict[str, Tensor]]:
 
 
 class _Log:
-    """Append-only JSONL log that also reports every row to `on_log`."""
+    """Append-only JSONL log that also reports every row to `on_log` (does nothing when
+    not `enabled`: on ranks other than 0)."""
 
-    def __init__(self, path: Path, on_log: Callable[[dict], None]) -> None:
+    def __init__(self, path: Path, on_log: Callable[[dict], None], enabled: bool = True) -> None:
         self.path = path
         self.on_log = on_log
+        self.enabled = enabled
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows written after the checkpoint at `step` (a run killed after it)."""
-        if self.path.exists():
+        if self.enabled and self.path.exists():
             rows = _read_rows(self.path)
             kept = [json.dumps(r) + "\n" for r in rows if r["step"] <= step]
             with atomic_write(self.path) as partial:
                 partial.write_text("".join(kept))
 
     def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.on_log(row)
