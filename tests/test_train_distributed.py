@@ -22,10 +22,10 @@ from tmrender.train import distributed as D
 from tmrender.train import teacher as T
 from tmrender.train.loop import SHARDED, LoopOptions, run_stage
 
-# mouth_weight 0: the loss is a plain mean over samples, so 2 ranks x 2 rows average to
-# exactly the 4-row loss (the mouth-weighted loss is normalised by each rank's total weight)
+# the mouth-weighted loss is a mean over samples, so 2 ranks x 2 rows average to exactly
+# the 4-row loss
 OPTS = T.TeacherOptions(batch=4, chunks=2, val_clips=1, val_windows=2, sample_every=0,
-                        mouth_weight=0.0)  # fmt: skip
+                        mouth_weight=4.0)  # fmt: skip
 LOOP = LoopOptions(steps=6, lr=3e-3, warmup=2, log_every=1, val_every=0, checkpoint_every=3,
                    threads=1)  # fmt: skip
 CUT_AFTER = 4  # batches drawn before the cut run dies: after the checkpoint at step 3

@@ -22,9 +22,8 @@ what it was. With N ranks:
   shared generator and keeps its rows (rank r of N: rows r B/N .. (r+1) B/N - 1 of every
   tensor whose first dimension is the batch size B), so the ranks' batches together are
   exactly the one-process batch and the averaged gradient is its gradient, for losses that
-  are means over samples. (A loss normalised by the batch's total weight, such as the
-  mouth-weighted `teacher.weighted_mse`, is a mean of the ranks' normalised losses: equal
-  to the one-process loss up to how much that weight differs between the ranks' rows.)
+  are means over samples (the mouth-weighted `teacher.weighted_mse` is normalised per
+  sample for this reason).
 - figures: logged losses are averaged over the ranks; logging, the loss curve and the
   export happen on rank 0; validation runs on every rank (the sharded DiT needs them all).
 - checkpoints: a DCP folder `checkpoint.sharded/` written by every rank (networks and

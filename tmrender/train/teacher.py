@@ -115,10 +115,12 @@ def mouth_weights(windows: WindowBatch, mouth_weight: float) -> Tensor:
 
 
 def weighted_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Weighted mean of (pred - target)^2; pred/target (B, C, L, h, w), weight broadcast
-    over C: sum(w * err) / sum(w * 1)."""
+    """Weighted squared error, normalised per sample then averaged over the batch;
+    pred/target (B, C, L, h, w), weight broadcast to them: mean_b sum(w err) / sum(w).
+    A mean over samples, so a batch split across ranks averages back to the same loss."""
     err = (pred.float() - target.float()).pow(2)
-    return (err * weight).sum() / (weight.expand_as(err).sum())
+    w = weight.float().expand_as(err).flatten(1)
+    return ((err.flatten(1) * w).sum(1) / w.sum(1)).mean()
 
 
 def window_velocity(
