@@ -357,11 +357,13 @@ def _finish_stage(stage, out: Path, loop, resume: bool, export: Path | None) -> 
     import json
     import shutil
 
-    from tmrender.train.distributed import parallel
+    from tmrender.train.distributed import leave, parallel
     from tmrender.train.loop import run_stage
 
     result = run_stage(stage, out, loop, resume=resume, on_log=print_loop_row)
-    if not parallel(loop.device).main:
+    main = parallel(loop.device).main
+    leave()
+    if not main:
         return  # under torchrun, rank 0 reports
     if export is not None:
         export.parent.mkdir(parents=True, exist_ok=True)
