@@ -112,3 +112,14 @@ def test_info_preset_counts_without_weights(capsys):
 def test_init_rejects_unknown_preset(capsys, tmp_path):
     code, _, err = run(capsys, "init", "--preset", "huge", "-o", str(tmp_path / "x.safetensors"))
     assert code == 2 and "unknown preset" in err
+
+
+def test_generate_on_two_devices_and_a_bad_devices_list(capsys, checkpoint, inputs, tmp_path):
+    image, audio = inputs
+    out = tmp_path / "two.mp4"
+    args = ["generate", "-i", str(image), "-a", str(audio), "-m", str(checkpoint), "-o", str(out)]
+    code, _, err = run(capsys, *args, "--devices", "cpu,cpu")
+    assert code == 0, err
+    assert count_video_frames(out) == 25
+    code, _, err = run(capsys, *args, "--devices", "cuda:0")
+    assert code == 2 and "--devices takes two devices" in err

@@ -43,6 +43,13 @@ def generate(
     mode: ModeOpt = "auto",
     crop: CropOpt = None,
     crf: CrfOpt = 18,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help="Two devices, DIT,VAE (e.g. cuda:0,cuda:1): the VAE decodes on the second.",
+        ),
+    ] = None,
     compiled: Annotated[
         bool,
         typer.Option(
@@ -68,7 +75,7 @@ def generate(
     from tmrender.render.pipeline import RenderOptions, render_video
     from tmrender.render.portrait import portrait_looks_like_avatar
     from tmrender.render.video import check_crf, check_writable_output
-    from tmrender.render.weights import load_model
+    from tmrender.render.weights import load_model, split_devices
 
     if mode not in MODES:
         raise UserInputError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -88,7 +95,10 @@ def generate(
     open_rgb(image)
     check_writable_output(output)
     # 2. Load the model.
-    net, meta = load_model(model, device)
+    vae_device = None
+    if devices is not None:
+        device, vae_device = split_devices(devices)
+    net, meta = load_model(model, device, vae_device)
     if compiled:
         from tmrender.models.fused import enable_fusion
 

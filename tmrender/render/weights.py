@@ -116,11 +116,27 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
-def load_model(spec: str | Path | None, device: str = "auto"):
-    """-> (TalkingModel in eval mode on the device, checkpoint metadata with 'path')."""
+def load_model(spec: str | Path | None, device: str = "auto", vae_device: str | None = None):
+    """-> (TalkingModel in eval mode on the device, checkpoint metadata with 'path').
+
+    vae_device: put the VAE on another device (score/VAE disaggregation: the renderer then
+    hands each latent chunk over to it and decodes there while the DiT goes on)."""
     from tmrender.models.checkpoint import load_checkpoint
 
     path = resolve_model_path(spec)
     target = resolve_device(device)
     model, meta = load_checkpoint(path, device=target, dtype=default_dtype(target))
+    if vae_device is not None:
+        other = resolve_device(vae_device)
+        model.vae.to(device=other, dtype=default_dtype(other))
     return model, {**meta, "path": path}
+
+
+def split_devices(devices: str) -> tuple[str, str]:
+    """'cuda:0,cuda:1' -> ('cuda:0', 'cuda:1'): the DiT's device, then the VAE's."""
+    parts = [p.strip() for p in devices.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise UserInputError(
+            f"--devices takes two devices, DIT,VAE (e.g. cuda:0,cuda:1); got {devices!r}"
+        )
+    return parts[0], parts[1]
