@@ -82,6 +82,8 @@ from tmrender.train.teacher import (
     autocast_for,
     decode_windows,
     device_noise,
+    diffusion_networks,
+    diffusion_parameters,
     lip_sync_r,
     load_reader,
     mouth_weights,
@@ -541,18 +543,10 @@ class DmdStage:
 
     # -- Stage protocol
     def networks(self) -> dict[str, nn.Module]:
-        s = self.student
-        return {
-            "dit": s.dit,
-            "audio_proj": s.audio_proj,
-            "silence": s.silence,
-            "fake": self.fake,
-            "vae": s.vae,
-        }
+        return {**diffusion_networks(self.student), "fake": self.fake}
 
     def optimizers(self) -> dict[str, list[nn.Parameter]]:
-        s = self.student
-        generator = [*s.dit.parameters(), *s.audio_proj.parameters(), *s.silence.parameters()]
+        generator = diffusion_parameters(self.student)
         return {"generator": generator, "critic": list(self.fake.parameters())}
 
     def updates(self, step: int) -> list[str]:

@@ -61,6 +61,8 @@ from tmrender.train.teacher import (
     autocast_for,
     decode_windows,
     device_noise,
+    diffusion_networks,
+    diffusion_parameters,
     lip_sync_r,
     load_reader,
     mouth_weights,
@@ -401,13 +403,10 @@ class OdeStage:
 
     # -- Stage protocol
     def networks(self) -> dict[str, nn.Module]:
-        m = self.model
-        return {"dit": m.dit, "audio_proj": m.audio_proj, "silence": m.silence, "vae": m.vae}
+        return diffusion_networks(self.model)
 
     def optimizers(self) -> dict[str, list[nn.Parameter]]:
-        m = self.model
-        params = [*m.dit.parameters(), *m.audio_proj.parameters(), *m.silence.parameters()]
-        return {"main": params}
+        return {"main": diffusion_parameters(self.model)}
 
     def updates(self, step: int) -> list[str]:
         return ["main"]

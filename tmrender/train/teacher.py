@@ -330,6 +330,18 @@ def fixed_windows(
 # ---- the stage -----------------------------------------------------------------------------
 
 
+def diffusion_networks(model: TalkingModel) -> dict[str, nn.Module]:
+    """What a DiT stage checkpoints: the trained DiT side and the frozen VAE."""
+    m = model
+    return {"dit": m.dit, "audio_proj": m.audio_proj, "silence": m.silence, "vae": m.vae}
+
+
+def diffusion_parameters(model: TalkingModel) -> list[nn.Parameter]:
+    """What a DiT stage trains: the DiT, the audio projection and the silence embedding."""
+    m = model
+    return [*m.dit.parameters(), *m.audio_proj.parameters(), *m.silence.parameters()]
+
+
 class TeacherStage:
     """`tmrender train teacher`: see the module docstring. `init`: a tmrender checkpoint
     holding the trained VAE and audio encoder (the audio stage's export)."""
@@ -365,13 +377,10 @@ class TeacherStage:
 
     # -- Stage protocol
     def networks(self) -> dict[str, nn.Module]:
-        m = self.model
-        return {"dit": m.dit, "audio_proj": m.audio_proj, "silence": m.silence, "vae": m.vae}
+        return diffusion_networks(self.model)
 
     def optimizers(self) -> dict[str, list[nn.Parameter]]:
-        m = self.model
-        params = [*m.dit.parameters(), *m.audio_proj.parameters(), *m.silence.parameters()]
-        return {"main": params}
+        return {"main": diffusion_parameters(self.model)}
 
     def updates(self, step: int) -> list[str]:
         return ["main"]
