@@ -31,8 +31,8 @@ def test_registry_and_json_round_trip():
 def test_tm_mini_sizes():
     cfg = PRESETS["tm-mini"]
     assert (cfg.height, cfg.width, cfg.fps) == (128, 128, 25)
-    assert (cfg.latent_height, cfg.latent_width) == (16, 16)
-    assert cfg.token_grid == (8, 8) and cfg.tokens_per_latent_frame == 64
+    assert (cfg.latent_height, cfg.latent_width) == (32, 32)  # stride-4 VAE
+    assert cfg.token_grid == (8, 8) and cfg.tokens_per_latent_frame == 64  # patch 4x4
     assert cfg.frames_per_chunk == 4 * cfg.chunk_latent_frames
     assert cfg.samples_per_frame == 640
 
@@ -90,9 +90,10 @@ def test_tm_mini_streams_end_to_end_and_silence_ignores_audio():
         torch.nn.init.normal_(block.audio_cross_attn.o.weight, std=0.1)
     torch.nn.init.normal_(model.dit.head.head.weight, std=0.1)
     c, h, w = cfg.chunk_latent_frames, cfg.latent_height, cfg.latent_width
-    anchor = torch.randn(1, 16, 1, h, w)
+    lat = cfg.vae.latent_channels
+    anchor = torch.randn(1, lat, 1, h, w)
     state = model.dit.start_stream(anchor, torch.ones(h, w))
-    x = torch.randn(1, 16, c, h, w)
+    x = torch.randn(1, lat, c, h, w)
     t = torch.ones(1)
 
     def tokens(seed: int, speaking: bool):
@@ -117,12 +118,13 @@ def test_tm_mini_streams_end_to_end_and_silence_ignores_audio():
 def test_tm_mini_variants_keep_the_dit_token_grid():
     from tmrender.models.presets import TM_MINI, tm_mini_variant
 
-    assert tm_mini_variant(16, (0, 0, 0)) == TM_MINI
-    wide = tm_mini_variant(32, (0, 1, 0))
+    assert tm_mini_variant() == TM_MINI
+    assert TM_MINI.latent_height == 32 and TM_MINI.dit.patch_size == (1, 4, 4)
+    first = tm_mini_variant(16, (0, 0, 0), spatial_stride=8)
+    assert first.latent_height == 16 and first.dit.patch_size == (1, 2, 2)
+    assert first.tokens_per_latent_frame == TM_MINI.tokens_per_latent_frame == 64
+    assert first.vae.dec_channels[1:] == TM_MINI.vae.dec_channels
+    wide = tm_mini_variant(32, (0, 1, 0), spatial_stride=8)
     assert (wide.dit.in_dim, wide.dit.out_dim) == (68, 32)
-    fine = tm_mini_variant(8, (0, 0), spatial_stride=4)
-    assert fine.latent_height == 32 and fine.dit.patch_size == (1, 4, 4)
-    assert fine.tokens_per_latent_frame == TM_MINI.tokens_per_latent_frame == 64
-    assert fine.vae.dec_channels == TM_MINI.vae.dec_channels[1:]
     with torch.device("meta"):
-        TalkingModel(fine)
+        TalkingModel(wide)

@@ -259,14 +259,14 @@ def vae_command(
     ] = True,
     latent_channels: Annotated[
         int, typer.Option(help="tm-mini variant: latent channels (the DiT follows).")
-    ] = 16,
+    ] = 8,
     dec_blocks: Annotated[
-        str, typer.Option(help="tm-mini variant: decoder residual blocks per level, e.g. 0,1,0.")
-    ] = "0,0,0",
+        str, typer.Option(help="tm-mini variant: decoder residual blocks per level, e.g. 0,1.")
+    ] = "0,0",
     spatial_stride: Annotated[
         int,
-        typer.Option(help="tm-mini variant: VAE stride 8, or 4 (2 levels; DiT patch 4x4)."),
-    ] = 8,
+        typer.Option(help="tm-mini variant: VAE stride 4 (DiT patch 4x4) or 8 (patch 2x2)."),
+    ] = 4,
 ) -> None:
     """Train the causal VAE on DATA/train frames; export a checkpoint with its latent stats."""
     import json

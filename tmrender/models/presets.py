@@ -1,8 +1,8 @@
 """Model size presets, one registry (DiT's `DiT_models` style): `PRESETS[name]` is a
 `ModelConfig`; build with `TalkingModel(PRESETS[name])`.
 
-- `tm-mini`: the shipped CPU model, 128x128 at 25 fps, latent 16 x 16 x 16 (stride-8 VAE),
-  patch (1, 2, 2) -> 64 tokens per latent frame, a tiny wav2vec2 (narrow convolutions).
+- `tm-mini`: the shipped CPU model, 128x128 at 25 fps, latent 8 x 32 x 32 (stride-4 VAE),
+  patch (1, 4, 4) -> 64 tokens per latent frame, a tiny wav2vec2 (narrow convolutions).
   Sized so that the DiT share of a render (2 student steps + 1 cache refresh per chunk)
   stays near 0.12 s of 2-core CPU time per second of audio.
 - `wan2.1-1.3b-audio`: the dimensions of Wan2.1 T2V-1.3B with Wan's I2V input channels
@@ -55,7 +55,7 @@ _WAV2VEC2_BASE = AudioEncoderConfig(
 )
 _WAN_SAMPLER = SamplerConfig(shift=5.0, teacher_steps=40, cfg_scale=4.5)
 
-TM_MINI = ModelConfig(
+_TM_MINI_STRIDE8 = ModelConfig(  # the first tm-mini; its VAE could not carry the mouth
     name="tm-mini",
     height=128,
     width=128,
@@ -122,38 +122,45 @@ WAN_14B_AUDIO = ModelConfig(
 
 
 def tm_mini_variant(
-    latent_channels: int, dec_blocks: tuple[int, ...], spatial_stride: int = 8
+    latent_channels: int = 8, dec_blocks: tuple[int, ...] = (0, 0), spatial_stride: int = 4
 ) -> ModelConfig:
-    """tm-mini with another VAE (experiments of the VAE stage); the DiT follows it.
+    """tm-mini with another VAE (the VAE stage's experiments); the defaults give TM_MINI.
 
     The DiT's input/output channels follow the latent (Wan I2V: noise | mask | reference).
-    `spatial_stride` 4 drops the VAE's coarsest level and doubles the DiT patch (1, 4, 4),
-    so the DiT keeps its 64 tokens per latent frame and its speed, while each latent cell
-    covers 4x4 pixels instead of 8x8 (the mouth spans ~3 latent rows instead of ~2); the
-    levels kept have tm-mini's widths at the same resolutions."""
+    Stride 8 is the first tm-mini's three-level VAE with a (1, 2, 2) DiT patch; stride 4
+    drops its coarsest level and doubles the patch to (1, 4, 4), so the DiT keeps its 64
+    tokens per latent frame and its speed, while a latent cell covers 4x4 pixels instead
+    of 8x8 (the ~13-px mouth spans ~3 latent rows instead of ~2). The levels kept have the
+    same widths at the same resolutions."""
     assert spatial_stride in (4, 8), "spatial_stride must be 4 or 8"
+    first = _TM_MINI_STRIDE8
     levels = 3 if spatial_stride == 8 else 2
-    base = TM_MINI.vae
-    assert len(dec_blocks) == levels, f"--dec-blocks needs {levels} values"
+    assert len(dec_blocks) == levels, f"dec_blocks needs {levels} values"
     vae = replace(
-        base,
+        first.vae,
         latent_channels=latent_channels,
         spatial_stride=spatial_stride,
-        enc_channels=base.enc_channels[:levels],  # fine -> coarse: keep the fine ones
-        enc_blocks=base.enc_blocks[:levels],
-        dec_channels=base.dec_channels[-levels:],  # coarse -> fine: keep the fine ones
+        enc_channels=first.vae.enc_channels[:levels],  # fine -> coarse: keep the fine ones
+        enc_blocks=first.vae.enc_blocks[:levels],
+        dec_channels=first.vae.dec_channels[-levels:],  # coarse -> fine: keep the fine ones
         dec_blocks=dec_blocks,
-        dec_expand_level=min(base.dec_expand_level, levels - 1),
+        dec_expand_level=min(first.vae.dec_expand_level, levels - 1),
     )
-    patch = TM_MINI.dit.patch_size[1] * TM_MINI.vae.spatial_stride // spatial_stride
-    mask = TM_MINI.dit.mask_channels
+    patch = first.dit.patch_size[1] * first.vae.spatial_stride // spatial_stride
+    mask = first.dit.mask_channels
     dit = replace(
-        TM_MINI.dit,
+        first.dit,
         out_dim=latent_channels,
         in_dim=2 * latent_channels + mask,
         patch_size=(1, patch, patch),
     )
-    return replace(TM_MINI, vae=vae, dit=dit)
+    return replace(first, vae=vae, dit=dit)
+
+
+# Stride-4 VAE with 8 latent channels: at equal steps of the VAE stage it read back the mouth
+# at r 0.90 where the stride-8 16-channel VAE reached 0.41 (docs/TRAINING.md), and it decodes
+# faster (2 levels, 0.38M parameters).
+TM_MINI = tm_mini_variant()
 
 
 PRESETS: dict[str, ModelConfig] = {c.name: c for c in (TM_MINI, WAN_1_3B_AUDIO, WAN_14B_AUDIO)}
