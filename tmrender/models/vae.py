@@ -64,24 +64,11 @@ class DecodeState:
         return sum(m.numel() for m in self.memory)
 
 
-class CausalVAE(nn.Module):
-    """Causal video autoencoder. Video `B, 3, 1 + 4k, H, W` in [-1, 1] <-> latents
-    `B, latent_channels, 1 + k, H / 8, W / 8` (for the default strides)."""
+class LatentShapes:
+    """Frame counts, shape checks and the per-channel latent scale shared by the
+    autoencoders (`CausalVAE`, `tmrender.models.wan_vae.WanVAE`); needs `self.cfg`."""
 
-    def __init__(self, cfg: VAEConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.enc_pixel = cfg.spatial_stride // 2 ** (len(cfg.enc_channels) - 1)
-        self.dec_pixel = cfg.spatial_stride // 2 ** (len(cfg.dec_channels) - 1)
-        self.enc_in = conv3x3(cfg.image_channels * self.enc_pixel**2, cfg.enc_channels[0])
-        self.enc_layers = nn.ModuleList(_encoder_layers(cfg))
-        self.enc_out = conv3x3(cfg.enc_channels[-1], 2 * cfg.latent_channels)
-        self.dec_in = conv3x3(cfg.latent_channels, cfg.dec_channels[0])
-        layers, scales = _decoder_layers(cfg)
-        self.dec_layers = nn.ModuleList(layers)
-        self._dec_scales = scales  # input size of each decoder layer, in latent pixels
-        self.dec_out = conv3x3(cfg.dec_channels[-1], cfg.image_channels * self.dec_pixel**2)
-        self.to(memory_format=torch.channels_last)
+    cfg: VAEConfig
 
     # ---- shapes -------------------------------------------------------------------------
 
@@ -114,29 +101,6 @@ class CausalVAE(nn.Module):
             f"latents must be B, {c}, T, h, w, got {tuple(latent.shape)}"
         )
 
-    # ---- encoder ------------------------------------------------------------------------
-
-    def encode_dist(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior of the latents. video: `B, 3, 1 + 4k, H, W` in [-1, 1] ->
-        (mean, logvar), each `B, latent_channels, 1 + k, H / 8, W / 8`."""
-        self._check_video(video)
-        b = video.shape[0]
-        x = F.relu_(self.enc_in(video_to_frames(video, self.enc_pixel)))
-        for layer in self.enc_layers:
-            if isinstance(layer, CausalMemBlock):
-                x = self._run_fresh(layer, x, b)
-            elif isinstance(layer, TimePool):
-                x = F.relu_(layer(x, b))
-            else:
-                x = F.relu_(layer(x))
-        mean, logvar = frames_to_video(self.enc_out(x), b).chunk(2, dim=1)
-        return mean, logvar.clamp(*LOGVAR_RANGE)
-
-    def encode(self, video: Tensor) -> Tensor:
-        """Normalised posterior mean. video: `B, 3, 1 + 4k, H, W` in [-1, 1] -> latents
-        `B, latent_channels, 1 + k, H / 8, W / 8`. Latent `j` depends on frames `<= 4j` only."""
-        return self.normalise_latent(self.encode_dist(video)[0])
-
     # ---- latent scale -------------------------------------------------------------------
 
     def _latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -165,6 +129,49 @@ class CausalVAE(nn.Module):
         self._check_latent(latent)
         stats = self._latent_stats(latent)
         return latent if stats is None else latent * stats[1] + stats[0]
+
+
+class CausalVAE(LatentShapes, nn.Module):
+    """Causal video autoencoder. Video `B, 3, 1 + 4k, H, W` in [-1, 1] <-> latents
+    `B, latent_channels, 1 + k, H / 8, W / 8` (for the default strides)."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.enc_pixel = cfg.spatial_stride // 2 ** (len(cfg.enc_channels) - 1)
+        self.dec_pixel = cfg.spatial_stride // 2 ** (len(cfg.dec_channels) - 1)
+        self.enc_in = conv3x3(cfg.image_channels * self.enc_pixel**2, cfg.enc_channels[0])
+        self.enc_layers = nn.ModuleList(_encoder_layers(cfg))
+        self.enc_out = conv3x3(cfg.enc_channels[-1], 2 * cfg.latent_channels)
+        self.dec_in = conv3x3(cfg.latent_channels, cfg.dec_channels[0])
+        layers, scales = _decoder_layers(cfg)
+        self.dec_layers = nn.ModuleList(layers)
+        self._dec_scales = scales  # input size of each decoder layer, in latent pixels
+        self.dec_out = conv3x3(cfg.dec_channels[-1], cfg.image_channels * self.dec_pixel**2)
+        self.to(memory_format=torch.channels_last)
+
+    # ---- encoder ------------------------------------------------------------------------
+
+    def encode_dist(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior of the latents. video: `B, 3, 1 + 4k, H, W` in [-1, 1] ->
+        (mean, logvar), each `B, latent_channels, 1 + k, H / 8, W / 8`."""
+        self._check_video(video)
+        b = video.shape[0]
+        x = F.relu_(self.enc_in(video_to_frames(video, self.enc_pixel)))
+        for layer in self.enc_layers:
+            if isinstance(layer, CausalMemBlock):
+                x = self._run_fresh(layer, x, b)
+            elif isinstance(layer, TimePool):
+                x = F.relu_(layer(x, b))
+            else:
+                x = F.relu_(layer(x))
+        mean, logvar = frames_to_video(self.enc_out(x), b).chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def encode(self, video: Tensor) -> Tensor:
+        """Normalised posterior mean. video: `B, 3, 1 + 4k, H, W` in [-1, 1] -> latents
+        `B, latent_channels, 1 + k, H / 8, W / 8`. Latent `j` depends on frames `<= 4j` only."""
+        return self.normalise_latent(self.encode_dist(video)[0])
 
     @staticmethod
     def _run_fresh(block: CausalMemBlock, x: Tensor, batch: int) -> Tensor:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tmrender.config import VAEConfig
-from tmrender.models.vae import LOGVAR_RANGE, DecodeState
+from tmrender.models.vae import LOGVAR_RANGE, DecodeState, LatentShapes
 
 CAUSAL_PAST = 2  # input frames a temporal-kernel-3 convolution keeps (Wan's CACHE_T)
 
@@ -330,7 +330,7 @@ class Decoder3d(nn.Module):
         return shapes
 
 
-class WanVAE(nn.Module):
+class WanVAE(LatentShapes, nn.Module):
     """Wan2.1 VAE. Video `B, 3, 1 + 4k, H, W` in [-1, 1] <-> normalised latents
     `B, z_dim, 1 + k, H / 8, W / 8`. Same public API as `tmrender.models.vae.CausalVAE`."""
 
@@ -343,60 +343,6 @@ class WanVAE(nn.Module):
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)
         self.conv2 = CausalConv3d(z, z, 1)
         self.decoder = Decoder3d(cfg)
-
-    # ---- shapes -------------------------------------------------------------------------
-
-    def latent_frames(self, frames: int) -> int:
-        """Latent frames for `frames = 1 + 4k` video frames: `1 + k`."""
-        st = self.cfg.temporal_stride
-        assert frames >= 1 and (frames - 1) % st == 0, (
-            f"video must have 1 + {st}k frames, got {frames}"
-        )
-        return 1 + (frames - 1) // st
-
-    def video_frames(self, latents: int) -> int:
-        """Video frames decoded from `latents = 1 + k` latent frames: `1 + 4k`."""
-        assert latents >= 1, f"need at least one latent frame, got {latents}"
-        return 1 + (latents - 1) * self.cfg.temporal_stride
-
-    def _check_video(self, video: Tensor) -> None:
-        cfg = self.cfg
-        assert video.ndim == 5 and video.shape[1] == cfg.image_channels, (
-            f"video must be B, {cfg.image_channels}, T, H, W, got {tuple(video.shape)}"
-        )
-        self.latent_frames(video.shape[2])
-        ss = cfg.spatial_stride
-        h, w = video.shape[3:]
-        assert h % ss == 0 and w % ss == 0, f"H, W must be multiples of {ss}, got {h}x{w}"
-
-    def _check_latent(self, latent: Tensor) -> None:
-        c = self.cfg.latent_channels
-        assert latent.ndim == 5 and latent.shape[1] == c, (
-            f"latents must be B, {c}, T, h, w, got {tuple(latent.shape)}"
-        )
-
-    # ---- latent scale -------------------------------------------------------------------
-
-    def _latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor] | None:
-        cfg = self.cfg
-        if not cfg.latent_mean:
-            return None
-        shape = (1, cfg.latent_channels, 1, 1, 1)
-        mean = torch.tensor(cfg.latent_mean, device=like.device, dtype=like.dtype).view(shape)
-        std = torch.tensor(cfg.latent_std, device=like.device, dtype=like.dtype).view(shape)
-        return mean, std
-
-    def normalise_latent(self, raw: Tensor) -> Tensor:
-        """Raw latents `B, C, T, h, w` -> `(raw - mean) / std` per channel."""
-        self._check_latent(raw)
-        stats = self._latent_stats(raw)
-        return raw if stats is None else (raw - stats[0]) / stats[1]
-
-    def denormalise_latent(self, latent: Tensor) -> Tensor:
-        """Normalised latents `B, C, T, h, w` -> raw latents `latent * std + mean`."""
-        self._check_latent(latent)
-        stats = self._latent_stats(latent)
-        return latent if stats is None else latent * stats[1] + stats[0]
 
     # ---- encoder ------------------------------------------------------------------------
 
