@@ -208,7 +208,7 @@ def test_max_minutes_stops_cleanly(corpus, tmp_path):
 
 
 def test_cli_trains_exports_and_reports_test_figures(corpus, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("tmrender.models.presets.TM_MINI", TINY)
+    monkeypatch.setattr("tmrender.models.presets.tm_mini_variant", lambda *args: TINY)
     out, export = tmp_path / "run", tmp_path / "stages" / "vae.safetensors"
     args = ["train", "vae", "--data", str(corpus), "--out", str(out), "--steps", "3",
             "--crop-batch", "2", "--crop-frames", "5", "--crop", "24", "--clip-batch", "1",
