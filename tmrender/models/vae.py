@@ -65,8 +65,9 @@ class DecodeState:
 
 
 class LatentShapes:
-    """Frame counts, shape checks and the per-channel latent scale shared by the
-    autoencoders (`CausalVAE`, `tmrender.models.wan_vae.WanVAE`); needs `self.cfg`."""
+    """Frame counts, shape checks, the per-channel latent scale and the whole-clip
+    `decode` / `forward` shared by the autoencoders (`CausalVAE`,
+    `tmrender.models.wan_vae.WanVAE`); needs `self.cfg`, `encode` and `decode_step`."""
 
     cfg: VAEConfig
 
@@ -129,6 +130,18 @@ class LatentShapes:
         self._check_latent(latent)
         stats = self._latent_stats(latent)
         return latent if stats is None else latent * stats[1] + stats[0]
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """Whole clip through `decode_step` from a fresh state. latent (normalised):
+        `B, latent_channels, 1 + k, h, w` -> video `B, 3, 1 + 4k, s h, s w` (s the spatial
+        stride; unclamped, ~[-1, 1])."""
+        self._check_latent(latent)
+        assert latent.shape[2] >= 1, "need at least one latent frame"
+        return self.decode_step(latent, None)[0]
+
+    def forward(self, video: Tensor) -> Tensor:
+        """Reconstruction through the posterior mean. video -> video, both `B, 3, T, H, W`."""
+        return self.decode(self.encode(video))
 
 
 class CausalVAE(LatentShapes, nn.Module):
@@ -238,17 +251,6 @@ class CausalVAE(LatentShapes, nn.Module):
                 x = F.relu_(layer(x))
         frames = frames_to_video(self.dec_out(x), b, self.dec_pixel)
         return frames, DecodeState(started=True, memory=tuple(new_memory))
-
-    def decode(self, latent: Tensor) -> Tensor:
-        """Whole clip. latent (normalised): `B, latent_channels, 1 + k, h, w` -> video
-        `B, 3, 1 + 4k, 8h, 8w` (unclamped, ~[-1, 1])."""
-        self._check_latent(latent)
-        assert latent.shape[2] >= 1, "need at least one latent frame"
-        return self.decode_step(latent, None)[0]
-
-    def forward(self, video: Tensor) -> Tensor:
-        """Reconstruction through the posterior mean. video -> video, both `B, 3, T, H, W`."""
-        return self.decode(self.encode(video))
 
 
 def _encoder_layers(cfg: VAEConfig) -> list[nn.Module]:

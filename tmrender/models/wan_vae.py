@@ -409,14 +409,3 @@ class WanVAE(LatentShapes, nn.Module):
         z = self.conv2(self.denormalise_latent(latent), None)[0]
         frames = self.decoder(z, pasts, first=not state.started)
         return frames, DecodeState(started=True, memory=tuple(pasts.new))
-
-    def decode(self, latent: Tensor) -> Tensor:
-        """Whole clip. Normalised latents `B, z_dim, 1 + k, h, w` -> video
-        `B, 3, 1 + 4k, 8h, 8w` (unclamped, ~[-1, 1])."""
-        self._check_latent(latent)
-        assert latent.shape[2] >= 1, "need at least one latent frame"
-        return self.decode_step(latent, None)[0]
-
-    def forward(self, video: Tensor) -> Tensor:
-        """Reconstruction through the posterior mean. video -> video, both `B, 3, T, H, W`."""
-        return self.decode(self.encode(video))
