@@ -190,3 +190,79 @@ def test_patch_embedding_matches_wan_conv3d():
     )
     ref = dit.patch_embedding(cond).flatten(3).permute(0, 2, 3, 1)
     assert torch.allclose(tokens, ref, atol=1e-5)
+
+
+def stream_velocities(dit: WanDiT, chunks: int, context: str) -> list[torch.Tensor]:
+    """Stream `chunks` chunks of clip_inputs (refresh: commit_chunk; last_step: commit_kv
+    of the last evaluation), two evaluations per chunk; returns every velocity."""
+    x, t_chunk, _, audio, face, ctx, clip = clip_inputs(chunks)
+    state = dit.start_stream(x[:, :, :1], face, ctx, clip)
+    out = []
+    for k in range(chunks):
+        sl = chunk_slice(k)
+        a = audio[:, sl.start - 1 : sl.stop - 1]
+        out.append(dit.forward_chunk(x[:, :, sl], t_chunk[:, k], a, state))
+        v, kv = dit.forward_chunk(x[:, :, sl], 0.5 * t_chunk[:, k], a, state, return_kv=True)
+        out.append(v)
+        if context == "refresh":
+            state = dit.commit_chunk(x[:, :, sl], a, state, t=t_chunk[:, k])
+        else:
+            state = dit.commit_kv(kv, state)
+    return out
+
+
+@pytest.mark.parametrize("context", ["refresh", "last_step"])
+def test_preallocated_kv_window_equals_concatenation_exactly(context):
+    """In-place window buffers (autograd off) == the concatenating path (autograd on, as
+    before the buffers), bit for bit in float32, over several chunks."""
+    dit = randomized(tiny_cfg())
+    for p in dit.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        state = dit.start_stream(clip_inputs(1)[0][:, :, :1])
+        assert state.window is not None
+        buffered = stream_velocities(dit, 4, context)
+    with torch.enable_grad():
+        assert dit.start_stream(clip_inputs(1)[0][:, :, :1]).window is None
+        concatenated = stream_velocities(dit, 4, context)
+    assert len(buffered) == 8
+    for k, (b, c) in enumerate(zip(buffered, concatenated, strict=True)):
+        assert torch.equal(b, c), f"evaluation {k}: max diff {(b - c).abs().max()}"
+
+
+@torch.no_grad()
+def test_kv_window_is_allocated_once_and_old_states_are_stale():
+    dit = randomized(tiny_cfg(text_len=0, image_embedding=False))
+    x, t_chunk, _, audio, face, *_ = clip_inputs(3)
+    state = dit.start_stream(x[:, :, :1], face)
+    buffers = [t.data_ptr() for t in state.window.keys + state.window.values]
+    first = state
+    for k in range(3):
+        sl = chunk_slice(k)
+        a = audio[:, sl.start - 1 : sl.stop - 1]
+        dit.forward_chunk(x[:, :, sl], t_chunk[:, k], a, state)
+        state = dit.commit_chunk(x[:, :, sl], a, state)
+        assert state.window is first.window
+        assert state.prev[0][0]._base is state.window.keys[0]  # a view, not a copy
+    assert [t.data_ptr() for t in state.window.keys + state.window.values] == buffers
+    with pytest.raises(AssertionError, match="stale StreamState"):
+        dit.forward_chunk(x[:, :, chunk_slice(0)], t_chunk[:, 0], audio[:, :C], first)
+
+
+def test_commit_under_autograd_drops_the_window_and_backpropagates():
+    """A stream started without autograd, then a differentiable chunk and commit (as the
+    training rollouts may do): the window is dropped, gradients flow, the old state holds."""
+    dit = randomized(tiny_cfg(text_len=0, image_embedding=False))
+    x, t_chunk, _, audio, face, *_ = clip_inputs(2)
+    with torch.no_grad():
+        state = dit.start_stream(x[:, :, :1], face)
+    a = audio[:, :C]
+    v = dit.forward_chunk(x[:, :, chunk_slice(0)], t_chunk[:, 0], a, state)
+    committed = dit.commit_chunk(x[:, :, chunk_slice(0)], a, state)
+    assert committed.window is None and state.window is not None
+    v2 = dit.forward_chunk(x[:, :, chunk_slice(1)], t_chunk[:, 1], audio[:, C : 2 * C], committed)
+    (v.square().mean() + v2.square().mean()).backward()
+    assert dit.blocks[0].self_attn.k.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        again = dit.forward_chunk(x[:, :, chunk_slice(0)], t_chunk[:, 0], a, state)
+    assert torch.allclose(again, v.detach(), atol=1e-6)

@@ -22,6 +22,8 @@ SUITES = ("render", "decode", "write")
         "  tmrender bench --preset tm-mini -s 60 -s 600     (untrained weights, speed only)\n\n"
         "  tmrender bench --preset wan2.1-14b-audio --device cuda -s 60   (random bf16 "
         "weights built on the GPU; stage profile, fps, memory)\n\n"
+        "  tmrender bench --preset wan2.1-1.3b-audio --device cuda --trace docs/trace-1.3b   "
+        "(GPU timeline of a 4-s render: PREFIX.json, PREFIX.png, decode/DiT overlap)\n\n"
         "  tmrender bench --model tm-mini -s 60 --json\n\n"
         "  tmrender bench --suite decode -s 3600            (streaming decode of a 60-min MP3)\n\n"
         "  tmrender bench --suite write -s 60 -s 600        (the video writer alone)"
@@ -55,6 +57,14 @@ def bench(
             help="render on CUDA: cache update per chunk, refresh (a forward) or last_step."
         ),
     ] = "refresh",
+    trace: Annotated[
+        str | None,
+        typer.Option(
+            help="render on CUDA: profile a short render, write PREFIX.json and PREFIX.png "
+            "(kernels per CUDA stream) and print the decode/DiT overlap.",
+            metavar="PREFIX",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure speed and peak memory; each case runs in a fresh process."""
@@ -62,7 +72,9 @@ def bench(
     from tmrender.eval import bench_io, bench_render
 
     lengths = seconds or [60.0]
-    if suite == "render" and preset is not None and _is_cuda(device):
+    if trace is not None:
+        rows = [_trace(preset, device, trace, compiled, context, seconds)]
+    elif suite == "render" and preset is not None and _is_cuda(device):
         from tmrender.eval import bench_gpu
         from tmrender.models.init import preset_config
         from tmrender.render.weights import resolve_device
@@ -88,6 +100,34 @@ def bench(
     else:
         raise UserInputError(f"unknown --suite {suite!r}; choose one of {', '.join(SUITES)}")
     print_rows(rows, as_json, title=f"tmrender bench --suite {suite}")
+
+
+def _trace(
+    preset: str | None,
+    device: str,
+    prefix: str,
+    compiled: bool,
+    context: str,
+    seconds: list[float] | None,
+) -> dict:
+    """`--trace`: check the options, then profile a render (tmrender.eval.trace)."""
+    from tmrender.errors import UserInputError
+
+    if preset is None:
+        raise UserInputError("--trace needs --preset (e.g. --preset wan2.1-1.3b-audio)")
+    if not _is_cuda(device):
+        raise UserInputError("--trace profiles CUDA kernels; it needs --device cuda")
+    if not Path(prefix).resolve().parent.is_dir():
+        raise UserInputError(f"--trace {prefix}: folder {Path(prefix).parent} does not exist")
+    from tmrender.eval.trace import trace_render
+    from tmrender.models.init import preset_config
+    from tmrender.render.weights import resolve_device
+
+    preset_config(preset)  # one clear line for an unknown preset
+    length = seconds[0] if seconds else 4.0
+    return trace_render(
+        preset, str(resolve_device(device)), prefix, length, compiled=compiled, context=context
+    )
 
 
 def _is_cuda(device: str) -> bool:

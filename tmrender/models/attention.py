@@ -15,7 +15,9 @@ Self-attention modes (one module, the "plan" object decides which keys a query s
 - `BlockCausalPlan` (b): a whole clip `[anchor | chunk 1 | chunk 2 | ...]`; chunk k sees the
   anchor, chunk k-1 and itself through a boolean block mask given to
   `scaled_dot_product_attention`.
-- `CachedPlan` (c): one chunk; keys = cached anchor K/V + cached previous chunk K/V + its own.
+- `CachedPlan` (c): one chunk; keys = cached anchor K/V + cached previous chunk K/V + its own,
+  read from the stream's preallocated `KVWindow` (written in place, no per-chunk allocation)
+  when autograd is off, concatenated otherwise.
 
 RoPE positions are window-relative (see `tmrender.models.dit`): a key of chunk k-1 seen by
 chunk k is rotated at the "previous" slot, while chunk k-1's own queries used the "current"
@@ -106,20 +108,86 @@ class BlockCausalPlan:
         return self.rope.apply(q), keys, values, self.mask
 
 
+class KVWindow:
+    """Preallocated self-attention window of one stream: per layer, keys and values
+    `[anchor | previous chunk | current chunk]` in buffers of the full window size, each
+    (B, anchor_len + 2 * chunk_len, H, d), allocated once and written in place.
+
+    The anchor is written once, the previous chunk at each commit (`write_prev`, which
+    bumps `generation`: states made before it are stale) and the current chunk at every
+    evaluation (`write_current`). Only used outside autograd: an in-place write would
+    invalidate tensors that a backward pass saved.
+    """
+
+    def __init__(self, anchor: tuple[KV, ...], chunk_len: int) -> None:
+        """Allocate (not fill: `write(anchor, 0)`) the buffers for anchor: per layer
+        (k rotated, v), each (B, anchor_len, H, d); chunk_len: tokens of a chunk (C * S)."""
+        self.anchor_len = anchor[0][0].shape[1]
+        self.chunk_len = chunk_len
+        self.generation = 0
+        size = self.anchor_len + 2 * chunk_len
+        self.keys = tuple(_window_buffer(k, size) for k, _ in anchor)
+        self.values = tuple(_window_buffer(v, size) for _, v in anchor)
+
+    def write(self, layers: tuple[KV, ...], start: int) -> tuple[KV, ...]:
+        """Copy per-layer (k, v) (B, L, H, d) into tokens start..start+L of every layer;
+        returns the written slices as views."""
+        return tuple(self.write_layer(i, start, k, v) for i, (k, v) in enumerate(layers))
+
+    def write_layer(self, layer: int, start: int, k: Tensor, v: Tensor) -> KV:
+        """Copy one layer's k, v (B, L, H, d) into tokens start..start+L; returns the views."""
+        stop = start + k.shape[1]
+        assert stop <= self.keys[layer].shape[1], f"window of {self.keys[layer].shape[1]} tokens"
+        keys, values = self.keys[layer][:, start:stop], self.values[layer][:, start:stop]
+        keys.copy_(k)
+        values.copy_(v)
+        return keys, values
+
+    def write_prev(self, prev: tuple[KV, ...]) -> tuple[KV, ...]:
+        """Make per-layer (k rotated, v) the previous chunk; returns views of it."""
+        assert prev[0][0].shape[1] <= self.chunk_len, "previous chunk longer than a chunk"
+        self.generation += 1
+        return self.write(prev, self.anchor_len)
+
+    def write_current(self, layer: int, cached_len: int, k: Tensor, v: Tensor) -> KV:
+        """Write the current chunk's (k rotated, v) (B, L, H, d) after the `cached_len`
+        cached tokens; returns the layer's whole window (B, cached_len + L, H, d) as views."""
+        self.write_layer(layer, cached_len, k, v)
+        stop = cached_len + k.shape[1]
+        return self.keys[layer][:, :stop], self.values[layer][:, :stop]
+
+    def numel(self) -> int:
+        """Elements held in the buffers."""
+        return sum(t.numel() for t in self.keys + self.values)
+
+
+def _window_buffer(like: Tensor, tokens: int) -> Tensor:
+    """An uninitialised (B, tokens, H, d) buffer with like's dtype and device."""
+    b, _, h, d = like.shape
+    return torch.empty(b, tokens, h, d, dtype=like.dtype, device=like.device)
+
+
 @dataclass(frozen=True)
 class CachedPlan:
     """(c) One chunk against the KV cache (inference).
 
     rope: the chunk's tokens at the current slot; anchor / prev: per layer, cached keys
-    (already rotated) and values, `prev` None before the first commit.
+    (already rotated) and values, `prev` None before the first commit; window: the
+    stream's preallocated buffers holding anchor and prev (None: concatenate instead,
+    always the case under autograd).
     """
 
     rope: Rope
     anchor: tuple[KV, ...]
     prev: tuple[KV, ...] | None
+    window: KVWindow | None = None
 
     def assemble(self, layer: int, q: Tensor, k: Tensor, v: Tensor):
         cached = [self.anchor[layer]] + ([self.prev[layer]] if self.prev is not None else [])
+        if self.window is not None and not torch.is_grad_enabled():
+            cached_len = sum(c[0].shape[1] for c in cached)
+            keys, values = self.window.write_current(layer, cached_len, self.rope.apply(k), v)
+            return self.rope.apply(q), keys, values, None
         keys = torch.cat([c[0] for c in cached] + [self.rope.apply(k)], dim=1)
         values = torch.cat([c[1] for c in cached] + [v], dim=1)
         return self.rope.apply(q), keys, values, None

@@ -59,6 +59,7 @@ from tmrender.models.attention import (
     CachedPlan,
     CrossAttention,
     FullPlan,
+    KVWindow,
     LayerNorm,
     SelfAttention,
     block_causal_mask,
@@ -104,7 +105,9 @@ class StreamState:
     prev: per layer (k rotated at the previous slot, v) of the last committed chunk, None
     before the first commit; chunks_done: chunks committed so far; context: per layer the
     cross-attention K/V of text/CLIP tokens (None without cross_attn); gate: face gate
-    (B or 1, 1, S, 1) or None.
+    (B or 1, 1, S, 1) or None; window: the preallocated K/V buffers that anchor and prev
+    are views of (None when the stream started under autograd), `generation` its commit
+    count when this state was made (an older state of the stream is stale).
     """
 
     batch: int
@@ -115,13 +118,23 @@ class StreamState:
     chunks_done: int
     context: tuple[tuple[KV, ...], ...] | None
     gate: Tensor | None
+    window: KVWindow | None = None
+    generation: int = 0
 
     def numel(self) -> int:
         """Elements held in the caches (the same after 2 or 2000 chunks)."""
-        tensors = [t for kv in self.anchor for t in kv]
+        tensors = [t for layer in self.context or () for kv in layer for t in kv]
+        if self.window is not None:
+            return sum(t.numel() for t in tensors) + self.window.numel()
+        tensors += [t for kv in self.anchor for t in kv]
         tensors += [t for kv in self.prev or () for t in kv]
-        tensors += [t for layer in self.context or () for kv in layer for t in kv]
         return sum(t.numel() for t in tensors)
+
+    def check_fresh(self) -> None:
+        """Assert that no later commit of this stream has overwritten this state's cache."""
+        assert self.window is None or self.generation == self.window.generation, (
+            "stale StreamState: a later commit overwrote its KV cache; use the newest state"
+        )
 
 
 # ---- modules ---------------------------------------------------------------------------
@@ -489,15 +502,21 @@ class WanDiT(nn.Module):
         _, kvs = self._run(
             tokens, e0, FullPlan(rope), ctx, [None] * len(self.blocks), a, None, True
         )
+        anchor_kv = tuple((rope.apply(k), v) for k, v in kvs)
+        window = None
+        if not torch.is_grad_enabled():  # in-place buffers only outside autograd
+            window = KVWindow(anchor_kv, self.chunk_frames * tokens.shape[2])
+            anchor_kv = window.write(anchor_kv, 0)
         return StreamState(
             batch=b,
             grid=(h, w),
-            anchor=tuple((rope.apply(k), v) for k, v in kvs),
+            anchor=anchor_kv,
             prev=None,
             prev_frames=0,
             chunks_done=0,
             context=ctx,
             gate=self.face_gate(face_mask, h, w),
+            window=window,
         )
 
     def _chunk(
@@ -510,9 +529,10 @@ class WanDiT(nn.Module):
             f"chunk of {frames} frames, C = {self.chunk_frames}"
         )
         assert t.shape == (b,), f"t must be (B,) = ({b},)"
+        state.check_fresh()
         slot = min(state.chunks_done + 1, 2)
         rope = self._rope(self._slot_positions(slot, frames, x.device), h, w)
-        plan = CachedPlan(rope, state.anchor, state.prev)
+        plan = CachedPlan(rope, state.anchor, state.prev, state.window)
         tokens = self._patchify(x, 0)
         e, e0 = self._time(t, b, frames, 0)
         audio_kv = self._audio_kv(audio, b, frames)
@@ -549,9 +569,23 @@ class WanDiT(nn.Module):
         return self.commit_kv(kv, state)
 
     def commit_kv(self, kv: ChunkKV, state: StreamState) -> StreamState:
-        """Make `kv` the previous chunk: rotate its keys at the previous slot."""
+        """Make `kv` the previous chunk: rotate its keys at the previous slot. With a
+        window (outside autograd) they are written into its buffers in place, which makes
+        `state` and older states of the stream stale; under autograd the window is dropped
+        (the new state concatenates, the old stays valid)."""
+        state.check_fresh()
         h, w = state.grid
         device = kv.layers[0][0].device
         rope = self._rope(self._slot_positions(1, kv.frames, device), h, w)
         prev = tuple((rope.apply(k), v) for k, v in kv.layers)
-        return replace(state, prev=prev, prev_frames=kv.frames, chunks_done=state.chunks_done + 1)
+        window = state.window if not torch.is_grad_enabled() else None
+        if window is not None:
+            prev = window.write_prev(prev)
+        return replace(
+            state,
+            prev=prev,
+            prev_frames=kv.frames,
+            chunks_done=state.chunks_done + 1,
+            window=window,
+            generation=0 if window is None else window.generation,
+        )
