@@ -193,12 +193,12 @@ def test_eval_uses_the_default_model(shipped, tmp_path, capsys):
 # -- the portrait check --------------------------------------------------------------------------
 
 
-def test_avatars_pass_and_photo_like_texture_is_flagged():
+def test_avatars_pass_and_photo_like_texture_and_blanks_are_flagged():
     for seed in range(5):
         assert looks_like_avatar(draw_avatar(seed, 128))
     rng = np.random.default_rng(0)
     assert not looks_like_avatar(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
-    assert looks_like_avatar(np.full((128, 128, 3), 90, np.uint8))
+    assert not looks_like_avatar(np.full((128, 128, 3), 90, np.uint8))  # blank
 
 
 def test_generate_warns_once_for_a_photo_like_portrait(shipped, inputs, tmp_path, capsys):

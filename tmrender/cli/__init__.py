@@ -21,6 +21,7 @@ from tmrender.cli import (  # noqa: F401
     info,
     init,
     prepare,
+    speak,
     synth,
     train,
 )

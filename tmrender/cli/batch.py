@@ -13,6 +13,7 @@ from tmrender.cli.options import CrfOpt, DeviceOpt, ModelOpt
 
 EXIT_SOME_FAILED = 3
 SHOWN_FAILURES = 20  # failed rows listed in the summary (all are in the JSON report)
+SHOWN_UNLIKE = 3  # rows named in the warning about portraits unlike the avatars
 
 
 @app.command(
@@ -93,6 +94,7 @@ def batch(
         plan = prepare_batch(manifest, settings, create_folders=not dry_run)
     if not plan.model_trained:
         warn(f"{plan.model_path} is an untrained model: the videos will be noise")
+    warn_unlike_avatars(plan)
     failed_early = len(plan.with_action("fail"))
     if dry_run:
         print_plan(plan)
@@ -105,6 +107,31 @@ def batch(
     print_summary(final, plan)
     if final["totals"]["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def warn_unlike_avatars(plan) -> None:
+    """One warning line naming the rows to render whose portrait is not avatar-like."""
+    from tmrender.render.portrait import portrait_looks_like_avatar
+
+    verdicts: dict[tuple, bool] = {}  # (image, crop) -> avatar-like; rows often share one
+    flagged = []
+    for planned in plan.with_action("render"):
+        key = (planned.row.image, planned.checked.crop)
+        if key not in verdicts:
+            verdicts[key] = portrait_looks_like_avatar(*key)
+        if not verdicts[key]:
+            flagged.append(planned.row)
+    if flagged:
+        named = ", ".join(
+            f"line {row.line} ({_short(row.image, plan.manifest.parent)})"
+            for row in flagged[:SHOWN_UNLIKE]
+        )
+        more = f" and {len(flagged) - SHOWN_UNLIKE} more" if len(flagged) > SHOWN_UNLIKE else ""
+        warn(
+            f"{len(flagged)} of {len(plan.with_action('render'))} portraits do not look like "
+            f"the drawn avatars the model learned from (photographs?): {named}{more}; they "
+            "still render, but expect a poor likeness and lip sync"
+        )
 
 
 def print_plan(plan) -> None:

@@ -218,6 +218,56 @@ def sample_voice(rng: np.random.Generator, split: str) -> Voice:
     )
 
 
+DEFAULT_VOICE = "en+m3"
+DEFAULT_RATE, DEFAULT_PITCH, DEFAULT_PITCH_RANGE = 160, 50, 55  # middles of sample_voice's ranges
+
+
+def voice_names() -> list[str]:
+    """Every LANGUAGE+VARIANT name of the project's voices (both splits), sorted."""
+    names = []
+    for split in ("train", "test"):
+        languages, variants = split_voices(split)
+        names += [f"{language}+{variant}" for language in languages for variant in variants]
+    return sorted(names)
+
+
+def named_voice(name: str, seed: int | None = None) -> Voice:
+    """The voice called `name` ("en+m3", or a bare language "en" for its first variant).
+
+    Rate, pitch and range are the middles of `sample_voice`'s ranges, or with `seed` drawn
+    from those ranges as the corpus draws them. Raises UserInputError for unknown names.
+    """
+    language, _, variant = name.strip().partition("+")
+    languages = TRAIN_LANGUAGES + TEST_LANGUAGES
+    variants = TRAIN_VARIANTS + TEST_VARIANTS
+    variant = variant or ("m1" if language in TRAIN_LANGUAGES else "m6")
+    if language not in languages or variant not in variants:
+        raise UserInputError(
+            f"unknown voice {name!r}: use LANGUAGE+VARIANT, e.g. {DEFAULT_VOICE}; languages "
+            f"{' '.join(languages)}; variants {' '.join(variants)}"
+        )
+    if seed is None:
+        return Voice(language, variant, DEFAULT_RATE, DEFAULT_PITCH, DEFAULT_PITCH_RANGE)
+    drawn = sample_voice(np.random.default_rng(seed), "train")
+    return Voice(language, variant, drawn.rate, drawn.pitch, drawn.pitch_range)
+
+
+def speak_text(text: str, voice: Voice, peak: float = 0.8) -> np.ndarray:
+    """Speak `text` in `voice`: float32 (N,) at 16 kHz, scaled to `peak`.
+
+    The engine is reset first, so the same text, voice and peak give identical samples.
+    Raises UserInputError for empty text or text that eSpeak NG reads as silence.
+    """
+    if not text.strip():
+        raise UserInputError("the text is empty: give some words to speak")
+    reset_engine()
+    audio, _ = speak_phrase(" ".join(text.split()), voice)
+    loudest = float(np.abs(audio).max()) if audio.size else 0.0
+    if loudest < 1e-3:
+        raise UserInputError(f"eSpeak NG speaks no sound for {text!r}")
+    return (audio * (peak / loudest)).astype(np.float32)
+
+
 # -- text ----------------------------------------------------------------------------------
 
 # Per-language inventories, written in each language's spelling: onsets | nuclei | codas | words.

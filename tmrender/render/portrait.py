@@ -1,17 +1,25 @@
 """Is a portrait like the avatars the shipped model learned from? A cheap texture test.
 
 The corpus avatars (`tmrender.data.avatar`) are flat fills and smooth gradients with
-anti-aliased edges: at the model's size most pixels have almost no local contrast. A
-photograph has texture nearly everywhere (skin, hair, fabric, sensor noise). The test
-measures the share of pixels whose grey-level Laplacian |4 p - (4 neighbours)| exceeds
-`TEXTURE_LEVEL`, with the image scaled (and cropped) to `ANALYSIS_SIZE` square as
-`tmrender.render.image.load_image` does for a model of that size.
+anti-aliased edges: most pixels have no local contrast at all, and edges are lines, so
+their share of the pixels halves each time the image doubles in size. A photograph has
+texture nearly everywhere (skin, hair, fabric, sensor noise). The test measures, on the
+image scaled (and cropped) to `ANALYSIS_SIZE` square as `tmrender.render.image.load_image`
+scales it for a model, the share of pixels whose grey-level Laplacian
+|4 p - (4 neighbours)| exceeds `TEXTURE_LEVEL`. A portrait is avatar-like when that share
+is at most `PHOTO_SHARE` and its grey levels vary at all (standard deviation at least
+`MIN_CONTRAST`: a flat single colour is no portrait).
 
-Measured here at 128 x 128 (`load_image` of the file): 300 avatars from `draw_avatar`
-(sizes 128 to 1024 px, saved as JPEG at quality 60 to 95) have a share of at most 0.58
-(99th percentile 0.47); a photographic portrait (matplotlib's grace_hopper.jpg) 0.77,
-0.72 after a 1-px Gaussian blur, 0.61 after 2 px. `PHOTO_SHARE` sits between: it flags
-ordinary photographs and never an avatar; a very soft photograph may pass unflagged.
+Calibration at 256 x 256 (`load_image` of the file; 200 seeds of `draw_avatar` at sizes
+128 to 1024 px, half saved as PNG, half as JPEG of quality 60 to 95):
+- avatars: share 0.11-0.40 as PNG (median 0.23), 0.13-0.64 as JPEG (median 0.35, the
+  blocking of quality 60 adds texture); grey standard deviation at least 10;
+- photographs of scikit-image's and matplotlib's samples: grace_hopper 0.94, chelsea 0.92,
+  astronaut 0.82, coffee 0.86, camera 0.76, moon 0.82, motorcycle 0.93, brick 0.78,
+  rocket 0.68 (a soft sky over most of it), a fluorescence micrograph (cell) 0.49;
+- uniform noise about 1.0, a flat colour 0 with standard deviation 0.
+`PHOTO_SHARE` sits between the avatars and the photographs; very soft or tiny upscaled
+photographs (a 25 px face) pass unflagged. The test is a hint for a warning, not a gate.
 """
 
 from __future__ import annotations
@@ -20,26 +28,38 @@ from pathlib import Path
 
 import numpy as np
 
-ANALYSIS_SIZE = 128  # the figures below hold at this size, whatever the model's size
-TEXTURE_LEVEL = 3.0  # |Laplacian| of 0..255 grey levels counted as texture
-PHOTO_SHARE = 0.65  # share of textured pixels above which a portrait is not avatar-like
+ANALYSIS_SIZE = 256  # the figures above hold at this size, whatever the model's size
+TEXTURE_LEVEL = 1.0  # |Laplacian| of 0..255 grey levels counted as texture
+PHOTO_SHARE = 0.66  # share of textured pixels above which a portrait is not avatar-like
+MIN_CONTRAST = 4.0  # grey-level standard deviation below which an image is blank
 LUMA = (0.299, 0.587, 0.114)
+
+
+def grey_levels(rgb: np.ndarray) -> np.ndarray:
+    """Luma of an RGB uint8 (H, W, 3) image as float32 (H, W), 0..255."""
+    assert rgb.ndim == 3 and rgb.shape[2] == 3, f"expected (H, W, 3), got {rgb.shape}"
+    return rgb.astype(np.float32) @ np.asarray(LUMA, np.float32)
 
 
 def texture_share(rgb: np.ndarray) -> float:
     """Share of pixels (borders excluded) of an RGB uint8 (H, W, 3) image whose grey
     Laplacian exceeds TEXTURE_LEVEL; in [0, 1]."""
-    assert rgb.ndim == 3 and rgb.shape[2] == 3, f"expected (H, W, 3), got {rgb.shape}"
-    if min(rgb.shape[:2]) < 3:
+    grey = grey_levels(rgb)
+    if min(grey.shape) < 3:
         return 0.0
-    grey = rgb.astype(np.float32) @ np.asarray(LUMA, np.float32)
     lap = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
     return float(np.mean(np.abs(lap) > TEXTURE_LEVEL))
 
 
+def contrast(rgb: np.ndarray) -> float:
+    """Standard deviation of the grey levels (0..255) of an RGB uint8 (H, W, 3) image."""
+    return float(grey_levels(rgb).std())
+
+
 def looks_like_avatar(rgb: np.ndarray) -> bool:
-    """False for images textured like photographs (see the module docstring)."""
-    return texture_share(rgb) <= PHOTO_SHARE
+    """True for an RGB uint8 (H, W, 3) image, at ANALYSIS_SIZE, that is neither blank nor
+    textured like a photograph (see the module docstring)."""
+    return contrast(rgb) >= MIN_CONTRAST and texture_share(rgb) <= PHOTO_SHARE
 
 
 def portrait_looks_like_avatar(path: Path | str, crop=None) -> bool:
