@@ -185,3 +185,37 @@ def test_cli_trains_and_exports(tmp_path, tiny_corpus, teacher_file, capsys):
     text = capsys.readouterr().out
     assert json.loads(text[text.index("{") :])["export"]["pairs"] == 4
     assert load_checkpoint(export)[1]["extra"]["stage"] == "ode"
+
+
+def test_guidance_changes_the_trajectories_and_is_recorded(tmp_path, tiny_corpus, teacher_file):
+    plain = O.OdeStage(tiny_corpus, tmp_path / "a", teacher_file, OPTS)
+    guided_opts = dataclasses.replace(OPTS, cfg_scale=1.0)  # tiny config's own is 2.0
+    guided = O.OdeStage(tiny_corpus, tmp_path / "b", teacher_file, guided_opts)
+    assert torch.equal(plain.train_pairs.noise, guided.train_pairs.noise)
+    assert not torch.equal(plain.train_pairs.x0, guided.train_pairs.x0)
+    assert guided.model.cfg.sampler.cfg_scale == 1.0
+    extra = guided.export(tmp_path / "b" / "out.safetensors")
+    assert extra["cfg_scale"] == 1.0 and extra["student_start"] == "teacher"
+
+
+def test_student_option_starts_from_another_students_dit(tmp_path, tiny_corpus, teacher_file):
+    other = randomized_model(load_checkpoint(teacher_file)[0], seed=7)
+    student_file = tmp_path / "student.safetensors"
+    save_checkpoint(other, student_file, trained=True)
+    opts = dataclasses.replace(OPTS, student=str(student_file))
+    stage = O.OdeStage(tiny_corpus, tmp_path / "run", teacher_file, opts)
+    plain = O.OdeStage(tiny_corpus, tmp_path / "run", teacher_file, OPTS)
+    assert torch.equal(plain.train_pairs.x0, stage.train_pairs.x0)  # the teacher sampled them
+    for name, value in other.dit.state_dict().items():
+        assert torch.equal(stage.model.dit.state_dict()[name], value)
+
+
+def test_student_with_another_vae_is_refused(tmp_path, tiny_corpus, teacher_file):
+    other = randomized_model(load_checkpoint(teacher_file)[0], seed=7)
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(1.0)
+    student_file = tmp_path / "student.safetensors"
+    save_checkpoint(other, student_file, trained=True)
+    opts = dataclasses.replace(OPTS, student=str(student_file))
+    with pytest.raises(Exception, match="another VAE"):
+        O.OdeStage(tiny_corpus, tmp_path / "run", teacher_file, opts)

@@ -470,6 +470,14 @@ def ode_command(
     val_every: ValEveryOption = 250,
     sample_every: SampleEveryOption = 2,
     cache: CacheOption = None,
+    cfg_scale: Annotated[
+        float | None,
+        typer.Option(help="The teacher's audio guidance for the trajectories [default: its own]."),
+    ] = None,
+    student: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune this export's student instead of starting from the teacher."),
+    ] = None,
 ) -> None:
     """Initialise the sparse-causal 2-step student by regression on the teacher's ODE
     trajectories (precomputed once into OUT); export a checkpoint with DiT = student."""
@@ -482,7 +490,8 @@ def ode_command(
     opts = recipe.OdeOptions(
         batch=batch, chunks=chunks, pairs=pairs, val_pairs=val_pairs, pair_batch=pair_batch,
         teacher_steps=teacher_steps, seed=seed, mouth_weight=mouth_weight, face_mask=face_mask,
-        val_clips=val_clips, sample_every=sample_every,
+        val_clips=val_clips, sample_every=sample_every, cfg_scale=cfg_scale,
+        student=str(student or ""),
     )  # fmt: skip
     device = _rank_device(device)
     loop = _loop_options(steps, lr, max_minutes, val_every, seed, threads, device)

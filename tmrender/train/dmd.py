@@ -522,6 +522,7 @@ class DmdStage:
                 val_pairs=o.val_pairs,
                 teacher_steps=o.teacher_steps,
                 pair_batch=o.pair_batch,
+                cfg_scale=o.cfg_scale,
                 seed=o.seed,
             )
             report = None

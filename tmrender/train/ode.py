@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from tmrender.config import SamplerConfig
 from tmrender.diffusion.flow import x0_from_velocity
 from tmrender.diffusion.samplers import sample_chunk_student
+from tmrender.errors import UserInputError
 from tmrender.files import atomic_write, sha256_file
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
 from tmrender.models.dit import WanDiT
@@ -51,6 +52,7 @@ from tmrender.models.talking import TalkingModel
 from tmrender.train.latents import (
     LatentCache,
     WindowBatch,
+    frozen_digest,
     gather_windows,
     load_or_build_cache,
     pick_references,
@@ -88,8 +90,10 @@ class OdeOptions:
     val_pairs: int = 16
     teacher_steps: int = 12  # Euler steps; with CFG 2 evaluations each (24 NFE)
     pair_batch: int = 16  # windows per teacher sampling call (256+ on a GPU)
+    cfg_scale: float | None = None  # the teacher's audio guidance (None: its sampler's)
     seed: int = 0
     # student
+    student: str = ""  # start the student from this export's DiT ("" = the teacher's)
     mouth_weight: float = 4.0
     face_mask: bool = False  # gate the student's audio by the face box (the renderer has none)
     # validation
@@ -137,9 +141,11 @@ def sample_trajectories(
     batch: int,
     gen: torch.Generator,
     on_batch: Callable[[int, int], None] | None = None,
+    cfg_scale: float | None = None,
 ) -> Trajectories:
     """`count` windows of `clips`, each with a reference outside it, sampled by the teacher
-    from seeded noise, recording the student's second timestep (see `Trajectories`)."""
+    (audio guidance `cfg_scale`, None: its sampler's) from seeded noise, recording the
+    student's second timestep (see `Trajectories`)."""
     cfg = teacher.cfg
     c, fpl = cfg.chunk_latent_frames, cfg.frames_per_latent
     length = chunks * c
@@ -153,7 +159,9 @@ def sample_trajectories(
         w = gather_windows(cache, starts[i : i + batch], refs[i : i + batch], length, c)
         noise = device_noise(w.x0.shape, gen, device)
         with autocast_for(device):
-            x0, trajectory = sample_teacher(teacher, w, noise, steps, record=[sigma_mid])
+            x0, trajectory = sample_teacher(
+                teacher, w, noise, steps, cfg_scale=cfg_scale, record=[sigma_mid]
+            )
         for name, value in (("noise", noise), ("mid", trajectory[sigma_mid]), ("x0", x0)):
             parts[name].append(value.half().cpu())
         if on_batch is not None:
@@ -170,6 +178,8 @@ def trajectory_key(init: Path, cache: LatentCache, opts: OdeOptions, held_out: l
         "held_out": held_out,
         **{k: getattr(opts, k) for k in ("chunks", "pairs", "val_pairs", "teacher_steps", "seed")},
     }
+    if opts.cfg_scale is not None:  # keys of files sampled before the option stay valid
+        parts["cfg_scale"] = opts.cfg_scale
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -201,6 +211,7 @@ def load_or_sample_trajectories(
         opts.teacher_steps,
         opts.pair_batch,
         gen,
+        cfg_scale=opts.cfg_scale,
     )
     train = sample_trajectories(
         teacher,
@@ -212,6 +223,7 @@ def load_or_sample_trajectories(
         opts.pair_batch,
         gen,
         on_batch,
+        cfg_scale=opts.cfg_scale,
     )
     teacher.train(was_training)
     with atomic_write(path) as partial:
@@ -354,6 +366,18 @@ def ode_regression_loss(
 # ---- the stage -----------------------------------------------------------------------------
 
 
+def start_student_from(model: TalkingModel, path: Path, device: str) -> None:
+    """Replace model's DiT side (DiT, audio projection, silence embedding) with the one in
+    the export at `path` (a student to fine-tune); its VAE and audio encoder must be the
+    teacher's."""
+    other, _ = load_checkpoint(path, device=device)
+    if frozen_digest(other) != frozen_digest(model):
+        raise UserInputError(f"{path} has another VAE or audio encoder than the teacher")
+    mine, theirs = diffusion_networks(model), diffusion_networks(other)
+    for name in ("dit", "audio_proj", "silence"):
+        mine[name].load_state_dict(theirs[name].state_dict())
+
+
 class OdeStage:
     """`tmrender train ode`: see the module docstring. `init`: the teacher's export."""
 
@@ -372,6 +396,9 @@ class OdeStage:
         self.opts = opts
         self.init = Path(init)
         self.model, _ = load_checkpoint(self.init, device=device)
+        if opts.cfg_scale is not None:  # the student's config records its targets' guidance
+            sampler = replace(self.model.cfg.sampler, cfg_scale=opts.cfg_scale)
+            self.model.cfg = replace(self.model.cfg, sampler=sampler)
         cfg = self.model.cfg
         self.c, self.fpl = cfg.chunk_latent_frames, cfg.frames_per_latent
         self.sigmas = cfg.sampler.student_sigmas
@@ -397,6 +424,8 @@ class OdeStage:
             opts,
             report("trajectories"),
         )
+        if opts.student:
+            start_student_from(self.model, Path(opts.student), device)
         self.reader = load_reader(opts.reader)
         self.rounds = 0
         self.last_val: dict[str, float] = {}
@@ -477,6 +506,8 @@ class OdeStage:
             "stage": "ode",
             "init": self.init.name,
             "pairs": len(self.train_pairs),
+            "cfg_scale": self.model.cfg.sampler.cfg_scale,
+            "student_start": Path(self.opts.student).name if self.opts.student else "teacher",
             "student_sigmas": list(self.sigmas),
             "validation": self.last_val,
         }
