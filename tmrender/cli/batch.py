@@ -35,7 +35,7 @@ def batch(
     model: ModelOpt = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out-dir", "-d", help="Folder for outputs [default: the manifest's]."),
+        typer.Option("--out-dir", "-d", help="Folder for outputs (default: the manifest's)."),
     ] = None,
     overwrite: Annotated[
         bool,
@@ -51,12 +51,12 @@ def batch(
         str | None,
         typer.Option(
             "--shard",
-            help="Render rows i with i % N == I, as I/N [default: RANK/WORLD_SIZE or all].",
+            help="Render rows i with i % N == I, as I/N (default: RANK/WORLD_SIZE or all).",
         ),
     ] = None,
     report: Annotated[
         Path | None,
-        typer.Option("--report", help="JSON report [default: <out-dir>/batch-report.json]."),
+        typer.Option("--report", help="JSON report (default: <out-dir>/batch-report.json)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show the plan; render nothing.")

@@ -20,7 +20,8 @@ LONG_SECONDS = 600.0  # --long measures clips at least this long (first vs last 
         "  tmrender eval --model tm-mini --data data --out out/eval --baselines\n\n"
         "  tmrender eval --model gt --model still --data data --out out/floors --clips 5\n\n"
         "  tmrender synth --out data/long --clips 2 --seconds 600 --split test\n\n"
-        "  tmrender eval --model tm-mini --data data/long --out out/drift --long"
+        "  tmrender eval --model tm-mini --data data/long --out out/drift --long\n\n"
+        "  tmrender eval --data data --out out/gap --teacher weights/stages/teacher.safetensors"
     ),
 )
 def eval_command(
@@ -37,7 +38,7 @@ def eval_command(
             "-m",
             help=(
                 "Model name or .safetensors path, or a baseline: gt, still, loudness. Repeat. "
-                "[default: tm-mini]"
+                "(default: tm-mini)"
             ),
         ),
     ] = None,  # fmt: skip
@@ -63,6 +64,13 @@ def eval_command(
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="A teacher stage file: also compare the first model with it on the same "
+            "windows of the split (lip-sync r of both and the gap)."
+        ),
+    ] = None,
 ) -> None:
     """Render test clips from their first frame and audio, and measure them against the truth."""
     import json
@@ -112,12 +120,30 @@ def eval_command(
         "reader": {"path": str(reader_path), "sha256": sha256_file(reader_path)},
         "options": {**suite.EvalOptions().__dict__, "device": device, "seed": seed},
     }  # fmt: skip
+    if teacher is not None:
+        meta["teacher_gap"] = distillation_gap(models[0], teacher, data, split, out, mouth_reader)
+        console.print(f"student vs teacher, same windows: {meta['teacher_gap']}", highlight=False)
     report = report_mod.write_report(out, results, traces, meta)
     if as_json:
         stdout.print_json(json.dumps({k: v["summary"] for k, v in report["sources"].items()}))
     else:
         print_summary(report)
     console.print(f"report: {out / 'index.html'}", highlight=False)
+
+
+def distillation_gap(model: str, teacher: Path, data: Path, split: str, out: Path, reader):
+    """`tmrender.eval.teacher_gap` of the model against the teacher file (CPU, float32);
+    the teacher's latent cache of the split is kept in OUT."""
+    from tmrender.errors import UserInputError
+    from tmrender.eval.sources import BASELINES
+    from tmrender.eval.teacher_gap import teacher_gap
+    from tmrender.render.weights import load_model
+
+    if model in BASELINES:
+        raise UserInputError("--teacher compares a model, not a baseline; give --model first")
+    student, _ = load_model(model, "cpu")
+    taught, _ = load_model(str(teacher), "cpu")
+    return teacher_gap(student, taught, data, split, out / f"latents-{split}.pt", reader)
 
 
 def suite_baselines() -> tuple[str, ...]:

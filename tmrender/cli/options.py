@@ -10,7 +10,7 @@ import typer
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--model", "-m", help="Installed model name or .safetensors path [default: tm-mini]."
+        "--model", "-m", help="Installed model name or .safetensors path (default: tm-mini)."
     ),
 ]
 DeviceOpt = Annotated[
@@ -25,7 +25,7 @@ ModeOpt = Annotated[
 ]
 CropOpt = Annotated[
     str | None,
-    typer.Option("--crop", help="Crop box x,y,w,h in image pixels [default: centre crop]."),
+    typer.Option("--crop", help="Crop box x,y,w,h in image pixels (default: centre crop)."),
 ]
 CrfOpt = Annotated[
     int, typer.Option("--crf", help="H.264 quality, 0 (lossless) to 51; lower is better.")

@@ -186,14 +186,14 @@ def export_command(
     ),
     stages: Annotated[
         Path | None,
-        typer.Option(help="Folder of stage exports for the provenance [default: --init's]."),
+        typer.Option(help="Folder of stage exports for the provenance (default: --init's)."),
     ] = None,
     report: Annotated[
         Path | None,
         typer.Option(help="A `tmrender eval` report.json: its summary goes in as test figures."),
     ] = None,
     reader: Annotated[
-        Path | None, typer.Option(help="Mouth reader weights [default: the shipped ones].")
+        Path | None, typer.Option(help="Mouth reader weights (default: the shipped ones).")
     ] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
 ) -> None:
@@ -311,7 +311,7 @@ InitOption = Annotated[
 ]
 CacheOption = Annotated[
     Path | None,
-    typer.Option(help="Latent cache file to use or build [default: OUT/latents.pt]."),
+    typer.Option(help="Latent cache file to use or build (default: OUT/latents.pt)."),
 ]
 BatchOption = Annotated[int, typer.Option("--batch", help="Windows per step (64-256 on a GPU).")]
 ChunksOption = Annotated[int, typer.Option(help="Chunks of C latent frames per window.")]
@@ -472,7 +472,7 @@ def ode_command(
     cache: CacheOption = None,
     cfg_scale: Annotated[
         float | None,
-        typer.Option(help="The teacher's audio guidance for the trajectories [default: its own]."),
+        typer.Option(help="The teacher's audio guidance for the trajectories (default: its own)."),
     ] = None,
     student: Annotated[
         Path | None,
@@ -616,7 +616,7 @@ def dmd_command(
         typer.Option(
             "--ode-run",
             help="The ode stage's run folder: reuse its latents.pt and trajectories.pt "
-            "[default: build both in OUT].",
+            "(default: build both in OUT).",
         ),
     ] = None,
     out: OutOption = Path("runs/dmd"),
@@ -641,7 +641,7 @@ def dmd_command(
         typer.Option(help="Context K/V: refresh (re-run the chunk) or last_step (commit_kv)."),
     ] = "refresh",
     cfg_scale: Annotated[
-        float | None, typer.Option(help="Audio guidance of the real score [default: preset's].")
+        float | None, typer.Option(help="Audio guidance of the real score (default: preset's).")
     ] = None,
     reg_weight: Annotated[
         float, typer.Option(help="Weight of the ODE regression in the generator loss.")
