@@ -229,3 +229,29 @@ def test_cli_refuses_bad_options(corpus, tmp_path, capsys):
         main(["train", "vae", "--data", str(corpus), "--out", str(tmp_path), "--crop", "20"])
     assert exit_info.value.code == 2
     assert "multiples of 8" in capsys.readouterr().err
+
+
+def test_decoder_only_keeps_the_encoder_and_its_statistics(corpus, tmp_path):
+    first = tmp_path / "first"
+    run_stage(stage(corpus, first), first, loop_options(steps=4), on_log=None)
+    start, _ = load_checkpoint(first / "export.safetensors")
+    encoder = {k: v.clone() for k, v in start.vae.state_dict().items() if k.startswith("enc_")}
+    decoder = {k: v.clone() for k, v in start.vae.state_dict().items() if k.startswith("dec_")}
+    opts = dataclasses.replace(OPTS, decoder_only=True)
+    second = tmp_path / "second"
+    tuned = recipe.VAEStage(corpus, second, start.cfg, opts, vae=start.vae)
+    assert all(n.startswith("dec_") for n, p in tuned.vae.named_parameters() if p.requires_grad)
+    run_stage(tuned, second, loop_options(steps=6, lr=1e-2), on_log=None)
+    model, _ = load_checkpoint(second / "export.safetensors")
+    state = model.vae.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in encoder.items())
+    assert any(not torch.equal(state[k], v) for k, v in decoder.items())
+    assert model.cfg.vae.latent_mean == start.cfg.vae.latent_mean
+    assert model.cfg.vae.latent_std == start.cfg.vae.latent_std
+
+
+def test_cli_decoder_only_needs_a_trained_vae(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "vae", "--data", str(corpus), "--out", str(tmp_path), "--decoder-only"])
+    assert exit_info.value.code == 2
+    assert "--init" in capsys.readouterr().err

@@ -267,6 +267,14 @@ def vae_command(
         int,
         typer.Option(help="tm-mini variant: VAE stride 4 (DiT patch 4x4) or 8 (patch 2x2)."),
     ] = 4,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start from this checkpoint's VAE (and config) instead of a fresh one."),
+    ] = None,
+    decoder_only: Annotated[
+        bool,
+        typer.Option(help="With --init: train the decoder only (latents and their stats stay)."),
+    ] = False,
 ) -> None:
     """Train the causal VAE on DATA/train frames; export a checkpoint with its latent stats."""
     import json
@@ -277,24 +285,31 @@ def vae_command(
     from tmrender.train import vae as recipe
     from tmrender.train.loop import LoopOptions, run_stage
 
-    try:
-        blocks = tuple(int(v) for v in dec_blocks.split(","))
-        cfg = tm_mini_variant(latent_channels, blocks, spatial_stride)
-    except (ValueError, AssertionError) as err:
-        raise UserInputError(f"bad --latent-channels/--dec-blocks: {err}") from err
+    start = None
+    if init is not None:
+        from tmrender.models.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(init)
+        cfg, start = model.cfg, model.vae
+    else:
+        try:
+            blocks = tuple(int(v) for v in dec_blocks.split(","))
+            cfg = tm_mini_variant(latent_channels, blocks, spatial_stride)
+        except (ValueError, AssertionError) as err:
+            raise UserInputError(f"bad --latent-channels/--dec-blocks: {err}") from err
 
     opts = recipe.VAEOptions(
         crop_batch=crop_batch, crop_frames=crop_frames, crop=crop, clip_batch=clip_batch,
         clip_frames=clip_frames,
         clip_share=clip_share, mouth_weight=mouth_weight, max_clips=max_clips,
-        val_clips=val_clips,
+        val_clips=val_clips, decoder_only=decoder_only,
     )  # fmt: skip
     loop = LoopOptions(
         steps=steps, lr=lr, warmup=min(200, steps // 10), max_minutes=max_minutes,
         checkpoint_every=max(1, min(500, steps // 4)), log_every=max(1, min(50, steps // 20)),
         val_every=val_every, seed=seed, threads=threads, device=device,
     )  # fmt: skip
-    stage = recipe.VAEStage(data, out, cfg, opts, seed=seed)
+    stage = recipe.VAEStage(data, out, cfg, opts, vae=start, seed=seed)
     result = run_stage(stage, out, loop, resume=resume, on_log=print_loop_row)
     exported = out / "export.safetensors"
     if export is not None:

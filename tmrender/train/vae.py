@@ -53,6 +53,7 @@ from tmrender.models.vae import CausalVAE
 from tmrender.train.loop import seeded
 
 FRAME_CACHE = "frames.pt"
+DECODER_PREFIX = "dec_"  # CausalVAE's decoder parameters: dec_in, dec_layers, dec_out
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class VAEOptions:
     mouth_weight: float = 4.0
     mouth_margin: int = 2  # px added around the mouth box
     mse_weight: float = 1.0
+    # fine-tune the decoder only: the encoder, and with it the latent space and its
+    # statistics, stay as they are (stages trained on these latents remain valid)
+    decoder_only: bool = False
     # latent statistics at export: windows of clip_frames frames from this many fit clips
     stats_clips: int = 32
 
@@ -362,9 +366,14 @@ class VAEStage:
         _check_options(opts)
         self.cfg, self.opts = cfg, opts
         if vae is None:
+            if opts.decoder_only:
+                raise UserInputError("--decoder-only fine-tunes a trained VAE: give --init")
             with seeded(seed):
                 vae = CausalVAE(cfg.vae)
         self.vae = vae
+        if opts.decoder_only:
+            for name, param in vae.named_parameters():
+                param.requires_grad_(name.startswith(DECODER_PREFIX))
         self.reader = load_mouth_reader(reader_path)
         # 1. frames of the train split, the last val_clips held out
         clips = list_clips(data, "train")
@@ -396,7 +405,7 @@ class VAEStage:
         return {"vae": self.vae}
 
     def optimizers(self) -> dict[str, list[torch.nn.Parameter]]:
-        return {"vae": list(self.vae.parameters())}
+        return {"vae": [p for p in self.vae.parameters() if p.requires_grad]}
 
     def updates(self, step: int) -> list[str]:
         self.step = step  # the curriculum phase of the batches that follow
@@ -434,8 +443,11 @@ class VAEStage:
         return self.val
 
     def export(self, path: Path) -> dict:
-        stats_clips = self.fit_clips[: self.opts.stats_clips]
-        mean, std = latent_statistics(self.vae, self.cache, stats_clips, self.opts.clip_frames)
+        if self.opts.decoder_only:  # same encoder: the statistics the DiT was trained with
+            mean, std = self.vae.cfg.latent_mean, self.vae.cfg.latent_std
+        else:
+            stats_clips = self.fit_clips[: self.opts.stats_clips]
+            mean, std = latent_statistics(self.vae, self.cache, stats_clips, self.opts.clip_frames)
         extra = {
             "stage": "vae",
             "vae_steps": self.step + 1,
