@@ -56,3 +56,12 @@ def test_eval_refuses_a_teacher_for_a_baseline(tmp_path, tiny_corpus, tiny_init,
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "not a baseline" in err and "Traceback" not in err
+
+
+def test_a_teacher_with_another_decoder_only_is_accepted(tmp_path, tiny_corpus, tiny_init):
+    student, teacher = models(tiny_init)
+    with torch.no_grad():
+        next(p for n, p in teacher.vae.named_parameters() if n.startswith("dec")).add_(1.0)
+    reader = load_reader("")
+    figures = teacher_gap(student, teacher, tiny_corpus, "train", tmp_path / "c.pt", reader, OPTS)
+    assert figures["windows"] == OPTS.windows

@@ -44,10 +44,11 @@ FROZEN = ("vae", "audio_encoder")
 
 
 def same_frozen_networks(a: TalkingModel, b: TalkingModel) -> bool:
-    """Whether a and b share their VAE and audio encoder, up to the fp16 rounding of an
-    exported file (a shipped model's frozen networks against its fp32 teacher's)."""
+    """Whether a and b share their VAE encoder and audio encoder (what defines the latents
+    and audio features the DiT learned on), up to the fp16 rounding of an exported file.
+    The decoders may differ: a decoder fine-tuned later (`train vae --decoder-only`)."""
     for name in FROZEN:
-        mine, theirs = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        mine, theirs = encoder_side(getattr(a, name)), encoder_side(getattr(b, name))
         if mine.keys() != theirs.keys():
             return False
         for key, value in mine.items():
@@ -55,6 +56,11 @@ def same_frozen_networks(a: TalkingModel, b: TalkingModel) -> bool:
             if value.shape != other.shape or not torch.equal(value.half(), other.half()):
                 return False
     return True
+
+
+def encoder_side(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's tensors without its decoder's (names starting with "dec")."""
+    return {k: v for k, v in module.state_dict().items() if not k.startswith("dec")}
 
 
 @torch.no_grad()
@@ -73,7 +79,7 @@ def teacher_gap(
     student's VAE and audio encoder (the same networks, maybe rounded to fp16)."""
     if not same_frozen_networks(student, teacher):
         raise UserInputError("the teacher has another VAE or audio encoder than the model")
-    for name in FROZEN:  # the shipped fp16 copies: the latents the student renders from
+    for name in FROZEN:  # the student's copies (fp16-rounded, maybe a newer decoder)
         getattr(teacher, name).load_state_dict(getattr(student, name).state_dict())
     cache = load_or_build_cache(cache_path, teacher, data, split, opts.refs_per_clip)
     cfg = teacher.cfg
