@@ -360,8 +360,7 @@ def _checkpoint(
         _save_checkpoint(out / CHECKPOINT, stage, nets, optimizers, gen, step, opts)
         shutil.rmtree(out / SHARDED, ignore_errors=True)
     else:
-        extra = {"stage": stage.name, **_rng_state(gen), "step": step, "options": asdict(opts)}
-        par.save(out / SHARDED, nets, optimizers, extra)
+        par.save(out / SHARDED, nets, optimizers, _run_state(stage, gen, step, opts))
         if par.main:
             (out / CHECKPOINT).unlink(missing_ok=True)
     if par.main:
@@ -386,13 +385,23 @@ def _resume(
         state = distributed.load_sharded(out / SHARDED, nets, optimizers, template)
     else:
         state = distributed.load_full(out / CHECKPOINT, nets, optimizers, template)
-    gen.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch_rng"].cpu())
+    _set_rng_state(gen, state)
     return int(state["step"])
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Tensor]:
     return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+
+def _set_rng_state(gen: torch.Generator, state: dict[str, Tensor]) -> None:
+    """Restore what `_rng_state` captured."""
+    gen.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+
+
+def _run_state(stage: Stage, gen: torch.Generator, step: int, opts: LoopOptions) -> dict:
+    """What every checkpoint holds besides networks and optimizers."""
+    return {"stage": stage.name, **_rng_state(gen), "step": step, "options": asdict(opts)}
 
 
 def _save_checkpoint(
@@ -406,14 +415,10 @@ def _save_checkpoint(
 ) -> None:
     """Atomically write networks, optimizers, step, RNG states and options."""
     state = {
-        "stage": stage.name,
-        "step": step,
+        **_run_state(stage, gen, step, opts),
         "networks": {name: net.state_dict() for name, net in nets.items()},
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "options": asdict(opts),
     }
     with atomic_write(path) as partial:
         torch.save(state, partial)
@@ -437,8 +442,7 @@ def _load_checkpoint(
         net.load_state_dict(state["networks"][name])
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
-    gen.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch_rng"].cpu())
+    _set_rng_state(gen, state)
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
     return int(state["step"])
