@@ -29,6 +29,7 @@ from tmrender.train.teacher import (
     sample_teacher,
     window_tokens,
 )
+from tmrender.train.vae import DECODER_PREFIX
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ def same_frozen_networks(a: TalkingModel, b: TalkingModel) -> bool:
 
 
 def encoder_side(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A module's tensors without its decoder's (names starting with "dec")."""
-    return {k: v for k, v in module.state_dict().items() if not k.startswith("dec")}
+    """A module's tensors without the VAE decoder's (what `train vae --decoder-only`
+    trains)."""
+    return {k: v for k, v in module.state_dict().items() if not k.startswith(DECODER_PREFIX)}
 
 
 @torch.no_grad()
