@@ -68,6 +68,15 @@ def test_loading_something_else_is_a_user_error(tmp_path):
         load_mouth_reader(junk)
 
 
+def test_a_reader_that_differs_from_its_checksum_line_is_refused(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "reader.safetensors"
+    save_mouth_reader(MouthReader(TINY).eval(), path, half=True)
+    record_checksum(tmp_path / "SHA256SUMS", path, "0" * 64)
+    with pytest.raises(UserInputError, match="does not match its SHA-256"):
+        load_mouth_reader(path)
+
+
 def test_shipped_weights_match_their_checksum():
     sums = DEFAULT_WEIGHTS.parent / "SHA256SUMS"
     lines = dict(reversed(line.split("  ", 1)) for line in sums.read_text().splitlines())

@@ -142,6 +142,25 @@ def test_frames_decode_back(beep_video):
     assert np.abs(decoded.astype(int) - beep_video["frames"]).mean() < 3
 
 
+def test_a_phone_video_with_a_quarter_turn_decodes_upright(tmp_path):
+    """Phones store portrait video as landscape plus a display rotation; ffmpeg turns the
+    frames upright as it decodes, so the frame size must be the turned one."""
+    ramp = np.linspace(0, 255, 48)[None, :, None]  # 32 x 48 px, dark left, bright right
+    frames = np.repeat(np.broadcast_to(ramp, (32, 48, 3))[None], 4, 0).astype(np.uint8)
+    flat, turned = tmp_path / "flat.mp4", tmp_path / "turned.mp4"
+    with VideoWriter(flat, width=48, height=32, fps=FPS) as writer:
+        writer.write(frames)
+    cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90"]
+    subprocess.run([*cmd, "-i", str(flat), "-c", "copy", str(turned)], check=True)
+    stream = probe(turned).video[0]
+    assert abs(stream.rotation) == 90 and stream.display_size == (32, 48)
+    decoded = read_video_frames(turned)
+    assert decoded.shape == (4, 48, 32, 3)
+    columns = decoded.astype(int).mean(axis=(0, 2, 3))  # the ramp now runs top-bottom
+    assert abs(columns[0] - columns[-1]) > 150
+    assert probe(flat).video[0].display_size == (48, 32)
+
+
 def test_audio_and_video_are_aligned(beep_video):
     flashes = np.flatnonzero(read_video_frames(beep_video["path"]).mean(axis=(1, 2, 3)) > 128)
     assert flashes.tolist() == list(BEEP_FRAMES)

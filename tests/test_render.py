@@ -65,6 +65,21 @@ def test_frame_count_is_ceil_of_audio_duration(model, face, tmp_path, seconds):
     assert frames.shape == (expected, 128, 128, 3) and frames.dtype == np.uint8
 
 
+def test_the_deflicker_filter_is_the_models_zero_lag_filter(model, face, tmp_path):
+    from tmrender.render.temporal import TemporalFilter
+
+    assert model.cfg.sampler.deflicker_taps == (1, 2, 2, 2, 1)
+    audio = tone(tmp_path / "a.wav", 1.37)
+    filtered, raw = collect(model, face, audio), collect(model, face, audio, deflicker=False)
+    assert filtered.shape == raw.shape and not np.array_equal(filtered, raw)
+    video = torch.from_numpy(raw).permute(3, 0, 1, 2)[None].float()
+    smoother = TemporalFilter(model.cfg.sampler.deflicker_taps)
+    again = torch.cat([smoother.push(video[:, :, :8]), smoother.push(video[:, :, 8:])], dim=2)
+    again = torch.cat([again, smoother.flush()], dim=2)[0].permute(1, 2, 3, 0).numpy()
+    # the renderer filters before rounding to uint8: at most one level apart
+    assert np.abs(again - filtered.astype(np.float32)).max() <= 1.0 + 1e-4
+
+
 def test_video_file_has_exact_frames_and_audio(model, face, tmp_path):
     audio = tone(tmp_path / "speech.wav", 2.13)
     out = tmp_path / "out.mp4"

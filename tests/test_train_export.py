@@ -118,6 +118,20 @@ def test_export_is_reproducible_and_records_its_checksum(stages, tmp_path):
     assert (out.parent / "SHA256SUMS").read_text() == f"{first}  m.safetensors\n"
 
 
+def test_export_sets_the_deflicker_taps_and_the_cli_checks_them(stages, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    before = read_metadata(stages / "dmd.safetensors")["config"].sampler.deflicker_taps
+    opts = recipe.ExportOptions(dtype="float32", deflicker_taps=(1.0, 2.0, 1.0))
+    recipe.export_model(stages / "dmd.safetensors", out, opts)
+    assert read_metadata(out)["config"].sampler.deflicker_taps == (1.0, 2.0, 1.0)
+    recipe.export_model(stages / "dmd.safetensors", out, recipe.ExportOptions(dtype="float32"))
+    assert read_metadata(out)["config"].sampler.deflicker_taps == before
+    for bad in ("1,2", "1,x,1", "3,2,1"):
+        code, _, err = run(capsys, "train", "export", "--init", str(stages / "dmd.safetensors"),
+                           "-o", str(out), "--dtype", "float32", "--deflicker", bad)  # fmt: skip
+        assert code == 2 and "--deflicker" in err
+
+
 def test_lipsync_score_renders_held_out_clips(tmp_path):
     from tmrender.eval.mouth import load_mouth_reader
 

@@ -84,6 +84,17 @@ def test_reconstruction_loss_is_zero_on_truth_and_weights_the_mouth():
     assert loss_on.item() == pytest.approx(9 * loss_off.item())
 
 
+def test_temporal_loss_sees_flicker_not_shared_change():
+    target = torch.zeros(1, 3, 3, 4, 4)
+    target[:, :, 1:] = 0.5  # the truth moves once
+    weight = torch.ones(1, 1, 3, 4, 4)
+    assert recipe.temporal_loss(target + 0.1, target, weight).item() == 0  # same changes
+    flicker = target.clone()
+    flicker[:, :, 2] += 0.2  # a change the truth does not have
+    assert recipe.temporal_loss(flicker, target, weight).item() == pytest.approx(0.2 / 2)
+    assert recipe.temporal_loss(target[:, :, :1], target[:, :, :1], weight[:, :, :1]) == 0
+
+
 def test_batches_have_the_curriculum_shapes_and_mouth_crops(corpus, tmp_path):
     s = stage(corpus, tmp_path, mouth_crop_share=1.0)
     gen, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
@@ -139,7 +150,7 @@ def test_training_lowers_the_loss_and_exports_a_normalised_vae(corpus, tmp_path)
     losses = [r["loss"] for r in rows if "loss" in r]
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3])
     val = result["val"]
-    assert {"psnr", "psnr_mouth", "reader_r", "reader_r_original"} <= set(val)
+    assert {"psnr", "psnr_mouth", "reader_r", "reader_r_original", "motion_ratio"} <= set(val)
     assert val["frames"] == 9 and val["psnr"] > 10
     # export: a full checkpoint whose VAE carries its latent statistics
     path = tmp_path / "export.safetensors"
@@ -248,6 +259,31 @@ def test_decoder_only_keeps_the_encoder_and_its_statistics(corpus, tmp_path):
     assert any(not torch.equal(state[k], v) for k, v in decoder.items())
     assert model.cfg.vae.latent_mean == start.cfg.vae.latent_mean
     assert model.cfg.vae.latent_std == start.cfg.vae.latent_std
+
+
+def test_decoder_only_with_latent_noise_and_temporal_loss(corpus, tmp_path):
+    first = tmp_path / "first"
+    run_stage(stage(corpus, first), first, loop_options(steps=2), on_log=None)
+    start, _ = load_checkpoint(first / "export.safetensors")
+    opts = dataclasses.replace(OPTS, decoder_only=True, latent_noise=0.1, temporal_weight=1.0)
+    tuned = recipe.VAEStage(corpus, tmp_path / "second", start.cfg, opts, vae=start.vae)
+    gen = torch.Generator().manual_seed(0)
+    tuned.updates(3)  # a step on whole clips: the time axis has 5 frames
+    batch = tuned.batch(gen, torch.device("cpu"))
+    latent = start.vae.encode(batch["video"])
+    assert batch["latent_noise"].shape == latent.shape
+    assert batch["latent_noise"].std().item() == pytest.approx(0.1, rel=0.3)
+    loss, figures = tuned.loss("vae", batch)
+    loss.backward()
+    assert float(figures["temporal"]) > 0
+    grads = {n: p.grad for n, p in tuned.vae.named_parameters()}
+    assert all(g is None for n, g in grads.items() if n.startswith("enc_"))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_latent_noise_needs_the_decoder_only(corpus, tmp_path):
+    with pytest.raises(UserInputError, match="--decoder-only"):
+        stage(corpus, tmp_path, latent_noise=0.1)
 
 
 def test_cli_decoder_only_needs_a_trained_vae(corpus, tmp_path, capsys):

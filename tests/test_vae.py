@@ -102,9 +102,13 @@ def test_decoder_is_causal() -> None:
             assert not torch.allclose(out[:, :, first_changed:], ref[:, :, first_changed:])
 
 
-@pytest.mark.parametrize("chunks", [[1, 3, 3, 2], [1] * 9, [2, 7], [0, 4, 0, 5]])
-def test_streaming_equals_whole_clip(chunks: list[int]) -> None:
-    vae = _vae()
+AHEAD = dataclasses.replace(TINY, dec_lookahead=1)
+
+
+@pytest.mark.parametrize("cfg", [TINY, AHEAD], ids=["causal", "look-ahead"])
+@pytest.mark.parametrize("chunks", [[1, 3, 3, 2], [1] * 9, [2, 7], [0, 4, 0, 5], [1]])
+def test_streaming_equals_whole_clip(chunks: list[int], cfg: VAEConfig) -> None:
+    vae = _vae(cfg)
     lat = _latents(sum(chunks))
     with torch.no_grad():
         whole = vae.decode(lat)
@@ -113,9 +117,15 @@ def test_streaming_equals_whole_clip(chunks: list[int]) -> None:
             frames, state = vae.decode_step(lat[:, :, start : start + c], state)
             parts.append(frames)
             start += c
-    streamed = torch.cat(parts, dim=2)
-    assert streamed.shape == whole.shape
-    assert (streamed - whole).abs().max().item() < 1e-5
+        held = vae.decode_flush(state)
+    streamed = sum(p.shape[2] for p in parts)
+    if cfg.dec_lookahead:  # the last latent waits for the flush
+        assert streamed == whole.shape[2] - held.shape[2] and held.shape[2] in (1, 4)
+        parts.append(held)
+    else:
+        assert held is None
+    assert whole.shape[2] == vae.video_frames(lat.shape[2])
+    torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kernel", [1, 3])
@@ -145,6 +155,34 @@ def test_streaming_decoder_wrapper() -> None:
         with torch.no_grad():
             expected = vae.decode(lat).clamp(-1, 1)
         torch.testing.assert_close(torch.cat(frames, dim=2), expected, atol=1e-5, rtol=0)
+
+
+def test_lookahead_decoder_reads_exactly_one_latent_ahead() -> None:
+    vae = _vae(AHEAD)
+    lat = _latents(5)
+    with torch.no_grad():
+        ref = vae.decode(lat)
+        for j in (2, 3, 4):
+            changed = lat.clone()
+            changed[:, :, j:] += 1.0
+            out = vae.decode(changed)
+            first_changed = vae.video_frames(j - 1)  # latent j - 1's frames read latent j
+            assert torch.equal(out[:, :, :first_changed], ref[:, :, :first_changed])
+            assert not torch.allclose(out[:, :, first_changed:], ref[:, :, first_changed:])
+
+
+def test_streaming_decoder_wrapper_flushes_the_held_latent() -> None:
+    vae = _vae(AHEAD)
+    lat = _latents(5)
+    dec = StreamingDecoder(vae)
+    frames = [dec.decode(lat[:, :, :1]), dec.decode(lat[:, :, 1:3]), dec.decode(lat[:, :, 3:])]
+    assert [f.shape[2] for f in frames] == [0, 5, 8]
+    tail = dec.flush()
+    assert tail.shape == (2, 3, 4, H, W)
+    with torch.no_grad():
+        expected = vae.decode(lat).clamp(-1, 1)
+    torch.testing.assert_close(torch.cat([*frames, tail], dim=2), expected, atol=1e-5, rtol=0)
+    assert dec.state is None
 
 
 def _state_signature(state: DecodeState) -> list[tuple[int, ...]]:

@@ -44,6 +44,11 @@ class VAEConfig:
     dec_channels: tuple[int, ...] = (64, 48, 32)
     dec_blocks: tuple[int, ...] = (0, 0, 0)
     dec_expand_level: int = 1
+    # latent frames the decoder reads ahead (0 or 1): with 1, latent j is decoded with
+    # latent j + 1 beside it (the last of a clip with itself), so the frames at the edges
+    # of a latent's group see where the motion goes next; a stream then holds one latent
+    # frame back until the next arrives (`CausalVAE.decode_step` / `decode_flush`)
+    dec_lookahead: int = 0
     # every residual block is causal in time: it sees this many frames (itself + past)
     temporal_kernel: int = 2
     # per-channel statistics of the raw latents (set by `tmrender train vae`): `encode`
@@ -243,10 +248,20 @@ class SamplerConfig:
     # denoising step (`commit_kv`: one forward less per chunk; the student must be
     # trained for it, `tmrender train dmd --context last_step`)
     context: str = "refresh"
+    # symmetric taps of a zero-lag filter over the rendered frames' time axis
+    # (`tmrender.render.temporal.TemporalFilter`), () = none. Generated latent frames
+    # disagree a little with their neighbours, so the picture steps every
+    # frames_per_latent frames; (1, 2, 2, 2, 1) cancels period 4 and 2 exactly
+    deflicker_taps: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "student_timesteps", tuple(float(t) for t in self.student_timesteps)
+        )
+        taps = tuple(float(w) for w in self.deflicker_taps)
+        object.__setattr__(self, "deflicker_taps", taps)
+        assert not taps or (len(taps) % 2 and taps == taps[::-1] and sum(taps) > 0), (
+            f"deflicker_taps must be symmetric, of odd length, with a positive sum: {taps}"
         )
         assert len(self.student_timesteps) == 2, "the student takes exactly 2 steps"
         assert self.context in ("refresh", "last_step"), f"unknown context {self.context!r}"

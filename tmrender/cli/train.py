@@ -196,6 +196,13 @@ def export_command(
         Path | None, typer.Option(help="Mouth reader weights (default: the shipped ones).")
     ] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    deflicker: Annotated[
+        str | None,
+        typer.Option(
+            help="Taps of the zero-lag filter over output frames, e.g. 1,2,2,2,1; 'none': "
+            "off (default: as the student's file says)."
+        ),
+    ] = None,
 ) -> None:
     """Write the shipped model: all networks in one file, fp16 where lip sync does not move,
     provenance in its metadata, and its line in the output folder's SHA256SUMS."""
@@ -205,7 +212,10 @@ def export_command(
 
     from tmrender.train import export as recipe
 
-    opts = recipe.ExportOptions(dtype=dtype, clips=clips, seconds=seconds, split=split)
+    opts = recipe.ExportOptions(
+        dtype=dtype, clips=clips, seconds=seconds, split=split,
+        deflicker_taps=parse_taps(deflicker),
+    )  # fmt: skip
     torch.set_num_threads(threads)
     score = None
     if dtype == "auto" and data is not None:
@@ -215,6 +225,26 @@ def export_command(
     )
     console.print(f"exported {output} (sha256 {result['sha256'][:12]}...)", highlight=False)
     stdout.print_json(json.dumps(result))
+
+
+def parse_taps(text: str | None) -> tuple[float, ...] | None:
+    """--deflicker: None -> None (keep), "none" -> () (off), "1,2,1" -> (1.0, 2.0, 1.0)."""
+    from tmrender.errors import UserInputError
+
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        taps = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        taps = ()
+    if not taps or len(taps) % 2 == 0 or taps != taps[::-1] or sum(taps) <= 0:
+        raise UserInputError(
+            f"--deflicker needs symmetric taps of odd length and positive sum, e.g. 1,2,2,2,1; "
+            f"got {text!r}"
+        )
+    return taps
 
 
 @train_app.command(
@@ -275,8 +305,27 @@ def vae_command(
         bool,
         typer.Option(help="With --init: train the decoder only (latents and their stats stay)."),
     ] = False,
+    temporal_weight: Annotated[
+        float,
+        typer.Option(help="Weight of the L1 on frame-to-frame changes (against flicker)."),
+    ] = 0.0,
+    latent_noise: Annotated[
+        float,
+        typer.Option(
+            help="With --decoder-only: std of noise on the unit-scale latents the decoder reads."
+        ),
+    ] = 0.0,
+    lookahead: Annotated[
+        bool,
+        typer.Option(
+            "--lookahead",
+            help="With --init: give the decoder one latent frame of look-ahead (new weights "
+            "start at zero; the stream holds one latent back).",
+        ),
+    ] = False,
 ) -> None:
     """Train the causal VAE on DATA/train frames; export a checkpoint with its latent stats."""
+    import dataclasses
     import json
     import shutil
 
@@ -291,6 +340,11 @@ def vae_command(
 
         model, _ = load_checkpoint(init)
         cfg, start = model.cfg, model.vae
+        if lookahead:
+            start = recipe.add_lookahead(start)
+            cfg = dataclasses.replace(cfg, vae=start.cfg)
+    elif lookahead:
+        raise UserInputError("--lookahead widens a trained decoder: give --init")
     else:
         try:
             blocks = tuple(int(v) for v in dec_blocks.split(","))
@@ -302,7 +356,8 @@ def vae_command(
         crop_batch=crop_batch, crop_frames=crop_frames, crop=crop, clip_batch=clip_batch,
         clip_frames=clip_frames,
         clip_share=clip_share, mouth_weight=mouth_weight, max_clips=max_clips,
-        val_clips=val_clips, decoder_only=decoder_only,
+        val_clips=val_clips, decoder_only=decoder_only, temporal_weight=temporal_weight,
+        latent_noise=latent_noise,
     )  # fmt: skip
     loop = LoopOptions(
         steps=steps, lr=lr, warmup=min(200, steps // 10), max_minutes=max_minutes,

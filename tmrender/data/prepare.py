@@ -272,11 +272,12 @@ class Source:
 
     @property
     def width(self) -> int:
-        return self.info.video[0].width
+        """Of the frames as decoded (upright: ffmpeg applies the rotation)."""
+        return self.info.video[0].display_size[0]
 
     @property
     def height(self) -> int:
-        return self.info.video[0].height
+        return self.info.video[0].display_size[1]
 
 
 def open_source(video: Path, crop: CropBox | None) -> Source:
@@ -294,9 +295,10 @@ def open_source(video: Path, crop: CropBox | None) -> Source:
     face, face_from = read_sidecar(video), "sidecar"
     if face is None:
         face, face_from = crop, "--crop"
+    width, height = stream.display_size
     if face is None:
-        face, face_from = CropBox(0, 0, stream.width, stream.height), "whole frame"
-    check_inside(face, stream.width, stream.height, f"face box ({face_from})")
+        face, face_from = CropBox(0, 0, width, height), "whole frame"
+    check_inside(face, width, height, f"face box ({face_from})")
     return Source(video, info, stream.fps, face, face_from)
 
 

@@ -85,8 +85,12 @@ def save_mouth_reader(
 
 
 def load_mouth_reader(path: Path | str | None = None) -> MouthReader:
-    """Load a mouth reader (default: the shipped weights), in eval mode, fp32, on the CPU."""
+    """Load a mouth reader (default: the shipped weights), in eval mode, fp32, on the CPU.
+    A file listed in the SHA256SUMS beside it must match its line (the instrument every
+    lip-sync figure rests on)."""
     from safetensors import SafetensorError, safe_open
+
+    from tmrender.render.weights import verify_checksum
 
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
@@ -94,6 +98,7 @@ def load_mouth_reader(path: Path | str | None = None) -> MouthReader:
             f"mouth reader weights not found: {path} "
             "(train them with `tmrender train mouth-reader`)"
         )
+    verify_checksum(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

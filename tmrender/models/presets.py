@@ -74,7 +74,9 @@ _TM_MINI_STRIDE8 = ModelConfig(  # the first tm-mini; its VAE could not carry th
     ),
     audio_encoder=AudioEncoderConfig(),
     audio_proj=AudioProjConfig(window=2, tokens=8, hidden_dim=256),
-    sampler=SamplerConfig(shift=3.0, teacher_steps=24, cfg_scale=2.0),
+    sampler=SamplerConfig(
+        shift=3.0, teacher_steps=24, cfg_scale=2.0, deflicker_taps=(1, 2, 2, 2, 1)
+    ),
 )
 
 WAN_1_3B_AUDIO = ModelConfig(

@@ -62,6 +62,15 @@ class StreamInfo:
     height: int | None = None
     fps: float | None = None
     attached_picture: bool = False
+    rotation: float = 0.0  # degrees of the display matrix (phone videos); ffmpeg applies it
+
+    @property
+    def display_size(self) -> tuple[int | None, int | None]:
+        """(width, height) of the frames ffmpeg decodes: coded size, swapped for a quarter
+        turn (ffmpeg rotates by the display matrix when it decodes)."""
+        if round(self.rotation / 90) % 2:
+            return self.height, self.width
+        return self.width, self.height
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,9 @@ TEXT_FORMATS = frozenset({"tty"})  # demuxers that read plain text, never real m
 _INPUT_FORMAT = re.compile(r"Input #0, ([\w,]+), from")
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _STREAM = re.compile(r"Stream #\d+:(\d+)[^:]*: (Audio|Video): (\w+)(.*)")
+# side data "Display Matrix: rotation of -90.00 degrees" (older: "displaymatrix: ..."), or
+# the old "rotate : 90" metadata tag
+_ROTATION = re.compile(r"(?i)display ?matrix: rotation of (-?[\d.]+) degrees|rotate\s*: (-?\d+)")
 
 
 def check_readable_file(path: Path, what: str) -> Path:
@@ -120,12 +132,18 @@ def probe(path: Path, what: str = "media file") -> MediaInfo:
     if match := _DURATION.search(stderr):
         hours, minutes, seconds = match.groups()
         duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    streams = tuple(_parse_stream(m) for m in _STREAM.finditer(stderr))
+    matches = list(_STREAM.finditer(stderr))
+    ends = [m.start() for m in matches[1:]] + [len(stderr)]
+    streams = tuple(
+        _parse_stream(m, stderr[m.end() : end]) for m, end in zip(matches, ends, strict=True)
+    )
     return MediaInfo(path=path, duration=duration, streams=streams)
 
 
-def _parse_stream(match: re.Match) -> StreamInfo:
+def _parse_stream(match: re.Match, details: str = "") -> StreamInfo:
+    """A `_STREAM` line; `details`: the lines below it (metadata, side data)."""
     index, kind, codec, rest = match.groups()
+    turn = _ROTATION.search(details)
     rate = re.search(r"(\d+) Hz", rest)
     size = re.search(r"\b([1-9]\d{0,4})x([1-9]\d{0,4})\b", rest)
     fps = re.search(r"([\d.]+) fps", rest)
@@ -140,6 +158,7 @@ def _parse_stream(match: re.Match) -> StreamInfo:
         height=int(size.group(2)) if size and kind == "Video" else None,
         fps=float(fps.group(1)) if fps else None,
         attached_picture="attached pic" in rest,
+        rotation=float(turn.group(1) or turn.group(2)) if turn and kind == "Video" else 0.0,
     )
 
 

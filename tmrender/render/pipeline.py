@@ -35,6 +35,7 @@ from tmrender.models.vae import StreamingDecoder
 from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream
 from tmrender.render.features import FeatureProducer, FeatureTimeline
 from tmrender.render.image import CropBox, load_image
+from tmrender.render.temporal import TemporalFilter
 from tmrender.render.video import DEFAULT_CRF, VideoWriter
 
 Mode = Literal["auto", "speaking", "silence"]
@@ -56,6 +57,8 @@ class RenderOptions:
     crf: int = DEFAULT_CRF
     # compute
     intra_op_threads: int = 1  # torch threads per stage on the CPU (stages run in parallel)
+    # the model's zero-lag filter against latent-boundary flicker (`SamplerConfig.deflicker_taps`)
+    deflicker: bool = True
 
 
 @dataclass
@@ -134,8 +137,9 @@ def render_frames(
             context, clip_fea = encode_conditioning(model, reference, options.prompt)
             state = model.dit.start_stream(anchor, context=context, clip_fea=clip_fea)
             decoder = StreamingDecoder(model.vae)
-            # prime the causal decoder with the anchor; the reference frame is dropped
-            decoder.decode(anchor.to(next(model.vae.parameters()).device))
+            # prime the causal decoder with the anchor; the gate drops the reference frame
+            gate = FrameGate(skip=1)
+            gate(decoder.decode(anchor.to(next(model.vae.parameters()).device)))
         # 4. The autoregressive chunk loop in its own thread.
         latents: queue.Queue = queue.Queue(QUEUE_DEPTH)
         timeline = FeatureTimeline(features, stop)
@@ -145,20 +149,36 @@ def render_frames(
         #    a GPU: on a stream of its own, so decoding overlaps the next chunk's steps).
         vae_device = next(model.vae.parameters()).device
         decode_stream = torch.cuda.Stream(vae_device) if vae_device.type == "cuda" else None
+        taps = cfg.sampler.deflicker_taps if options.deflicker else ()
+        smoother = TemporalFilter(taps) if taps else None
+
+        def finish(decoded: Tensor) -> np.ndarray:
+            """Decoded frames -> the video's next uint8 frames (gate, then filter)."""
+            decoded = gate(decoded)
+            return to_uint8(smoother.push(decoded) if smoother else decoded)
+
         while (item := _take(latents, stop)) is not None:
             chunk, keep, ready = item
+            gate.cover(keep)
             tick = time.perf_counter()
             with torch.inference_mode(), _side_stream(decode_stream, ready):
                 chunk = chunk.to(vae_device, non_blocking=True)
                 if decode_stream is not None:  # made on the DiT's stream, freed there later
                     chunk.record_stream(decode_stream)
-                frames = to_uint8(decoder.decode(chunk)[:, :, :keep])
+                frames = finish(decoder.decode(chunk))
             stats.stage_seconds["vae_decode"] += time.perf_counter() - tick
-            stats.frames += frames.shape[0]
             stats.total_frames = timeline.total_frames
-            if stats.first_frame_seconds is None:
-                stats.first_frame_seconds = time.perf_counter() - start
-            yield frames
+            if len(frames):
+                yield _counted(frames, stats, start)
+        # the end: what the decoder (look-ahead) and the filter still hold back
+        with torch.inference_mode(), _side_stream(decode_stream, None):
+            held = decoder.flush()
+            tails = [finish(held)] if held is not None else []
+            if smoother is not None and (rest := smoother.flush()) is not None:
+                tails.append(to_uint8(rest))
+        for frames in tails:
+            if len(frames):
+                yield _counted(frames, stats, start)
         stats.stage_seconds["audio_encoder"] = producer.seconds
         stats.audio_seconds = stream.seconds_read
     finally:
@@ -320,6 +340,36 @@ def encode_conditioning(
         video = pixels.permute(2, 0, 1)[None].float() / 127.5 - 1.0
         clip_fea = model.image_encoder(video).to(device=dit.device, dtype=dit.dtype)
     return context, clip_fea
+
+
+class FrameGate:
+    """Cuts the decoder's output to the video: drops the first `skip` frames (the reference
+    frame the anchor decodes to) and everything past the frames the chunks so far cover
+    (`cover`: the last chunk overshoots the audio). Works whether the decoder gives a
+    chunk's frames at once or one latent later (look-ahead)."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.covered, self.passed = skip, 0, 0
+
+    def cover(self, frames: int) -> None:
+        """The next chunk adds `frames` frames of the video."""
+        self.covered += frames
+
+    def __call__(self, decoded: Tensor) -> Tensor:
+        """decoded (1, 3, n, H, W) -> the part of it that belongs to the video."""
+        drop = min(self.skip, decoded.shape[2])
+        self.skip -= drop
+        take = max(0, min(decoded.shape[2] - drop, self.covered - self.passed))
+        self.passed += take
+        return decoded[:, :, drop : drop + take]
+
+
+def _counted(frames: np.ndarray, stats: RenderStats, start: float) -> np.ndarray:
+    """Count a block of finished frames in `stats` (and the first frame's time)."""
+    stats.frames += frames.shape[0]
+    if stats.first_frame_seconds is None:
+        stats.first_frame_seconds = time.perf_counter() - start
+    return frames
 
 
 def to_uint8(frames: Tensor) -> np.ndarray:

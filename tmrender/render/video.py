@@ -195,7 +195,7 @@ def iter_video_frames(path: Path | str, block_frames: int = 64):
     info = probe(Path(path))
     if not info.video:
         raise MediaError(f"{path} has no video stream")
-    width, height = info.video[0].width, info.video[0].height
+    width, height = info.video[0].display_size  # ffmpeg turns rotated (phone) videos upright
     if not width or not height:
         raise MediaError(f"ffmpeg reported no frame size for {path}")
     frame_bytes = width * height * 3

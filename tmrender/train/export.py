@@ -52,6 +52,8 @@ class ExportOptions:
     seconds: float = 6.0  # of each clip, from its start
     split: str = "train"
     seed: int = 0
+    # the shipped sampler's `deflicker_taps` (None: as the student's file says)
+    deflicker_taps: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -202,6 +204,9 @@ def export_model(
     """
     # 1. The final stage's networks, in float32 on the CPU.
     model, meta = load_checkpoint(init)
+    if opts.deflicker_taps is not None:
+        sampler = replace(model.cfg.sampler, deflicker_taps=opts.deflicker_taps)
+        model.cfg = replace(model.cfg, sampler=sampler)
     # 2. Precision, network by network.
     if opts.dtype == "auto":
         if score is None:

@@ -9,6 +9,7 @@ shapes. The extra metadata keeps both files' provenance.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def merge_networks(base: Path, donor: Path, networks: Sequence[str], output: Pat
         raise UserInputError(f"--take must name networks among {', '.join(NETWORKS)}")
     model, base_meta = load_checkpoint(base)
     donor_model, donor_meta = load_checkpoint(donor)
+    if "vae" in networks:  # the donor's decoder may be shaped otherwise (e.g. look-ahead)
+        adopt_vae(model, donor_model, f"{donor}: its vae does not fit {base}")
     for name in networks:
         target, source = getattr(model, name), getattr(donor_model, name)
         expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
@@ -42,3 +45,17 @@ def merge_networks(base: Path, donor: Path, networks: Sequence[str], output: Pat
     with atomic_write(output) as partial:
         save_checkpoint(model, partial, trained=False, extra_meta=extra)
     return extra
+
+
+def adopt_vae(model, donor, what: str) -> None:
+    """Give `model` (a TalkingModel) the config and module of `donor`'s VAE, whose latents
+    must be the same (channels, strides, statistics): its decoder may differ, its encoder
+    is then checked by the state-dict comparison as usual. UserInputError otherwise."""
+    mine, theirs = model.cfg.vae, donor.cfg.vae
+    same = ("kind", "latent_channels", "temporal_stride", "spatial_stride", "latent_mean",
+            "latent_std")  # fmt: skip
+    differ = [f for f in same if getattr(mine, f) != getattr(theirs, f)]
+    if differ:
+        raise UserInputError(f"{what}: other latents ({', '.join(differ)})")
+    model.cfg = dataclasses.replace(model.cfg, vae=theirs)
+    model.vae = type(donor.vae)(theirs).to(next(model.vae.parameters()).device)

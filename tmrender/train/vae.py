@@ -16,7 +16,10 @@ Curriculum (each part measured on CPU probes, see `docs/TRAINING.md`):
 
 Loss (`reconstruction_loss`): per-pixel L1 + `mse_weight` x MSE on [-1, 1] pixels, weighted
 `1 + mouth_weight` inside the mouth box grown by `mouth_margin` px (the mouth is ~13 px tall
-at 128 px, two latent cells, and lip sync lives there). The autoencoder is deterministic
+at 128 px, two latent cells, and lip sync lives there), + `temporal_weight` x the weighted
+L1 of the frame-to-frame changes (`temporal_loss`: flicker the truth does not have). A
+decoder-only fine-tune may decode noisy latents (`latent_noise`), so that a generator's
+latent jitter does not come out as flicker. The autoencoder is deterministic
 (posterior mean); its per-channel latent mean and std are measured at export and stored in
 the config (`VAEConfig.latent_mean / latent_std`), so `encode` hands the DiT unit-scale
 latents and `decode` undoes it.
@@ -46,7 +49,7 @@ from torch import Tensor
 from tmrender.config import ModelConfig
 from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
-from tmrender.eval.metrics import box_mask, masked_mse, pearson, psnr_from_mse
+from tmrender.eval.metrics import box_mask, frame_motion, masked_mse, pearson, psnr_from_mse
 from tmrender.files import atomic_write
 from tmrender.models.mouth_reader import MouthReader
 from tmrender.models.vae import CausalVAE
@@ -78,6 +81,13 @@ class VAEOptions:
     mouth_weight: float = 4.0
     mouth_margin: int = 2  # px added around the mouth box
     mse_weight: float = 1.0
+    # weight of the L1 between the frame-to-frame changes of reconstruction and original:
+    # a decoder free of it flickers by a level or two where the truth holds still
+    temporal_weight: float = 0.0
+    # std of Gaussian noise added to the (unit-scale) latents before decoding, decoder
+    # only: a generator's latents jitter more than the encoder's, and the decoder should
+    # not turn that jitter into flicker
+    latent_noise: float = 0.0
     # fine-tune the decoder only: the encoder, and with it the latent space and its
     # statistics, stay as they are (stages trained on these latents remain valid)
     decoder_only: bool = False
@@ -247,6 +257,18 @@ def reconstruction_loss(
     return l1 + mse_weight * mse, figures
 
 
+def temporal_loss(recon: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Weighted L1 between the frame-to-frame changes of recon and target, normalised by
+    the mean weight (0 for single frames).
+
+    recon, target: (B, 3, T, H, W); weight: (B, 1, T, H, W), the later frame's counts."""
+    if recon.shape[2] < 2:
+        return recon.float().sum() * 0.0
+    change = recon.float().diff(dim=2) - target.diff(dim=2)
+    later = weight[:, :, 1:]
+    return (change.abs() * later).mean() / later.mean()
+
+
 # -- validation and statistics -----------------------------------------------------------------
 
 
@@ -283,12 +305,14 @@ def evaluate_vae(
     Returns {"psnr", "psnr_mouth"} (dB of the pooled MSE, whole frame and mouth box grown
     by `mouth_margin`), {"reader_r", "reader_r_original"} (Pearson r of the opening the
     reader sees on reconstructions / originals vs the truth; `original_r` skips the
-    latter's computation) and "frames".
+    latter's computation), "motion_ratio" (frame-to-frame change of the reconstructions
+    over the originals', pooled) and "frames".
     """
     from tmrender.eval.mouth import read_mouth
 
     column = reader.cfg.outputs.index("open")
     mse, mse_mouth, read, read_orig, truth = [], [], [], [], []
+    motion, motion_orig = [], []
     for k in clips:
         span = cache.clip(k)
         n = usable_frames(span.stop - span.start, max_frames)
@@ -299,6 +323,8 @@ def evaluate_vae(
         inside = ~box_mask(boxes, *original.shape[1:3], dilate=mouth_margin)
         mse.append(masked_mse(recon, original))
         mse_mouth.append(masked_mse(recon, original, inside))
+        motion.append(frame_motion(recon))
+        motion_orig.append(frame_motion(original))
         read.append(read_mouth(reader, recon)[:, column])
         if original_r is None:
             read_orig.append(read_mouth(reader, original)[:, column])
@@ -312,6 +338,10 @@ def evaluate_vae(
             round(pearson(np.concatenate(read_orig), truth_all), 4)
             if original_r is None
             else original_r
+        ),
+        "motion_ratio": round(
+            float(np.concatenate(motion).mean() / max(np.concatenate(motion_orig).mean(), 1e-9)),
+            3,
         ),
         "frames": int(len(truth_all)),
     }
@@ -420,18 +450,30 @@ class VAEStage:
     def batch(self, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
         cache, o = self._on(device), self.opts
         if self.on_clips(self.step):
-            return video_batch(
+            out = video_batch(
                 cache, self.clip_starts, o.clip_batch, o.clip_frames, o.clip_crop, o, gen, device
             )
-        return video_batch(
-            cache, self.crop_starts, o.crop_batch, o.crop_frames, o.crop, o, gen, device
-        )
+        else:
+            out = video_batch(
+                cache, self.crop_starts, o.crop_batch, o.crop_frames, o.crop, o, gen, device
+            )
+        if o.latent_noise:
+            out["latent_noise"] = o.latent_noise * latent_noise_like(self.vae, out["video"], gen)
+        return out
 
     def loss(self, opt_name: str, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        recon = self.vae(batch["video"])
-        loss, figures = reconstruction_loss(
-            recon, batch["video"], batch["weight"], self.opts.mse_weight
-        )
+        video, weight = batch["video"], batch["weight"]
+        if "latent_noise" in batch:  # decoder only (checked): the encoder needs no graph
+            with torch.no_grad():
+                latent = self.vae.encode(video)
+            recon = self.vae.decode(latent + batch["latent_noise"].to(latent))
+        else:
+            recon = self.vae(video)
+        loss, figures = reconstruction_loss(recon, video, weight, self.opts.mse_weight)
+        if self.opts.temporal_weight:
+            flicker = temporal_loss(recon, video, weight)
+            loss = loss + self.opts.temporal_weight * flicker
+            figures["temporal"] = flicker.detach()
         return loss, figures
 
     def validate(self) -> dict[str, float]:
@@ -465,6 +507,29 @@ class VAEStage:
         return self._device_cache
 
 
+def add_lookahead(vae: CausalVAE) -> CausalVAE:
+    """The same VAE with a decoder that also reads the next latent frame (`dec_lookahead`
+    1). The new input weights of `dec_in` start at zero, so it decodes exactly as before
+    until trained; the encoder and the latent statistics are the same tensors' copies."""
+    if vae.cfg.dec_lookahead:
+        return vae
+    wider = CausalVAE(dataclasses.replace(vae.cfg, dec_lookahead=1))
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+    weight = state["dec_in.weight"]  # out, C, 3, 3 -> out, 2C, 3, 3: zeros for latent j + 1
+    state["dec_in.weight"] = torch.cat((weight, torch.zeros_like(weight)), dim=1)
+    wider.load_state_dict(state)
+    return wider.to(next(vae.parameters()).device)
+
+
+def latent_noise_like(vae: CausalVAE, video: Tensor, gen: torch.Generator) -> Tensor:
+    """Unit Gaussian noise (B, C, t, h, w) shaped like `vae.encode(video)`, drawn on the CPU
+    from `gen` (the same draws on every device), on video's device."""
+    b, _, frames, height, width = video.shape
+    s = vae.cfg.spatial_stride
+    shape = (b, vae.cfg.latent_channels, vae.latent_frames(frames), height // s, width // s)
+    return torch.randn(shape, generator=gen).to(video.device)
+
+
 def _check_options(opts: VAEOptions) -> None:
     if opts.crop % 8 or opts.clip_crop % 8:
         raise UserInputError("--crop and --clip-crop must be multiples of 8")
@@ -476,6 +541,10 @@ def _check_options(opts: VAEOptions) -> None:
         raise UserInputError(f"--crop-frames must be 1 + 4k, got {opts.crop_frames}")
     if min(opts.crop_batch, opts.clip_batch) < 1:
         raise UserInputError("batch sizes must be at least 1")
+    if opts.temporal_weight < 0 or opts.latent_noise < 0:
+        raise UserInputError("--temporal-weight and --latent-noise must be >= 0")
+    if opts.latent_noise and not opts.decoder_only:
+        raise UserInputError("--latent-noise trains the decoder alone: add --decoder-only")
 
 
 def export_vae(

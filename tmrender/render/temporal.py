@@ -1,0 +1,62 @@
+"""A zero-lag filter over the time axis of a stream of rendered frames.
+
+A 2-step student makes each latent frame a little apart from its neighbours, so the
+decoded picture steps at every latent boundary (every 4 frames): a flicker at 6.25 Hz that
+the eye sees and that the motion figure counts. A symmetric FIR over time smooths those
+steps without delaying anything (a causal filter would lag the mouth behind the audio);
+the price is `radius` frames held back until the frames after them arrive, and edge
+frames repeated at both ends of the video. The taps (1, 2, 2, 2, 1) have zeros at periods
+4 and 2, the latent boundary's pattern, and pass slow motion as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class TemporalFilter:
+    """Stream filter: `push` blocks of frames (1, C, n, H, W) in order, then `flush`; the
+    outputs add up to exactly the frames pushed, each the taps-weighted mean of its
+    neighbours (edges repeated). Holds at most 2 x radius frames between calls."""
+
+    def __init__(self, taps: Sequence[float]) -> None:
+        taps = [float(w) for w in taps]
+        assert taps and len(taps) % 2 and taps == taps[::-1] and sum(taps) > 0, taps
+        self.weights = [w / sum(taps) for w in taps]
+        self.radius = len(taps) // 2
+        self._buffer: Tensor | None = None  # frames not yet out, with `radius` before them
+
+    def push(self, frames: Tensor) -> Tensor:
+        """frames (1, C, n, H, W), n >= 0 -> the frames now complete (1, C, m, H, W)."""
+        assert frames.ndim == 5, f"frames must be 1, C, n, H, W; got {tuple(frames.shape)}"
+        if self._buffer is None:
+            if frames.shape[2] == 0:
+                return frames
+            first = frames[:, :, :1].expand(-1, -1, self.radius, -1, -1)
+            self._buffer = torch.cat((first, frames), dim=2)
+        else:
+            self._buffer = torch.cat((self._buffer, frames), dim=2)
+        return self._drain()
+
+    def flush(self) -> Tensor | None:
+        """The held-back frames (1, C, m, H, W), the last frame repeated after them; None
+        when nothing was pushed."""
+        if self._buffer is None:
+            return None
+        last = self._buffer[:, :, -1:].expand(-1, -1, self.radius, -1, -1)
+        self._buffer = torch.cat((self._buffer, last), dim=2)
+        out = self._drain()
+        self._buffer = None
+        return out
+
+    def _drain(self) -> Tensor:
+        buffer, r = self._buffer, self.radius
+        ready = buffer.shape[2] - 2 * r
+        if ready <= 0:
+            return buffer[:, :, :0]
+        out = sum(w * buffer[:, :, k : k + ready].float() for k, w in enumerate(self.weights))
+        self._buffer = buffer[:, :, ready:]
+        return out.to(buffer.dtype)
