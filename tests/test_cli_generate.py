@@ -49,6 +49,15 @@ def test_generate_writes_next_to_the_audio_and_warns_untrained(capsys, checkpoin
     assert count_video_frames(audio.with_suffix(".mp4")) == 25
 
 
+def test_generate_without_the_deflicker_filter(capsys, checkpoint, inputs, tmp_path):
+    image, audio = inputs
+    out = tmp_path / "raw.mp4"
+    args = ["generate", "-i", str(image), "-a", str(audio), "-m", str(checkpoint), "-o", str(out)]
+    code, _, err = run(capsys, *args, "--no-deflicker")
+    assert code == 0, err
+    assert count_video_frames(out) == 25
+
+
 def test_generate_without_installed_model_says_so(capsys, inputs, tmp_path, monkeypatch):
     monkeypatch.setenv("TMRENDER_WEIGHTS", str(tmp_path / "no-weights"))
     image, audio = inputs

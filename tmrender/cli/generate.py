@@ -66,6 +66,13 @@ def generate(
             'default "a person talking to the camera".',
         ),
     ] = None,
+    deflicker: Annotated[
+        bool,
+        typer.Option(
+            "--deflicker/--no-deflicker",
+            help="Apply the model's zero-lag filter over time, if it names one.",
+        ),
+    ] = True,
 ) -> None:
     """Render a talking-head video; by default written next to the audio as <stem>.mp4."""
     from tmrender.errors import UserInputError
@@ -90,6 +97,7 @@ def generate(
         crop=CropBox.parse(crop) if crop else None,
         prompt=DEFAULT_PROMPT if prompt is None else prompt,
         crf=crf,
+        deflicker=deflicker,
     )
     info = open_audio(audio)
     open_rgb(image)
