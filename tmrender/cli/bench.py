@@ -57,6 +57,13 @@ def bench(
             help="render on CUDA: cache update per chunk, refresh (a forward) or last_step."
         ),
     ] = "refresh",
+    graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs",
+            help="render on CUDA: replay the steady chunk step as a CUDA graph.",
+        ),
+    ] = False,
     trace: Annotated[
         str | None,
         typer.Option(
@@ -73,14 +80,16 @@ def bench(
 
     lengths = seconds or [60.0]
     if trace is not None:
-        rows = [_trace(preset, device, trace, compiled, context, seconds)]
+        rows = [_trace(preset, device, trace, compiled, context, seconds, graphs)]
     elif suite == "render" and preset is not None and _is_cuda(device):
         from tmrender.eval import bench_gpu
         from tmrender.models.init import preset_config
         from tmrender.render.weights import resolve_device
 
         preset_config(preset)  # one clear line for an unknown preset
-        rows = bench_gpu.bench_gpu(preset, lengths, str(resolve_device(device)), compiled, context)
+        rows = bench_gpu.bench_gpu(
+            preset, lengths, str(resolve_device(device)), compiled, context, graphs
+        )
     elif suite == "render":
         with tempfile.TemporaryDirectory() as tmp:
             spec = model
@@ -109,6 +118,7 @@ def _trace(
     compiled: bool,
     context: str,
     seconds: list[float] | None,
+    graphs: bool = False,
 ) -> dict:
     """`--trace`: check the options, then profile a render (tmrender.eval.trace)."""
     from tmrender.errors import UserInputError
@@ -126,8 +136,9 @@ def _trace(
     preset_config(preset)  # one clear line for an unknown preset
     length = seconds[0] if seconds else 4.0
     return trace_render(
-        preset, str(resolve_device(device)), prefix, length, compiled=compiled, context=context
-    )
+        preset, str(resolve_device(device)), prefix, length, compiled=compiled,
+        context=context, graphs=graphs,
+    )  # fmt: skip
 
 
 def _is_cuda(device: str) -> bool:

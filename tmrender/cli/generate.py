@@ -73,6 +73,13 @@ def generate(
             help="Apply the model's zero-lag filter over time, if it names one.",
         ),
     ] = True,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs",
+            help="On a GPU: replay the steady chunk step as one CUDA graph (fewer launches).",
+        ),
+    ] = False,
 ) -> None:
     """Render a talking-head video; by default written next to the audio as <stem>.mp4."""
     from tmrender.errors import UserInputError
@@ -98,6 +105,7 @@ def generate(
         prompt=DEFAULT_PROMPT if prompt is None else prompt,
         crf=crf,
         deflicker=deflicker,
+        cuda_graphs=cuda_graphs,
     )
     info = open_audio(audio)
     open_rgb(image)

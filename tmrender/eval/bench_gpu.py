@@ -126,16 +126,18 @@ def gpu_case(
     folder: str,
     compiled: bool = False,
     context: str = "refresh",
+    graphs: bool = False,
 ) -> dict:
     """Build PRESET with random bf16 weights on the GPU, profile it, render SECONDS.
 
     compiled: fuse the DiT's elementwise chains (`tmrender.models.fused`; compilation
     happens in the warm-up); context: the sampler's cache update, "refresh" (one more
-    forward per chunk) or "last_step" (`commit_kv`)."""
+    forward per chunk) or "last_step" (`commit_kv`); graphs: replay the steady chunk step
+    as a CUDA graph (`RenderOptions.cuda_graphs`)."""
     from tmrender.data.avatar import draw_avatar
     from tmrender.models.fused import enable_fusion
     from tmrender.models.init import build_random_model, preset_config
-    from tmrender.render.pipeline import RenderStats, render_video
+    from tmrender.render.pipeline import RenderOptions, RenderStats, render_video
 
     device = torch.device(device_name)
     folder = Path(folder)
@@ -156,18 +158,20 @@ def gpu_case(
         with open(kernels_file, "a") as f:
             f.write(f"{preset} compiled={compiled}\n{top_kernels(model, image)}\n")
     warm = make_test_audio(folder / "warm.m4a", 1.0)
-    render_video(model, image, warm, folder / "warm.mp4")
+    options = RenderOptions(cuda_graphs=graphs)
+    render_video(model, image, warm, folder / "warm.mp4", options)
     audio = make_test_audio(folder / f"speech-{seconds:g}.m4a", seconds)
     torch.cuda.reset_peak_memory_stats(device)
     stats = RenderStats()
     start = time.perf_counter()
-    render_video(model, image, audio, folder / f"out-{seconds:g}.mp4", stats=stats)
+    render_video(model, image, audio, folder / f"out-{seconds:g}.mp4", options, stats=stats)
     wall = time.perf_counter() - start
     first = stats.first_frame_seconds or 0.0
     return {
         "model": f"{preset} (random weights, bf16)",
         "fused": compiled,
         "context": context,
+        "cuda_graphs": graphs,
         "device": torch.cuda.get_device_name(device),
         "size": f"{cfg.width}x{cfg.height}",
         "parameters_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3),
@@ -190,9 +194,10 @@ def bench_gpu(
     device: str,
     compiled: bool = False,
     context: str = "refresh",
+    graphs: bool = False,
 ) -> list[dict]:
     """One fresh process per length."""
-    flag = "compile" if compiled else "eager"
+    flag = ",".join(m for m, on in (("compile", compiled), ("graphs", graphs)) if on) or "eager"
     with tempfile.TemporaryDirectory() as tmp:
         return [
             run_case(__name__, preset, str(s), device, tmp, flag, context) for s in seconds_list
@@ -201,4 +206,6 @@ def bench_gpu(
 
 if __name__ == "__main__":
     name, secs, dev, out, mode, ctx = sys.argv[1:]
-    print(json.dumps(gpu_case(name, float(secs), dev, out, mode == "compile", ctx)))
+    modes = mode.split(",")
+    row = gpu_case(name, float(secs), dev, out, "compile" in modes, ctx, "graphs" in modes)
+    print(json.dumps(row))

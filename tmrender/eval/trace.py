@@ -168,9 +168,11 @@ def trace_render(
     window_s: float = 1.5,
     compiled: bool = False,
     context: str = "refresh",
+    graphs: bool = False,
 ) -> dict:
     """CUDA only: build PRESET with random bf16 weights, warm up on 1 s of audio, profile
-    a `seconds` render (CUDA kernels), keep `window_s` of steady state, write the trace."""
+    a `seconds` render (CUDA kernels), keep `window_s` of steady state, write the trace.
+    graphs: replay the steady chunk step as a CUDA graph (`RenderOptions.cuda_graphs`)."""
     from dataclasses import replace
 
     import torch
@@ -180,7 +182,7 @@ def trace_render(
     from tmrender.eval.bench_io import make_test_audio
     from tmrender.models.fused import enable_fusion
     from tmrender.models.init import build_random_model, preset_config
-    from tmrender.render.pipeline import render_video
+    from tmrender.render.pipeline import RenderOptions, render_video
 
     device = torch.device(device_name)
     base = preset_config(preset)
@@ -191,12 +193,14 @@ def trace_render(
         enable_fusion()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        render_video(model, image, make_test_audio(folder / "warm.m4a", 1.0), folder / "w.mp4")
+        options = RenderOptions(cuda_graphs=graphs)
+        warm = make_test_audio(folder / "warm.m4a", 1.0)
+        render_video(model, image, warm, folder / "w.mp4", options)
         audio = make_test_audio(folder / "speech.m4a", seconds)
         torch.cuda.synchronize(device)
         start = time.perf_counter()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            render_video(model, image, audio, folder / "out.mp4")
+            render_video(model, image, audio, folder / "out.mp4", options)
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
         prof.export_chrome_trace(str(folder / "trace.json"))

@@ -382,25 +382,38 @@ class WanDiT(nn.Module):
 
     # ---- positions ----------------------------------------------------------------------
 
-    def _slot_positions(self, slot: int, frames: int, device: torch.device) -> Tensor:
+    def _slot_positions(self, slot: int, frames: int) -> tuple[int, ...]:
         """Time positions of a chunk in window slot 1 (previous) or 2 (current)."""
         start = self.cfg.anchor_frames + (slot - 1) * self.chunk_frames
-        return torch.arange(start, start + frames, device=device)
+        return tuple(range(start, start + frames))
+
+    def _slot_rope(self, slot: int, frames: int, h: int, w: int, device: torch.device) -> Rope:
+        """Rope of a chunk of `frames` latent frames in window slot 1 or 2, looked up by
+        Python numbers only: no device tensor is read back, so the chunk step can be
+        captured in a CUDA graph (`tmrender.render.graphs`)."""
+        return self._rope_at(self._slot_positions(slot, frames), h, w, device)
 
     def _rope(self, frames: Tensor, h: int, w: int) -> Rope:
-        """Rope of the tokens of `frames` (T,) time positions on an h x w latent grid;
-        memoised (a stream asks for the same few position sets over and over)."""
-        key = None if frames.is_meta else (tuple(frames.tolist()), h, w, frames.device)
-        rope = self._rope_cache.get(key) if key is not None else None
+        """Rope of the tokens of `frames` (T,) time positions on an h x w latent grid."""
+        if frames.is_meta:
+            return self._rope_of(frames, h, w)
+        return self._rope_at(tuple(frames.tolist()), h, w, frames.device)
+
+    def _rope_at(self, positions: tuple[int, ...], h: int, w: int, device: torch.device) -> Rope:
+        """`_rope` memoised by its positions (a stream asks for the same few over and over)."""
+        key = (positions, h, w, torch.device(device))
+        rope = self._rope_cache.get(key)
         if rope is None:
-            ph, pw = self.cfg.patch_size[1:]
-            pos = grid_positions(frames, h // ph, w // pw)
-            rope = Rope.at(pos, self.cfg.head_dim, self.cfg.rope_theta)
-            if key is not None:
-                if len(self._rope_cache) >= ROPE_CACHE_SIZE:
-                    self._rope_cache.clear()
-                self._rope_cache[key] = rope
+            rope = self._rope_of(torch.tensor(positions, device=device), h, w)
+            if len(self._rope_cache) >= ROPE_CACHE_SIZE:
+                self._rope_cache.clear()
+            self._rope_cache[key] = rope
         return rope
+
+    def _rope_of(self, frames: Tensor, h: int, w: int) -> Rope:
+        ph, pw = self.cfg.patch_size[1:]
+        pos = grid_positions(frames, h // ph, w // pw)
+        return Rope.at(pos, self.cfg.head_dim, self.cfg.rope_theta)
 
     def _block_causal_plan(self, t: int, h: int, w: int, device: torch.device) -> BlockCausalPlan:
         """Plan (b) for a clip of `t` frames = anchor + whole chunks."""
@@ -531,7 +544,7 @@ class WanDiT(nn.Module):
         assert t.shape == (b,), f"t must be (B,) = ({b},)"
         state.check_fresh()
         slot = min(state.chunks_done + 1, 2)
-        rope = self._rope(self._slot_positions(slot, frames, x.device), h, w)
+        rope = self._slot_rope(slot, frames, h, w, x.device)
         plan = CachedPlan(rope, state.anchor, state.prev, state.window)
         tokens = self._patchify(x, 0)
         e, e0 = self._time(t, b, frames, 0)
@@ -564,7 +577,10 @@ class WanDiT(nn.Module):
         """Refresh the cache with the finished chunk x0 (B, out_dim, Tc, H, W): one forward
         at timestep `t` ((B,) or a float; default 0, clean) up to the last block's K/V;
         returns the new state (anchor kept, previous chunk replaced)."""
-        tt = torch.as_tensor(t, dtype=torch.float32, device=x0.device).expand(x0.shape[0])
+        if isinstance(t, Tensor):
+            tt = t.to(device=x0.device, dtype=torch.float32).expand(x0.shape[0])
+        else:  # a fill, not a host-to-device copy: the commit may run inside a CUDA graph
+            tt = torch.full((x0.shape[0],), float(t), dtype=torch.float32, device=x0.device)
         _, kv = self._chunk(x0, tt, audio, state, kv_only=True)
         return self.commit_kv(kv, state)
 
@@ -576,7 +592,7 @@ class WanDiT(nn.Module):
         state.check_fresh()
         h, w = state.grid
         device = kv.layers[0][0].device
-        rope = self._rope(self._slot_positions(1, kv.frames, device), h, w)
+        rope = self._slot_rope(1, kv.frames, h, w, device)
         prev = tuple((rope.apply(k), v) for k, v in kv.layers)
         window = state.window if not torch.is_grad_enabled() else None
         if window is not None:

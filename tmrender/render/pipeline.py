@@ -34,6 +34,7 @@ from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
 from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream
 from tmrender.render.features import FeatureProducer, FeatureTimeline
+from tmrender.render.graphs import ChunkGraph, graph_ready
 from tmrender.render.image import CropBox, load_image
 from tmrender.render.temporal import TemporalFilter
 from tmrender.render.video import DEFAULT_CRF, VideoWriter
@@ -59,6 +60,9 @@ class RenderOptions:
     intra_op_threads: int = 1  # torch threads per stage on the CPU (stages run in parallel)
     # the model's zero-lag filter against latent-boundary flicker (`SamplerConfig.deflicker_taps`)
     deflicker: bool = True
+    # on a GPU: capture the steady chunk step (denoising steps + commit) in a CUDA graph
+    # and replay it (`tmrender.render.graphs`): one launch per chunk instead of thousands
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -247,6 +251,7 @@ def latent_chunks(
         cfg.latent_width,
     )
     first = 0
+    graph: ChunkGraph | None = None  # options.cuda_graphs: the steady chunks, captured
     while timeline.covers(first):
         feats, voiced = timeline.window(first - window, first + frames_per_chunk + window)
         speaking = chunk_is_speaking(options.mode, voiced)
@@ -257,14 +262,13 @@ def latent_chunks(
         else:
             tokens = model.silence.expand(1, cfg.chunk_latent_frames)
         noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        last_kv = []  # the K/V of the latest denoising step (sampler.context "last_step")
-
-        def denoise(x: Tensor, t: Tensor, tokens=tokens, state=state, last_kv=last_kv) -> Tensor:
-            v, kv = model.dit.forward_chunk(x, t, tokens, state, return_kv=True)
-            last_kv[:] = [kv]
-            return v.to(dtype)
-
-        clean = sample_chunk_student(denoise, noise, cfg.sampler.student_sigmas)
+        if graph is None and options.cuda_graphs and graph_ready(state, device):
+            graph = ChunkGraph(lambda n, a, state=state: step_and_commit(model, state, n, a),
+                               noise, tokens)  # fmt: skip
+        if graph is not None:  # the replay commits too: nothing left for after the yield
+            clean = graph.replay(noise, tokens)
+        else:
+            clean, last_kv = denoise_chunk(model, state, noise, tokens)
         stats.stage_seconds["dit"] += time.perf_counter() - tick
         stats.dit_steps += len(cfg.sampler.student_sigmas)
         stats.chunks += 1
@@ -274,13 +278,45 @@ def latent_chunks(
         yield clean, keep, _ready_event(clean)
         if total is not None and first + frames_per_chunk >= total:
             return
-        tick = time.perf_counter()
-        if cfg.sampler.context == "last_step":
-            state = model.dit.commit_kv(last_kv[0], state)
-        else:
-            state = model.dit.commit_chunk(clean, tokens, state, t=cfg.sampler.context_timestep)
-        stats.stage_seconds["cache_update"] += time.perf_counter() - tick
+        if graph is None:
+            tick = time.perf_counter()
+            state = commit_chunk(model, state, clean, tokens, last_kv)
+            stats.stage_seconds["cache_update"] += time.perf_counter() - tick
         first += frames_per_chunk
+
+
+def denoise_chunk(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> tuple[Tensor, list]:
+    """The student's denoising steps for one chunk against the stream's cache.
+
+    noise (1, C_lat, C, h, w) in the DiT's dtype; tokens (1, C, N, D) audio tokens or the
+    silence embedding. Returns the clean chunk (same shape and dtype) and [the ChunkKV of
+    the last step] (what `commit_kv` keeps under sampler.context "last_step")."""
+    last_kv: list = []
+
+    def denoise(x: Tensor, t: Tensor) -> Tensor:
+        v, kv = model.dit.forward_chunk(x, t, tokens, state, return_kv=True)
+        last_kv[:] = [kv]
+        return v.to(noise.dtype)
+
+    return sample_chunk_student(denoise, noise, model.cfg.sampler.student_sigmas), last_kv
+
+
+def commit_chunk(model: TalkingModel, state, clean: Tensor, tokens: Tensor, last_kv: list):
+    """Make the clean chunk the context of the next one, the way the sampler config says
+    (refresh forward, or the last step's K/V); returns the new stream state."""
+    sampler = model.cfg.sampler
+    if sampler.context == "last_step":
+        return model.dit.commit_kv(last_kv[0], state)
+    return model.dit.commit_chunk(clean, tokens, state, t=sampler.context_timestep)
+
+
+def step_and_commit(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> Tensor:
+    """`denoise_chunk` then `commit_chunk` as one piece of GPU work (what `ChunkGraph`
+    captures): with the stream's preallocated KV window the commit writes in place, so
+    the same piece replays correctly for every later chunk. Returns the clean chunk."""
+    clean, last_kv = denoise_chunk(model, state, noise, tokens)
+    commit_chunk(model, state, clean, tokens, last_kv)
+    return clean
 
 
 def _ready_event(x: Tensor) -> torch.cuda.Event | None:
