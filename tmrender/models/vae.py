@@ -268,6 +268,7 @@ class CausalVAE(LatentShapes, nn.Module):
         return self._decode_frames(torch.cat((raw, raw), dim=1), state)[0]
 
     def _no_frames(self, latent: Tensor) -> Tensor:
+        """Zero frames `B, 3, 0, s h, s w` for latents `B, C, t, h, w`."""
         b, _, _, h, w = latent.shape
         out_hw = (h * self.cfg.spatial_stride, w * self.cfg.spatial_stride)
         return latent.new_zeros(b, self.cfg.image_channels, 0, *out_hw)
@@ -275,12 +276,11 @@ class CausalVAE(LatentShapes, nn.Module):
     def _decode_frames(self, raw: Tensor, state: DecodeState) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The causal decoder on denormalised inputs `B, C_in, t, h, w` (C_in: latent
         channels, doubled with look-ahead) -> (frames, new block memories)."""
-        b, _, t, h, w = raw.shape
+        b, t = raw.shape[0], raw.shape[2]
         blocks = self.decoder_blocks()
         assert len(state.memory) == len(blocks), "state does not belong to this decoder"
         if t == 0:
-            out_hw = (h * self.cfg.spatial_stride, w * self.cfg.spatial_stride)
-            return raw.new_zeros(b, self.cfg.image_channels, 0, *out_hw), state.memory
+            return self._no_frames(raw), state.memory
         memory = iter(state.memory)
         new_memory = []
         x = F.relu_(self.dec_in(video_to_frames(raw)))

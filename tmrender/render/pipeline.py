@@ -280,7 +280,7 @@ def latent_chunks(
             return
         if graph is None:
             tick = time.perf_counter()
-            state = commit_chunk(model, state, clean, tokens, last_kv)
+            state = commit_context(model, state, clean, tokens, last_kv)
             stats.stage_seconds["cache_update"] += time.perf_counter() - tick
         first += frames_per_chunk
 
@@ -301,7 +301,7 @@ def denoise_chunk(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> 
     return sample_chunk_student(denoise, noise, model.cfg.sampler.student_sigmas), last_kv
 
 
-def commit_chunk(model: TalkingModel, state, clean: Tensor, tokens: Tensor, last_kv: list):
+def commit_context(model: TalkingModel, state, clean: Tensor, tokens: Tensor, last_kv: list):
     """Make the clean chunk the context of the next one, the way the sampler config says
     (refresh forward, or the last step's K/V); returns the new stream state."""
     sampler = model.cfg.sampler
@@ -311,11 +311,11 @@ def commit_chunk(model: TalkingModel, state, clean: Tensor, tokens: Tensor, last
 
 
 def step_and_commit(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> Tensor:
-    """`denoise_chunk` then `commit_chunk` as one piece of GPU work (what `ChunkGraph`
+    """`denoise_chunk` then `commit_context` as one piece of GPU work (what `ChunkGraph`
     captures): with the stream's preallocated KV window the commit writes in place, so
     the same piece replays correctly for every later chunk. Returns the clean chunk."""
     clean, last_kv = denoise_chunk(model, state, noise, tokens)
-    commit_chunk(model, state, clean, tokens, last_kv)
+    commit_context(model, state, clean, tokens, last_kv)
     return clean
 
 
