@@ -228,7 +228,9 @@ def export_command(
 
 
 def parse_taps(text: str | None) -> tuple[float, ...] | None:
-    """--deflicker: None -> None (keep), "none" -> () (off), "1,2,1" -> (1.0, 2.0, 1.0)."""
+    """--deflicker: None -> None (keep), "none" -> () (off), "1,2,1" -> (1.0, 2.0, 1.0);
+    the taps must pass `SamplerConfig`'s own check."""
+    from tmrender.config import SamplerConfig
     from tmrender.errors import UserInputError
 
     if text is None:
@@ -237,14 +239,12 @@ def parse_taps(text: str | None) -> tuple[float, ...] | None:
         return ()
     try:
         taps = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        taps = ()
-    if not taps or len(taps) % 2 == 0 or taps != taps[::-1] or sum(taps) <= 0:
+        return SamplerConfig(deflicker_taps=taps).deflicker_taps
+    except (ValueError, AssertionError) as err:
         raise UserInputError(
             f"--deflicker needs symmetric taps of odd length and positive sum, e.g. 1,2,2,2,1; "
             f"got {text!r}"
-        )
-    return taps
+        ) from err
 
 
 @train_app.command(
