@@ -231,6 +231,11 @@ class AudioProjConfig:
     hidden_dim: int = 256
 
 
+def symmetric_taps(taps: tuple[float, ...]) -> bool:
+    """Whether FIR taps make a zero-lag smoothing filter: odd length, symmetric, sum > 0."""
+    return len(taps) % 2 == 1 and taps == taps[::-1] and sum(taps) > 0
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """Rectified-flow sampling (`tmrender.diffusion`). Timesteps are in [0, 1], t = 1 noise."""
@@ -260,7 +265,7 @@ class SamplerConfig:
         )
         taps = tuple(float(w) for w in self.deflicker_taps)
         object.__setattr__(self, "deflicker_taps", taps)
-        assert not taps or (len(taps) % 2 and taps == taps[::-1] and sum(taps) > 0), (
+        assert not taps or symmetric_taps(taps), (
             f"deflicker_taps must be symmetric, of odd length, with a positive sum: {taps}"
         )
         assert len(self.student_timesteps) == 2, "the student takes exactly 2 steps"

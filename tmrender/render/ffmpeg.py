@@ -140,7 +140,7 @@ def probe(path: Path, what: str = "media file") -> MediaInfo:
     return MediaInfo(path=path, duration=duration, streams=streams)
 
 
-def _parse_stream(match: re.Match, details: str = "") -> StreamInfo:
+def _parse_stream(match: re.Match, details: str) -> StreamInfo:
     """A `_STREAM` line; `details`: the lines below it (metadata, side data)."""
     index, kind, codec, rest = match.groups()
     turn = _ROTATION.search(details)

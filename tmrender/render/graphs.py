@@ -28,11 +28,7 @@ def graph_ready(state, device: torch.device) -> bool:
     with the preallocated KV window, after `WARMUP_CHUNKS` eager chunks (the first attends
     to a shorter window; the second runs the steady shapes once, so that libraries have
     initialised their kernels and workspaces before the capture)."""
-    return (
-        device.type == "cuda"
-        and getattr(state, "window", None) is not None
-        and getattr(state, "chunks_done", 0) >= WARMUP_CHUNKS
-    )
+    return device.type == "cuda" and state.window is not None and state.chunks_done >= WARMUP_CHUNKS
 
 
 class ChunkGraph:

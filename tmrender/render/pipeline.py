@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -285,28 +285,28 @@ def latent_chunks(
         first += frames_per_chunk
 
 
-def denoise_chunk(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> tuple[Tensor, list]:
+def denoise_chunk(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> tuple[Tensor, Any]:
     """The student's denoising steps for one chunk against the stream's cache.
 
     noise (1, C_lat, C, h, w) in the DiT's dtype; tokens (1, C, N, D) audio tokens or the
-    silence embedding. Returns the clean chunk (same shape and dtype) and [the ChunkKV of
-    the last step] (what `commit_kv` keeps under sampler.context "last_step")."""
-    last_kv: list = []
+    silence embedding. Returns the clean chunk (same shape and dtype) and the ChunkKV of
+    the last step (what `commit_kv` keeps under sampler.context "last_step")."""
+    last: dict = {}
 
     def denoise(x: Tensor, t: Tensor) -> Tensor:
-        v, kv = model.dit.forward_chunk(x, t, tokens, state, return_kv=True)
-        last_kv[:] = [kv]
+        v, last["kv"] = model.dit.forward_chunk(x, t, tokens, state, return_kv=True)
         return v.to(noise.dtype)
 
-    return sample_chunk_student(denoise, noise, model.cfg.sampler.student_sigmas), last_kv
+    clean = sample_chunk_student(denoise, noise, model.cfg.sampler.student_sigmas)
+    return clean, last["kv"]
 
 
-def commit_context(model: TalkingModel, state, clean: Tensor, tokens: Tensor, last_kv: list):
+def commit_context(model: TalkingModel, state, clean: Tensor, tokens: Tensor, last_kv):
     """Make the clean chunk the context of the next one, the way the sampler config says
-    (refresh forward, or the last step's K/V); returns the new stream state."""
+    (refresh forward, or the last step's K/V `last_kv`); returns the new stream state."""
     sampler = model.cfg.sampler
     if sampler.context == "last_step":
-        return model.dit.commit_kv(last_kv[0], state)
+        return model.dit.commit_kv(last_kv, state)
     return model.dit.commit_chunk(clean, tokens, state, t=sampler.context_timestep)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from tmrender.config import symmetric_taps
+
 
 class TemporalFilter:
     """Stream filter: `push` blocks of frames (1, C, n, H, W) in order, then `flush`; the
@@ -23,8 +25,8 @@ class TemporalFilter:
     neighbours (edges repeated). Holds at most 2 x radius frames between calls."""
 
     def __init__(self, taps: Sequence[float]) -> None:
-        taps = [float(w) for w in taps]
-        assert taps and len(taps) % 2 and taps == taps[::-1] and sum(taps) > 0, taps
+        taps = tuple(float(w) for w in taps)
+        assert symmetric_taps(taps), f"taps must be symmetric, of odd length, sum > 0: {taps}"
         self.weights = [w / sum(taps) for w in taps]
         self.radius = len(taps) // 2
         self._buffer: Tensor | None = None  # frames not yet out, with `radius` before them
