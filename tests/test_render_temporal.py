@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,3 +60,12 @@ def test_taps_must_be_symmetric_with_odd_length():
         TemporalFilter(())
     assert SamplerConfig(deflicker_taps=[1, 2, 1]).deflicker_taps == (1.0, 2.0, 1.0)
     assert SamplerConfig().deflicker_taps == ()  # off unless a model asks for it
+
+
+def test_to_uint8_rounds_clamps_and_puts_channels_last():
+    from tmrender.render.pipeline import to_uint8
+
+    frames = torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.2]).view(1, 1, 5, 1, 1).expand(1, 3, 5, 2, 1)
+    pixels = to_uint8(frames)
+    assert pixels.shape == (5, 2, 1, 3) and pixels.dtype == np.uint8
+    assert pixels[:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255]

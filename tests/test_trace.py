@@ -95,3 +95,26 @@ def test_cli_trace_on_cpu_is_a_user_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "needs --device cuda" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_bench_config_swaps_in_wans_vae_with_the_same_latent_shape():
+    from tmrender.eval.bench_gpu import bench_config
+
+    mini = bench_config("wan2.1-1.3b-audio", "last_step")
+    wan = bench_config("wan2.1-1.3b-audio", "last_step", vae="wan")
+    assert (mini.vae.kind, wan.vae.kind) == ("mini", "wan")
+    assert wan.sampler.context == "last_step" and wan.dit == mini.dit
+    assert wan.latent_height == mini.latent_height and wan.vae.latent_channels == 16
+    assert len(wan.vae.latent_mean) == 16  # Wan2.1's statistics: the DiT sees unit scale
+
+
+@pytest.mark.parametrize(("preset", "vae", "words"), [
+    ("tm-mini", "wan", "16 latent channels"),
+    ("wan2.1-1.3b-audio", "big", "choose mini or wan"),
+])  # fmt: skip
+def test_bench_config_refuses_what_it_cannot_build(preset, vae, words):
+    from tmrender.errors import UserInputError
+    from tmrender.eval.bench_gpu import bench_config
+
+    with pytest.raises(UserInputError, match=words):
+        bench_config(preset, vae=vae)

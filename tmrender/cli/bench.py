@@ -24,6 +24,8 @@ SUITES = ("render", "decode", "write")
         "weights built on the GPU; stage profile, fps, memory)\n\n"
         "  tmrender bench --preset wan2.1-1.3b-audio --device cuda --trace docs/trace-1.3b   "
         "(GPU timeline of a 4-s render: PREFIX.json, PREFIX.png, decode/DiT overlap)\n\n"
+        "  tmrender bench --preset wan2.1-1.3b-audio --device cuda --cuda-graphs --vae wan "
+        "-s 20   (with Wan2.1's own VAE decoding on its own stream)\n\n"
         "  tmrender bench --model tm-mini -s 60 --json\n\n"
         "  tmrender bench --suite decode -s 3600            (streaming decode of a 60-min MP3)\n\n"
         "  tmrender bench --suite write -s 60 -s 600        (the video writer alone)"
@@ -64,6 +66,13 @@ def bench(
             help="render on CUDA: replay the steady chunk step as a CUDA graph.",
         ),
     ] = False,
+    vae: Annotated[
+        str,
+        typer.Option(
+            help="render on CUDA: the presets' light VAE (mini) or Wan2.1's own VAE (wan), "
+            "random weights either way.",
+        ),
+    ] = "mini",
     trace: Annotated[
         str | None,
         typer.Option(
@@ -80,15 +89,14 @@ def bench(
 
     lengths = seconds or [60.0]
     if trace is not None:
-        rows = [_trace(preset, device, trace, compiled, context, seconds, graphs)]
+        rows = [_trace(preset, device, trace, compiled, context, seconds, graphs, vae)]
     elif suite == "render" and preset is not None and _is_cuda(device):
         from tmrender.eval import bench_gpu
-        from tmrender.models.init import preset_config
         from tmrender.render.weights import resolve_device
 
-        preset_config(preset)  # one clear line for an unknown preset
+        bench_gpu.bench_config(preset, context, vae)  # one clear line for bad options
         rows = bench_gpu.bench_gpu(
-            preset, lengths, str(resolve_device(device)), compiled, context, graphs
+            preset, lengths, str(resolve_device(device)), compiled, context, graphs, vae
         )
     elif suite == "render":
         with tempfile.TemporaryDirectory() as tmp:
@@ -119,6 +127,7 @@ def _trace(
     context: str,
     seconds: list[float] | None,
     graphs: bool = False,
+    vae: str = "mini",
 ) -> dict:
     """`--trace`: check the options, then profile a render (tmrender.eval.trace)."""
     from tmrender.errors import UserInputError
@@ -129,15 +138,15 @@ def _trace(
         raise UserInputError("--trace profiles CUDA kernels; it needs --device cuda")
     if not Path(prefix).resolve().parent.is_dir():
         raise UserInputError(f"--trace {prefix}: folder {Path(prefix).parent} does not exist")
+    from tmrender.eval.bench_gpu import bench_config
     from tmrender.eval.trace import trace_render
-    from tmrender.models.init import preset_config
     from tmrender.render.weights import resolve_device
 
-    preset_config(preset)  # one clear line for an unknown preset
+    bench_config(preset, context, vae)  # one clear line for bad options
     length = seconds[0] if seconds else 4.0
     return trace_render(
         preset, str(resolve_device(device)), prefix, length, compiled=compiled,
-        context=context, graphs=graphs,
+        context=context, graphs=graphs, vae=vae,
     )  # fmt: skip
 
 

@@ -34,6 +34,27 @@ BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 PROFILE_REPEATS = 5
 
 
+def bench_config(preset: str, context: str = "refresh", vae: str = "mini"):
+    """The ModelConfig a GPU bench builds: PRESET with the sampler's cache update `context`
+    and, for vae="wan", Wan2.1's own VAE (same latent shape, ~40x the decode work of the
+    presets' light VAE: what a converted checkpoint decodes with)."""
+    from tmrender.config import VAEConfig
+    from tmrender.errors import UserInputError
+    from tmrender.models.init import preset_config
+    from tmrender.models.wan_vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD
+
+    base = preset_config(preset)
+    cfg = replace(base, sampler=replace(base.sampler, context=context))
+    if vae == "mini":
+        return cfg
+    if vae != "wan":
+        raise UserInputError(f"unknown --vae {vae!r}; choose mini or wan")
+    if (cfg.vae.latent_channels, cfg.vae.spatial_stride, cfg.vae.temporal_stride) != (16, 8, 4):
+        raise UserInputError(f"--vae wan needs 16 latent channels at stride 8x4; {preset} differs")
+    wan = VAEConfig(kind="wan", latent_mean=WAN21_LATENT_MEAN, latent_std=WAN21_LATENT_STD)
+    return replace(cfg, vae=wan)
+
+
 def bf16_peak(device: torch.device) -> float | None:
     """Dense bf16 peak of the GPU, or None when unknown."""
     name = torch.cuda.get_device_name(device)
@@ -127,22 +148,22 @@ def gpu_case(
     compiled: bool = False,
     context: str = "refresh",
     graphs: bool = False,
+    vae: str = "mini",
 ) -> dict:
     """Build PRESET with random bf16 weights on the GPU, profile it, render SECONDS.
 
     compiled: fuse the DiT's elementwise chains (`tmrender.models.fused`; compilation
     happens in the warm-up); context: the sampler's cache update, "refresh" (one more
     forward per chunk) or "last_step" (`commit_kv`); graphs: replay the steady chunk step
-    as a CUDA graph (`RenderOptions.cuda_graphs`)."""
+    as a CUDA graph (`RenderOptions.cuda_graphs`); vae: "mini" or "wan" (`bench_config`)."""
     from tmrender.data.avatar import draw_avatar
     from tmrender.models.fused import enable_fusion
-    from tmrender.models.init import build_random_model, preset_config
+    from tmrender.models.init import build_random_model
     from tmrender.render.pipeline import RenderOptions, RenderStats, render_video
 
     device = torch.device(device_name)
     folder = Path(folder)
-    base = preset_config(preset)
-    cfg = replace(base, sampler=replace(base.sampler, context=context))
+    cfg = bench_config(preset, context, vae)
     tick = time.perf_counter()
     model = build_random_model(cfg, device, torch.bfloat16)
     torch.cuda.synchronize(device)
@@ -172,6 +193,7 @@ def gpu_case(
         "fused": compiled,
         "context": context,
         "cuda_graphs": graphs,
+        "vae": vae,
         "device": torch.cuda.get_device_name(device),
         "size": f"{cfg.width}x{cfg.height}",
         "parameters_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3),
@@ -195,9 +217,11 @@ def bench_gpu(
     compiled: bool = False,
     context: str = "refresh",
     graphs: bool = False,
+    vae: str = "mini",
 ) -> list[dict]:
     """One fresh process per length."""
-    flag = ",".join(m for m, on in (("compile", compiled), ("graphs", graphs)) if on) or "eager"
+    modes = (("compile", compiled), ("graphs", graphs), ("wanvae", vae == "wan"))
+    flag = ",".join(m for m, on in modes if on) or "eager"
     with tempfile.TemporaryDirectory() as tmp:
         return [
             run_case(__name__, preset, str(s), device, tmp, flag, context) for s in seconds_list
@@ -207,5 +231,6 @@ def bench_gpu(
 if __name__ == "__main__":
     name, secs, dev, out, mode, ctx = sys.argv[1:]
     modes = mode.split(",")
-    row = gpu_case(name, float(secs), dev, out, "compile" in modes, ctx, "graphs" in modes)
+    vae = "wan" if "wanvae" in modes else "mini"
+    row = gpu_case(name, float(secs), dev, out, "compile" in modes, ctx, "graphs" in modes, vae)
     print(json.dumps(row))

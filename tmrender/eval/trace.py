@@ -169,24 +169,24 @@ def trace_render(
     compiled: bool = False,
     context: str = "refresh",
     graphs: bool = False,
+    vae: str = "mini",
 ) -> dict:
     """CUDA only: build PRESET with random bf16 weights, warm up on 1 s of audio, profile
     a `seconds` render (CUDA kernels), keep `window_s` of steady state, write the trace.
-    graphs: replay the steady chunk step as a CUDA graph (`RenderOptions.cuda_graphs`)."""
-    from dataclasses import replace
-
+    graphs: replay the steady chunk step as a CUDA graph (`RenderOptions.cuda_graphs`);
+    vae: "mini" or "wan" (`tmrender.eval.bench_gpu.bench_config`)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from tmrender.data.avatar import draw_avatar
+    from tmrender.eval.bench_gpu import bench_config
     from tmrender.eval.bench_io import make_test_audio
     from tmrender.models.fused import enable_fusion
-    from tmrender.models.init import build_random_model, preset_config
+    from tmrender.models.init import build_random_model
     from tmrender.render.pipeline import RenderOptions, render_video
 
     device = torch.device(device_name)
-    base = preset_config(preset)
-    cfg = replace(base, sampler=replace(base.sampler, context=context))
+    cfg = bench_config(preset, context, vae)
     model = build_random_model(cfg, device, torch.bfloat16)
     image = draw_avatar(seed=1, size=cfg.height)
     if compiled:
@@ -206,9 +206,10 @@ def trace_render(
         prof.export_chrome_trace(str(folder / "trace.json"))
         events = kernel_events_from_chrome_trace(json.loads((folder / "trace.json").read_text()))
     window = steady_window(events, window_s)
-    title = f"{preset}, {cfg.width}x{cfg.height}, context {context}" + (
-        ", fused" if compiled else ""
-    )
+    title = f"{preset}, {cfg.width}x{cfg.height}, context {context}" + "".join(
+        label for label, on in ((", fused", compiled), (", CUDA graphs", graphs),
+                                (", Wan2.1 VAE", vae == "wan")) if on
+    )  # fmt: skip
     return {
         "preset": preset,
         "profiled_wall_s": round(wall, 2),

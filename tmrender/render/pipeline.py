@@ -409,10 +409,23 @@ def _counted(frames: np.ndarray, stats: RenderStats, start: float) -> np.ndarray
 
 
 def to_uint8(frames: Tensor) -> np.ndarray:
-    """Frames (1, 3, n, H, W) in [-1, 1] -> uint8 (n, H, W, 3)."""
+    """Frames (1, 3, n, H, W) in [-1, 1] -> uint8 (n, H, W, 3) on the host.
+
+    From a GPU the frames land in pinned (page-locked) host memory through an asynchronous
+    copy on the current stream, and only this thread waits for it: the copy is a direct
+    DMA, with no staging through pageable memory. PyTorch's caching host allocator takes
+    the block back once the returned array (which holds the tensor) is dropped."""
     assert frames.ndim == 5 and frames.shape[:2] == (1, 3), f"got {tuple(frames.shape)}"
     pixels = ((frames[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).cpu().numpy()
+    pixels = pixels.permute(1, 2, 3, 0)
+    if pixels.device.type != "cuda":
+        return pixels.cpu().numpy()
+    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(pixels, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return host.numpy()
 
 
 def _reference_image(image, height: int, width: int, crop: CropBox | None) -> np.ndarray:
