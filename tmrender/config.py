@@ -220,6 +220,9 @@ class AudioEncoderConfig:
         return field
 
 
+MOUTH_PARAMS = 7  # the mouth parameters per frame (`tmrender.data.visemes.PARAMS`)
+
+
 @dataclass(frozen=True)
 class AudioProjConfig:
     """Audio projection (`tmrender.models.audio.AudioProjection`): the features of a latent
@@ -229,6 +232,16 @@ class AudioProjConfig:
     window: int = 2
     tokens: int = 8
     hidden_dim: int = 256
+    # what the projection reads per video frame: "features" (the audio encoder's, as in
+    # the paper) or "mouth" (the 7 mouth parameters that the audio stage's frozen mouth
+    # head reads off those features, `TalkingModel.audio_head`): a narrow path that keeps
+    # the DiT from leaning on language-specific detail in the features
+    source: str = "features"
+    head_hidden: int = 128  # the mouth head's hidden width and frames of context each side
+    head_context: int = 1
+
+    def __post_init__(self) -> None:
+        assert self.source in ("features", "mouth"), f"unknown audio source {self.source!r}"
 
 
 def symmetric_taps(taps: tuple[float, ...]) -> bool:
@@ -426,6 +439,11 @@ class ModelConfig:
     def audio_feature_dim(self) -> int:
         """Width of one video frame's audio features: selected layers x hidden size."""
         return len(self.audio_encoder.layers) * self.audio_encoder.hidden_size
+
+    @property
+    def audio_proj_input_dim(self) -> int:
+        """Width of what the audio projection reads per video frame (`AudioProjConfig.source`)."""
+        return MOUTH_PARAMS if self.audio_proj.source == "mouth" else self.audio_feature_dim
 
     # ---- JSON (nested, round-trip exact)
     def to_json(self) -> str:

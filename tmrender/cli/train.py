@@ -383,6 +383,13 @@ CacheOption = Annotated[
     Path | None,
     typer.Option(help="Latent cache file to use or build (default: OUT/latents.pt)."),
 ]
+AudioHeadsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Narrow audio path: the DiT reads the 7 mouth parameters of this frozen mouth "
+        "head (the audio stage's run checkpoint.pt) instead of the encoder's features.",
+    ),
+]
 BatchOption = Annotated[int, typer.Option("--batch", help="Windows per step (64-256 on a GPU).")]
 ChunksOption = Annotated[int, typer.Option(help="Chunks of C latent frames per window.")]
 ValClipsOption = Annotated[int, typer.Option(help="Last train clips held out for validation.")]
@@ -477,6 +484,7 @@ def teacher_command(
     val_every: ValEveryOption = 250,
     sample_every: SampleEveryOption = 2,
     cache: CacheOption = None,
+    audio_heads: AudioHeadsOption = None,
 ) -> None:
     """Train the bidirectional audio-conditioned teacher DiT by flow matching on the cached
     latents of DATA/train; export a checkpoint with DiT = teacher."""
@@ -487,7 +495,7 @@ def teacher_command(
         raise UserInputError("--batch and --chunks must be at least 1, --audio-drop in [0, 1]")
     opts = recipe.TeacherOptions(
         batch=batch, chunks=chunks, audio_drop=audio_drop, mouth_weight=mouth_weight,
-        val_clips=val_clips, sample_every=sample_every,
+        val_clips=val_clips, sample_every=sample_every, audio_heads=str(audio_heads or ""),
     )  # fmt: skip
     device = _rank_device(device)
     loop = _loop_options(steps, lr, max_minutes, val_every, seed, threads, device)
@@ -509,7 +517,10 @@ def teacher_command(
         "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
         "--out runs/ode --device cuda --pairs 8192 --pair-batch 512 --batch 128\n\n"
         "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
-        "--out runs/ode --cache runs/teacher/latents.pt --resume"
+        "--out runs/ode --cache runs/teacher/latents.pt --resume\n\n"
+        "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
+        "--student weights/stages/student.safetensors --audio-heads runs/audio/checkpoint.pt "
+        "--out runs/ode_narrow   (the narrow audio path)"
     ),
 )
 def ode_command(
@@ -548,6 +559,10 @@ def ode_command(
         Path | None,
         typer.Option(help="Fine-tune this export's student instead of starting from the teacher."),
     ] = None,
+    audio_heads: AudioHeadsOption = None,
+    narrow_warmup: Annotated[
+        int, typer.Option(help="With --audio-heads: steps fitting the new projection first.")
+    ] = 400,
 ) -> None:
     """Initialise the sparse-causal 2-step student by regression on the teacher's ODE
     trajectories (precomputed once into OUT); export a checkpoint with DiT = student."""
@@ -561,7 +576,8 @@ def ode_command(
         batch=batch, chunks=chunks, pairs=pairs, val_pairs=val_pairs, pair_batch=pair_batch,
         teacher_steps=teacher_steps, seed=seed, mouth_weight=mouth_weight, face_mask=face_mask,
         val_clips=val_clips, sample_every=sample_every, cfg_scale=cfg_scale,
-        student=str(student or ""),
+        student=str(student or ""), audio_heads=str(audio_heads or ""),
+        narrow_warmup=narrow_warmup,
     )  # fmt: skip
     device = _rank_device(device)
     loop = _loop_options(steps, lr, max_minutes, val_every, seed, threads, device)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from tmrender.config import AudioEncoderConfig, AudioProjConfig
+from tmrender.config import MOUTH_PARAMS, AudioEncoderConfig, AudioProjConfig
 
 # Structural fields copied between AudioEncoderConfig and Wav2Vec2Config (same names).
 _HF_FIELDS = (
@@ -152,6 +152,28 @@ def audio_windows(
     idx = torch.arange(latents, device=features.device)[:, None] * frames_per_latent
     idx = idx + torch.arange(width, device=features.device)[None]
     return padded[:, idx]
+
+
+class MouthHead(nn.Module):
+    """Encoder features (B, F, L, D) -> the 7 mouth parameters per frame (B, F, 7), through
+    one temporal convolution of width 2 * context + 1. Trained with the encoder by the
+    audio stage (which adds a phoneme readout), then frozen; with `AudioProjConfig.source`
+    "mouth" it is the DiT's narrow audio path (`TalkingModel.audio_head`)."""
+
+    def __init__(self, feature_dim: int, hidden: int = 128, context: int = 1) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.conv = nn.Conv1d(feature_dim, hidden, 2 * context + 1, padding=context)
+        self.mouth = nn.Linear(hidden, MOUTH_PARAMS)
+
+    def hidden(self, features: Tensor) -> Tensor:
+        """features (B, F, L, D) -> the shared hidden layer (B, F, hidden)."""
+        assert features.ndim == 4, f"features must be (B, F, L, D), got {tuple(features.shape)}"
+        x = self.norm(features.flatten(2).to(self.norm.weight.dtype))
+        return F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.mouth(self.hidden(features))
 
 
 class AudioProjection(nn.Module):

@@ -41,6 +41,7 @@ from tmrender.data.corpus import list_clips, read_wav
 from tmrender.errors import UserInputError
 from tmrender.eval.metrics import pearson
 from tmrender.files import atomic_write
+from tmrender.models.audio import MouthHead
 from tmrender.models.checkpoint import save_checkpoint
 from tmrender.models.talking import TalkingModel
 from tmrender.render.features import (
@@ -423,21 +424,17 @@ def unit_noise(
 # -- heads and loss --------------------------------------------------------------------------
 
 
-class FrameHeads(nn.Module):
+class FrameHeads(MouthHead):
     """Readouts of encoder features (B, F, L, D): mouth parameters (B, F, 7) and phoneme
-    logits (B, F, P), through one temporal convolution of width 2 * context + 1."""
+    logits (B, F, P), from the mouth head's hidden layer (`MouthHead`, which the
+    narrow audio path keeps)."""
 
     def __init__(self, feature_dim: int, phonemes: int, hidden: int, context: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(feature_dim)
-        self.conv = nn.Conv1d(feature_dim, hidden, 2 * context + 1, padding=context)
-        self.mouth = nn.Linear(hidden, len(visemes.PARAMS))
+        super().__init__(feature_dim, hidden, context)
         self.phoneme = nn.Linear(hidden, phonemes)
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        assert features.ndim == 4, f"features must be (B, F, L, D), got {tuple(features.shape)}"
-        x = self.norm(features.flatten(2).float())
-        x = F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        x = self.hidden(features.float())
         return self.mouth(x), self.phoneme(x)
 
 

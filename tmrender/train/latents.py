@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +110,18 @@ class LatentCache:
 
 
 def frozen_digest(model: TalkingModel) -> str:
-    """SHA-256 of what the cache depends on in a model: its config and the VAE and audio
-    encoder tensors (the DiT and the audio projection may change freely)."""
-    digest = hashlib.sha256(model.cfg.to_json().encode())
+    """SHA-256 of what the cache depends on in a model: the frame size and rate, the VAE
+    and the audio encoder (configs and tensors) and the audio window. The DiT side (DiT,
+    audio path, sampler) may change freely: a student that reads the mouth head instead
+    of the features still shares its teacher's cache."""
+    cfg = model.cfg
+    parts = {
+        "frames": [cfg.height, cfg.width, cfg.fps],
+        "vae": asdict(cfg.vae),
+        "audio_encoder": asdict(cfg.audio_encoder),
+        "audio_window": cfg.audio_proj.window,
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode())
     for prefix in ("vae", "audio_encoder"):
         for name, tensor in sorted(getattr(model, prefix).state_dict().items()):
             digest.update(f"{prefix}.{name}".encode())

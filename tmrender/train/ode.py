@@ -59,6 +59,7 @@ from tmrender.train.latents import (
     split_clips,
     window_starts,
 )
+from tmrender.train.narrow import fit_narrow_projection, mouth_head_state, narrow_audio_path
 from tmrender.train.teacher import (
     autocast_for,
     decode_windows,
@@ -94,6 +95,11 @@ class OdeOptions:
     seed: int = 0
     # student
     student: str = ""  # start the student from this export's DiT ("" = the teacher's)
+    # the narrow audio path (`AudioProjConfig.source` "mouth"): the audio stage's frozen
+    # mouth head from this file (its run checkpoint, or an export that has one) feeds a new
+    # projection, first fitted to the old projection's tokens for `narrow_warmup` steps
+    audio_heads: str = ""
+    narrow_warmup: int = 400
     mouth_weight: float = 4.0
     face_mask: bool = False  # gate the student's audio by the face box (the renderer has none)
     # validation
@@ -426,9 +432,23 @@ class OdeStage:
         )
         if opts.student:
             start_student_from(self.model, Path(opts.student), device)
+        self.narrow_fit: float | None = None
+        if opts.audio_heads:
+            self._narrow(mouth_head_state(Path(opts.audio_heads)))
         self.reader = load_reader(opts.reader)
         self.rounds = 0
         self.last_val: dict[str, float] = {}
+
+    def _narrow(self, head_state: dict[str, Tensor]) -> None:
+        """The narrow audio path, its projection fitted on train windows (seeded)."""
+        old = narrow_audio_path(self.model, head_state, self.opts.seed)
+        gen = torch.Generator().manual_seed(self.opts.seed + 1)
+        device = next(self.model.dit.parameters()).device
+
+        def windows(i: int) -> Tensor:
+            return self.batch(gen, device).windows.audio
+
+        self.narrow_fit = fit_narrow_projection(self.model, old, windows, self.opts.narrow_warmup)
 
     # -- Stage protocol
     def networks(self) -> dict[str, nn.Module]:
@@ -511,6 +531,10 @@ class OdeStage:
             "student_sigmas": list(self.sigmas),
             "validation": self.last_val,
         }
+        if self.narrow_fit is not None:
+            extra["audio_source"] = "mouth"
+            extra["audio_heads"] = Path(self.opts.audio_heads).name
+            extra["narrow_fit_mse"] = round(self.narrow_fit, 5)
         with atomic_write(path) as partial:
             save_checkpoint(self.model, partial, trained=True, extra_meta=extra)
         return extra
