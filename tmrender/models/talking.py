@@ -37,10 +37,12 @@ class TalkingModel(nn.Module):
         self.dit = WanDiT(cfg.dit, cfg.chunk_latent_frames) if dit is None else dit
         self.audio_encoder = AudioEncoder(cfg.audio_encoder, cfg.samples_per_frame)
         # the narrow audio path (`AudioProjConfig.source` "mouth"): frozen mouth head first
-        narrow = cfg.audio_proj.source == "mouth"
         proj = cfg.audio_proj
-        head = MouthHead(cfg.audio_feature_dim, proj.head_hidden, proj.head_context)
-        self.audio_head = head if narrow else None
+        self.audio_head = (
+            MouthHead(cfg.audio_feature_dim, proj.head_hidden, proj.head_context)
+            if proj.source == "mouth"
+            else None
+        )
         self.audio_proj = AudioProjection(
             cfg.audio_proj, cfg.audio_window_frames, cfg.audio_proj_input_dim, cfg.dit.audio_dim
         )
