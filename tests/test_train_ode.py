@@ -228,7 +228,7 @@ def test_narrow_audio_path_reads_the_frozen_mouth_head_and_round_trips(
     heads_file = fake_audio_run(tmp_path / "checkpoint.pt", TINY.audio_feature_dim)
     opts = dataclasses.replace(OPTS, audio_heads=str(heads_file), narrow_warmup=0)
     untrained = O.OdeStage(tiny_corpus, tmp_path / "a", teacher_file, opts).model
-    opts = dataclasses.replace(opts, narrow_warmup=30)
+    opts = dataclasses.replace(opts, narrow_warmup=120)
     stage = O.OdeStage(tiny_corpus, tmp_path / "b", teacher_file, opts)
     m = stage.model
     assert m.cfg.audio_proj.source == "mouth" and m.audio_proj.in_features == 7 * 8
