@@ -255,6 +255,29 @@ def test_narrow_audio_path_reads_the_frozen_mouth_head_and_round_trips(
         assert torch.allclose(loaded.audio_tokens(w), m.audio_tokens(w), atol=1e-5)
 
 
+def test_audio_heads_read_from_a_plain_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    saved = torch.load(fake_audio_run(tmp_path / "checkpoint.pt", 12))["networks"]["heads"]
+    plain = {k: v for k, v in saved.items() if not k.startswith("phoneme.")}
+    save_file(plain, tmp_path / "heads.safetensors")
+    state = N.mouth_head_state(tmp_path / "heads.safetensors")
+    assert set(state) == N.HEAD_KEYS
+    assert all(torch.equal(state[k], plain[k]) for k in plain)
+
+
+def test_the_committed_mouth_head_reads_the_committed_encoders_features():
+    """weights/stages/audio_heads.safetensors: the audio stage's mouth readout, listed in
+    SHA256SUMS, shaped for the shipped encoder's features."""
+    root = Path(__file__).resolve().parents[1] / "weights"
+    sums = (root / "SHA256SUMS").read_text()
+    assert "stages/audio_heads.safetensors" in sums
+    state = N.mouth_head_state(root / "stages" / "audio_heads.safetensors")
+    cfg = load_checkpoint(root / "tm-mini.safetensors")[0].cfg
+    assert state["norm.weight"].shape == (cfg.audio_feature_dim,)
+    assert state["mouth.weight"].shape[0] == 7
+
+
 def test_audio_heads_must_be_an_audio_run_checkpoint(tmp_path, tiny_corpus, teacher_file):
     torch.save({"networks": {"dit": {}}}, tmp_path / "not_audio.pt")
     for bad, words in ((tmp_path / "missing.pt", "no such file"),

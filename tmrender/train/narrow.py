@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from tmrender.errors import UserInputError
@@ -22,14 +23,20 @@ from tmrender.models.audio import AudioProjection, MouthHead
 from tmrender.models.checkpoint import load_checkpoint
 from tmrender.models.talking import TalkingModel
 
+HEAD_KEYS = {"norm.weight", "norm.bias", "conv.weight", "conv.bias", "mouth.weight", "mouth.bias"}
+
 
 def mouth_head_state(path: Path) -> dict[str, Tensor]:
     """The mouth head's tensors (norm, conv, mouth) from an audio-stage run checkpoint
-    (`checkpoint.pt`, network "heads") or from an export with an `audio_head`."""
+    (`checkpoint.pt`, network "heads"), a safetensors file of just those tensors
+    (`weights/stages/audio_heads.safetensors`) or an export with an `audio_head`."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"--audio-heads {path}: no such file")
     if path.suffix == ".safetensors":
+        plain = load_file(str(path))
+        if set(plain) == HEAD_KEYS:
+            return plain
         other, _ = load_checkpoint(path, device="cpu")
         if other.audio_head is None:
             raise UserInputError(f"--audio-heads {path}: this export has no mouth head")
