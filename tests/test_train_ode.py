@@ -286,3 +286,10 @@ def test_audio_heads_must_be_an_audio_run_checkpoint(tmp_path, tiny_corpus, teac
             N.mouth_head_state(bad)
     with pytest.raises(Exception, match="no mouth head"):
         N.mouth_head_state(teacher_file)
+
+
+def test_mouth_params_in_the_config_match_the_corpus():
+    from tmrender.config import MOUTH_PARAMS
+    from tmrender.data.visemes import PARAMS
+
+    assert len(PARAMS) == MOUTH_PARAMS

@@ -387,7 +387,8 @@ AudioHeadsOption = Annotated[
     Path | None,
     typer.Option(
         help="Narrow audio path: the DiT reads the 7 mouth parameters of this frozen mouth "
-        "head (the audio stage's run checkpoint.pt) instead of the encoder's features.",
+        "head (weights/stages/audio_heads.safetensors, or the audio run's checkpoint.pt) "
+        "instead of the encoder's features.",
     ),
 ]
 BatchOption = Annotated[int, typer.Option("--batch", help="Windows per step (64-256 on a GPU).")]
@@ -519,7 +520,8 @@ def teacher_command(
         "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
         "--out runs/ode --cache runs/teacher/latents.pt --resume\n\n"
         "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
-        "--student weights/stages/student.safetensors --audio-heads runs/audio/checkpoint.pt "
+        "--student weights/stages/student.safetensors "
+        "--audio-heads weights/stages/audio_heads.safetensors "
         "--out runs/ode_narrow   (the narrow audio path)"
     ),
 )

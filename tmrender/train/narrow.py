@@ -73,17 +73,17 @@ def narrow_audio_path(model: TalkingModel, head_state: dict[str, Tensor], seed: 
 
 
 def fit_narrow_projection(
-    model: TalkingModel, old: nn.Module, windows: Callable[[int], Tensor], steps: int
+    model: TalkingModel, old: nn.Module, windows: Callable[[], Tensor], steps: int
 ) -> float:
     """Fit the new projection to the old one's tokens (mean squared error, Adam): the DiT's
     audio layers then start from tokens close to those they learned on, keeping what the
-    mouth parameters can carry. windows(i) -> feature windows (B, T, W, L, D) of step i.
+    mouth parameters can carry. windows() -> the next feature windows (B, T, W, L, D).
     Returns the last step's loss."""
     params = list(model.audio_proj.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     loss = torch.zeros(())
-    for i in range(steps):
-        w = windows(i)
+    for _ in range(steps):
+        w = windows()
         with torch.no_grad():
             target = old(w)
         loss = (model.audio_tokens(w) - target).pow(2).mean()

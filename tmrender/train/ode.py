@@ -96,7 +96,7 @@ class OdeOptions:
     # student
     student: str = ""  # start the student from this export's DiT ("" = the teacher's)
     # the narrow audio path (`AudioProjConfig.source` "mouth"): the audio stage's frozen
-    # mouth head from this file (its run checkpoint, or an export that has one) feeds a new
+    # mouth head from this file (`tmrender.train.narrow.mouth_head_state`) feeds a new
     # projection, first fitted to the old projection's tokens for `narrow_warmup` steps
     audio_heads: str = ""
     narrow_warmup: int = 400
@@ -445,7 +445,7 @@ class OdeStage:
         gen = torch.Generator().manual_seed(self.opts.seed + 1)
         device = next(self.model.dit.parameters()).device
 
-        def windows(i: int) -> Tensor:
+        def windows() -> Tensor:
             return self.batch(gen, device).windows.audio
 
         self.narrow_fit = fit_narrow_projection(self.model, old, windows, self.opts.narrow_warmup)

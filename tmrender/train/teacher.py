@@ -93,7 +93,7 @@ class TeacherOptions:
     sample_windows: int = 8
     sample_steps: int = 12  # Euler steps; with CFG 2 evaluations each (24 NFE)
     reader: str = ""  # mouth reader weights ("" = the shipped ones, if present)
-    # the narrow audio path (`tmrender.train.narrow`): the audio stage's run checkpoint
+    # the narrow audio path (`tmrender.train.narrow`): the file of the frozen mouth head
     audio_heads: str = ""
 
 
