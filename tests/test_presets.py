@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,21 @@ def test_tm_mini_variants_keep_the_dit_token_grid():
     assert (wide.dit.in_dim, wide.dit.out_dim) == (68, 32)
     with torch.device("meta"):
         TalkingModel(wide)
+
+
+def test_tm_mini_with_temporal_stride_2_renders_exact_frame_counts(tmp_path):
+    from tmrender.models.presets import tm_mini_variant
+    from tmrender.render.audio import write_wav
+    from tmrender.render.pipeline import render_frames
+
+    cfg = tm_mini_variant(temporal_stride=2)
+    assert (cfg.vae.temporal_stride, cfg.chunk_latent_frames, cfg.frames_per_chunk) == (2, 4, 8)
+    assert cfg.dit.mask_channels == 2 and cfg.audio_window_frames == 6
+    torch.manual_seed(0)
+    model = TalkingModel(cfg).eval()
+    face = np.full((cfg.height, cfg.width, 3), 128, np.uint8)
+    for seconds in (0.44, 1.0):  # 11 frames: a part chunk; 25 frames
+        audio = tmp_path / f"{seconds}.wav"
+        write_wav(audio, np.random.default_rng(0).normal(0, 0.1, int(16000 * seconds)))
+        frames = np.concatenate(list(render_frames(model, face, audio)))
+        assert frames.shape == (round(25 * seconds), cfg.height, cfg.width, 3)

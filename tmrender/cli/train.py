@@ -247,6 +247,19 @@ def parse_taps(text: str | None) -> tuple[float, ...] | None:
         ) from err
 
 
+def parse_blocks(text: str) -> tuple[int, ...]:
+    """--dec-blocks "0,1" -> (0, 1); one line on anything else."""
+    from tmrender.errors import UserInputError
+
+    try:
+        blocks = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        blocks = ()
+    if not blocks or min(blocks) < 0:
+        raise UserInputError(f"--dec-blocks needs counts per level such as 0,1; got {text!r}")
+    return blocks
+
+
 @train_app.command(
     "vae",
     short_help="Stage 1: the causal VAE, with extra weight on the mouth.",
@@ -291,11 +304,21 @@ def vae_command(
         int, typer.Option(help="tm-mini variant: latent channels (the DiT follows).")
     ] = 8,
     dec_blocks: Annotated[
-        str, typer.Option(help="tm-mini variant: decoder residual blocks per level, e.g. 0,1.")
-    ] = "0,0",
+        str | None,
+        typer.Option(
+            help="Decoder residual blocks per level, coarse -> fine (tm-mini: 0,0). With "
+            "--init: add blocks to its decoder (they start as identity), e.g. 0,1.",
+        ),
+    ] = None,
     spatial_stride: Annotated[
         int,
         typer.Option(help="tm-mini variant: VAE stride 4 (DiT patch 4x4) or 8 (patch 2x2)."),
+    ] = 4,
+    temporal_stride: Annotated[
+        int,
+        typer.Option(
+            help="tm-mini variant: video frames per latent frame, 4 or 2 (the DiT follows)."
+        ),
     ] = 4,
     init: Annotated[
         Path | None,
@@ -339,17 +362,19 @@ def vae_command(
         from tmrender.models.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(init)
-        cfg, start = model.cfg, model.vae
+        start = model.vae
+        if dec_blocks is not None:
+            start = recipe.add_decoder_blocks(start, parse_blocks(dec_blocks), seed)
         if lookahead:
             start = recipe.add_lookahead(start)
-            cfg = dataclasses.replace(cfg, vae=start.cfg)
+        cfg = dataclasses.replace(model.cfg, vae=start.cfg)
     elif lookahead:
         raise UserInputError("--lookahead widens a trained decoder: give --init")
     else:
         try:
-            blocks = tuple(int(v) for v in dec_blocks.split(","))
-            cfg = tm_mini_variant(latent_channels, blocks, spatial_stride)
-        except (ValueError, AssertionError) as err:
+            blocks = parse_blocks(dec_blocks or "0,0")
+            cfg = tm_mini_variant(latent_channels, blocks, spatial_stride, temporal_stride)
+        except AssertionError as err:
             raise UserInputError(f"bad --latent-channels/--dec-blocks: {err}") from err
 
     opts = recipe.VAEOptions(

@@ -124,7 +124,10 @@ WAN_14B_AUDIO = ModelConfig(
 
 
 def tm_mini_variant(
-    latent_channels: int = 8, dec_blocks: tuple[int, ...] = (0, 0), spatial_stride: int = 4
+    latent_channels: int = 8,
+    dec_blocks: tuple[int, ...] = (0, 0),
+    spatial_stride: int = 4,
+    temporal_stride: int = 4,
 ) -> ModelConfig:
     """tm-mini with another VAE (the VAE stage's experiments); the defaults give TM_MINI.
 
@@ -133,8 +136,11 @@ def tm_mini_variant(
     drops its coarsest level and doubles the patch to (1, 4, 4), so the DiT keeps its 64
     tokens per latent frame and its speed, while a latent cell covers 4x4 pixels instead
     of 8x8 (the ~13-px mouth spans ~3 latent rows instead of ~2). The levels kept have the
-    same widths at the same resolutions."""
+    same widths at the same resolutions. Temporal stride 2 (a latent frame per 2 video
+    frames instead of 4) keeps 8 video frames per chunk, so the DiT reads twice the tokens
+    per second of video."""
     assert spatial_stride in (4, 8), "spatial_stride must be 4 or 8"
+    assert temporal_stride in (2, 4), "temporal_stride must be 2 or 4"
     first = _TM_MINI_STRIDE8
     levels = 3 if spatial_stride == 8 else 2
     assert len(dec_blocks) == levels, f"dec_blocks needs {levels} values"
@@ -147,16 +153,17 @@ def tm_mini_variant(
         dec_channels=first.vae.dec_channels[-levels:],  # coarse -> fine: keep the fine ones
         dec_blocks=dec_blocks,
         dec_expand_level=min(first.vae.dec_expand_level, levels - 1),
+        temporal_stride=temporal_stride,
     )
     patch = first.dit.patch_size[1] * first.vae.spatial_stride // spatial_stride
-    mask = first.dit.mask_channels
     dit = replace(
         first.dit,
         out_dim=latent_channels,
-        in_dim=2 * latent_channels + mask,
+        in_dim=2 * latent_channels + temporal_stride,  # + the I2V mask, a channel per frame
         patch_size=(1, patch, patch),
     )
-    return replace(first, vae=vae, dit=dit)
+    chunk = first.chunk_latent_frames * first.vae.temporal_stride // temporal_stride
+    return replace(first, vae=vae, dit=dit, chunk_latent_frames=chunk)
 
 
 # Stride-4 VAE with 8 latent channels: at equal steps of the VAE stage it read back the mouth
