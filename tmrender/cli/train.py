@@ -269,7 +269,10 @@ def parse_blocks(text: str) -> tuple[int, ...]:
         "--export weights/stages/vae.safetensors\n\n"
         "  tmrender train vae --data data --out runs/vae --device cuda --crop-batch 64 "
         "--crop 0 --clip-batch 32 --steps 4000 --lr 2e-3\n\n"
-        "  tmrender train vae --data data --out runs/vae --resume"
+        "  tmrender train vae --data data --out runs/vae --resume\n\n"
+        "  tmrender train vae --data data --out runs/vae_t2 --temporal-stride 2 --steps 3500\n\n"
+        "  tmrender train vae --data data --init weights/stages/student.safetensors "
+        "--decoder-only --dec-blocks 0,1 --out runs/vae_dec --steps 2400"
     ),
 )
 def vae_command(
