@@ -1,6 +1,6 @@
 """The recipe on a VAE with a latent frame per 2 video frames (`temporal_stride` 2): the
-teacher, ode and dmd stages run through the command line on its latents, and the export
-renders the exact frame count. Tiny corpus, tiny model."""
+teacher, ode and dmd stages run through the command line on its latents, and the student
+they export renders the exact frame count. Tiny corpus, tiny model."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def run(*args: str) -> None:
     assert exit_info.value.code == 0
 
 
-def test_teacher_ode_dmd_and_export_run_on_stride_2_latents(tmp_path, tiny_corpus):
+def test_teacher_ode_and_dmd_run_on_stride_2_latents_and_the_student_renders(tmp_path, tiny_corpus):
     torch.manual_seed(0)
     init = tmp_path / "init.safetensors"
     save_checkpoint(TalkingModel(stride2_config()), init, trained=False)
