@@ -534,6 +534,8 @@ def plot_log(log_path: Path, png: Path, title: str) -> None:
         )
     ax_val.set(xlabel="step", ylabel="validation", title=f"{title}: held-out figures")
     ax_unit.set(ylabel="validation (within [-1, 1])")
+    if not ax_val.lines:  # every figure is on the right: an empty left scale only misleads
+        ax_val.yaxis.set_visible(False)
     for ax in (ax_loss, ax_val, ax_unit):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
