@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tmrender.config import ModelConfig, VAEConfig
+from tmrender.config import ModelConfig
 from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
 from tmrender.eval.metrics import box_mask, frame_motion, masked_mse, pearson, psnr_from_mse
@@ -521,46 +521,38 @@ def add_lookahead(vae: CausalVAE) -> CausalVAE:
     return wider.to(next(vae.parameters()).device)
 
 
-def decoder_layer_map(old: VAEConfig, dec_blocks: tuple[int, ...]) -> dict[int, int]:
-    """Index in the grown decoder's `dec_layers` of each of `old`'s, where the grown one has
-    `dec_blocks` residual blocks per level, at least `old.dec_blocks`; the extra blocks of a
-    level follow its old ones. Layer order as in `tmrender.models.vae._decoder_layers`."""
-    if len(old.dec_blocks) != len(dec_blocks) or any(
-        n < o for o, n in zip(old.dec_blocks, dec_blocks, strict=True)
-    ):
-        raise UserInputError(
-            f"--dec-blocks {','.join(map(str, dec_blocks))} must keep the levels of the "
-            f"--init decoder ({','.join(map(str, old.dec_blocks))}) and add blocks only"
-        )
-    mapping = {i: i for i in range(old.dec_latent_blocks)}
-    i_old = i_new = old.dec_latent_blocks
-    for level, (had, has) in enumerate(zip(old.dec_blocks, dec_blocks, strict=True)):
-        fixed = int(level > 0) + int(level == old.dec_expand_level)  # upsample, time expand
-        for _ in range(fixed + had):
-            mapping[i_old] = i_new
-            i_old, i_new = i_old + 1, i_new + 1
-        i_new += has - had
-    return mapping
-
-
 def add_decoder_blocks(vae: CausalVAE, dec_blocks: tuple[int, ...], seed: int) -> CausalVAE:
     """The same VAE with more causal residual blocks in the decoder (`dec_blocks` per level,
     at least the current ones). A new block's second convolution starts at zero, so the
     block passes its (non-negative) input through and the decoder decodes exactly as
     before until trained; the encoder and the latent statistics are unchanged."""
-    dec_blocks = tuple(dec_blocks)
-    mapping = decoder_layer_map(vae.cfg, dec_blocks)
-    if dec_blocks == tuple(vae.cfg.dec_blocks):
+    dec_blocks, old = tuple(dec_blocks), tuple(vae.cfg.dec_blocks)
+    if len(old) != len(dec_blocks) or any(n < o for o, n in zip(old, dec_blocks, strict=True)):
+        raise UserInputError(
+            f"--dec-blocks {','.join(map(str, dec_blocks))} must keep the levels of the "
+            f"--init decoder ({','.join(map(str, old))}) and add blocks only"
+        )
+    if dec_blocks == old:
         return vae
     with seeded(seed):
         grown = CausalVAE(dataclasses.replace(vae.cfg, dec_blocks=dec_blocks))
+    # Walk both layer lists: an old layer takes the next new layer of its type. Extra
+    # blocks only lengthen runs of residual blocks, so every other layer lines up, and
+    # within a run the order of identical old blocks and identity blocks does not matter.
+    mapping, added = {}, []
+    for index, layer in enumerate(grown.dec_layers):
+        taken = len(mapping)
+        if taken < len(vae.dec_layers) and type(vae.dec_layers[taken]) is type(layer):
+            mapping[taken] = index
+        else:
+            added.append(index)
     state = grown.state_dict()
     for key, value in vae.state_dict().items():
         if key.startswith("dec_layers."):
             _, index, rest = key.split(".", 2)
             key = f"dec_layers.{mapping[int(index)]}.{rest}"
         state[key] = value.clone()
-    for index in set(range(len(grown.dec_layers))) - set(mapping.values()):
+    for index in added:
         state[f"dec_layers.{index}.conv2.weight"].zero_()
         state[f"dec_layers.{index}.conv2.bias"].zero_()
     grown.load_state_dict(state)
