@@ -19,8 +19,8 @@ def whole_clip(x: torch.Tensor, taps) -> torch.Tensor:
     return sum(w[k] * pad[:, :, k : k + x.shape[2]] for k in range(len(taps)))
 
 
-def stream(x: torch.Tensor, cuts, taps=TAPS) -> list[torch.Tensor]:
-    f = TemporalFilter(taps)
+def stream(x: torch.Tensor, cuts, taps=TAPS, keep=()) -> list[torch.Tensor]:
+    f = TemporalFilter(taps, keep)
     bounds = [0, *cuts, x.shape[2]]
     out = [f.push(x[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     return [*out, f.flush()]
@@ -48,6 +48,44 @@ def test_latent_boundary_steps_go_and_steady_motion_stays():
     y = torch.cat(stream(x, (8, 16, 24, 32)), dim=2).flatten()
     inner = slice(2, 38)
     assert torch.allclose(y[inner], ramp[inner] + 0.25, atol=1e-5)
+
+
+LEVEL = 2 / 255  # one 8-bit level on the -1..1 scale
+
+
+def test_edge_keeping_smooths_small_steps_and_keeps_big_ones_where_they_are():
+    flicker = 2 * LEVEL * torch.tensor([0.0, 1.0]).repeat(16)  # 2 levels, period 2
+    lip = torch.zeros(32)
+    lip[12:20] = 80 * LEVEL  # a mouth opening for 8 frames: steps of 80 levels
+    x = (flicker + lip).view(1, 1, 32, 1, 1).expand(1, 3, 32, 1, 1)
+    y = torch.cat(stream(x, (5, 13, 21), keep=(6, 16)), dim=2)[0, 0, :, 0, 0]
+    quiet = [*range(2, 9), *range(23, 30)]  # far from the opening: the flicker is gone
+    assert torch.allclose(y[quiet], torch.full((len(quiet),), LEVEL), atol=1e-5)
+    for edge in (11, 12, 19, 20):  # the frames around each step keep their raw values
+        assert torch.isclose(y[edge], x[0, 0, edge, 0, 0], atol=1e-5)
+    linear = torch.cat(stream(x, ()), dim=2)[0, 0, :, 0, 0]
+    assert (linear[11] - x[0, 0, 11, 0, 0]).abs() > 5 * LEVEL  # which a linear filter blurs
+
+
+@pytest.mark.parametrize("cuts", [(), (1, 1, 9, 17)])
+def test_edge_keeping_blocking_and_its_limits(cuts):
+    x = torch.rand(1, 3, 23, 4, 5, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    whole = torch.cat(stream(x, (), keep=(3, 9)), dim=2)
+    assert torch.allclose(torch.cat(stream(x, cuts, keep=(3, 9)), dim=2), whole, atol=1e-6)
+    wide = torch.cat(stream(x, cuts, keep=(1e4, 2e4)), dim=2)  # nothing is far enough: linear
+    assert torch.allclose(wide, whole_clip(x, TAPS), atol=1e-6)
+    tight = torch.cat(stream(x, cuts, keep=(0, 1e-6)), dim=2)  # everything is: the raw frames
+    assert torch.allclose(tight, x, atol=1e-4)
+
+
+def test_keep_must_be_an_increasing_pair():
+    for keep in ((5,), (8, 4), (-1, 3), (1, 2, 3)):
+        with pytest.raises(AssertionError):
+            SamplerConfig(deflicker_keep=keep)
+        with pytest.raises(AssertionError):
+            TemporalFilter(TAPS, keep)
+    assert SamplerConfig(deflicker_keep=[6, 16]).deflicker_keep == (6.0, 16.0)
+    assert SamplerConfig().deflicker_keep == ()
 
 
 def test_taps_must_be_symmetric_with_odd_length():

@@ -132,6 +132,21 @@ def test_export_sets_the_deflicker_taps_and_the_cli_checks_them(stages, tmp_path
         assert code == 2 and "--deflicker" in err
 
 
+def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
+            "--dtype", "float32")  # fmt: skip
+    code, _, _ = run(capsys, *args, "--deflicker", "1,2,1", "--deflicker-keep", "6,16")
+    sampler = read_metadata(out)["config"].sampler
+    assert code == 0 and sampler.deflicker_keep == (6.0, 16.0)
+    assert sampler.deflicker_taps == (1.0, 2.0, 1.0)
+    run(capsys, *args, "--deflicker-keep", "none")
+    assert read_metadata(out)["config"].sampler.deflicker_keep == ()
+    for bad in ("6", "16,6", "a,b"):
+        code, _, err = run(capsys, *args, "--deflicker-keep", bad)
+        assert code == 2 and "--deflicker-keep" in err
+
+
 def test_lipsync_score_renders_held_out_clips(tmp_path):
     from tmrender.eval.mouth import load_mouth_reader
 

@@ -271,6 +271,11 @@ class SamplerConfig:
     # disagree a little with their neighbours, so the picture steps every
     # frames_per_latent frames; (1, 2, 2, 2, 1) cancels period 4 and 2 exactly
     deflicker_taps: tuple[float, ...] = ()
+    # (lo, hi) in 0..255 levels, () = off: where a pixel's raw value is more than hi away
+    # from the filtered one (mean over colour channels) the raw value is kept, below lo the
+    # filtered one, a linear blend between. Flicker is a step of a few levels, a moving lip
+    # edge tens: the filter then removes the one and leaves the other (and its timing) alone
+    deflicker_keep: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -278,6 +283,11 @@ class SamplerConfig:
         )
         taps = tuple(float(w) for w in self.deflicker_taps)
         object.__setattr__(self, "deflicker_taps", taps)
+        keep = tuple(float(v) for v in self.deflicker_keep)
+        object.__setattr__(self, "deflicker_keep", keep)
+        assert not keep or (len(keep) == 2 and 0 <= keep[0] < keep[1]), (
+            f"deflicker_keep must be () or (lo, hi) with 0 <= lo < hi: {keep}"
+        )
         assert not taps or symmetric_taps(taps), (
             f"deflicker_taps must be symmetric, of odd length, with a positive sum: {taps}"
         )

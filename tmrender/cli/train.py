@@ -158,9 +158,9 @@ def export_weights(model, data: Path, path: Path, val_clips: int = 10) -> str:
     short_help="Stage 6: write weights/tm-mini.safetensors from the student, with provenance.",
     epilog=(
         "Examples:\n\n"
-        "  tmrender train export --init weights/stages/dmd.safetensors --data data "
+        "  tmrender train export --init weights/stages/dmd_t2.safetensors --data data "
         "-o weights/tm-mini.safetensors\n\n"
-        "  tmrender train export --init weights/stages/dmd.safetensors --data data "
+        "  tmrender train export --init weights/stages/dmd_t2.safetensors --data data "
         "--report out/eval/report.json -o weights/tm-mini.safetensors\n\n"
         "  tmrender train export --init student.safetensors --dtype float32 -o m.safetensors"
     ),
@@ -203,6 +203,14 @@ def export_command(
             "off (default: as the student's file says)."
         ),
     ] = None,
+    deflicker_keep: Annotated[
+        str | None,
+        typer.Option(
+            help="Edge-keeping levels lo,hi of that filter, e.g. 6,16: a pixel more than hi "
+            "levels from its filtered value keeps its raw value; 'none': plain linear filter "
+            "(default: as the student's file says)."
+        ),
+    ] = None,
 ) -> None:
     """Write the shipped model: all networks in one file, fp16 where lip sync does not move,
     provenance in its metadata, and its line in the output folder's SHA256SUMS."""
@@ -214,7 +222,7 @@ def export_command(
 
     opts = recipe.ExportOptions(
         dtype=dtype, clips=clips, seconds=seconds, split=split,
-        deflicker_taps=parse_taps(deflicker),
+        deflicker_taps=parse_taps(deflicker), deflicker_keep=parse_keep(deflicker_keep),
     )  # fmt: skip
     torch.set_num_threads(threads)
     score = None
@@ -247,6 +255,23 @@ def parse_taps(text: str | None) -> tuple[float, ...] | None:
         ) from err
 
 
+def parse_keep(text: str | None) -> tuple[float, ...] | None:
+    """--deflicker-keep: None -> None (keep), "none" -> () (off), "6,16" -> (6.0, 16.0)."""
+    from tmrender.config import SamplerConfig
+    from tmrender.errors import UserInputError
+
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return SamplerConfig(deflicker_keep=tuple(float(v) for v in text.split(","))).deflicker_keep
+    except (ValueError, AssertionError) as err:
+        raise UserInputError(
+            f"--deflicker-keep needs two levels lo,hi with 0 <= lo < hi, e.g. 6,16; got {text!r}"
+        ) from err
+
+
 def parse_blocks(text: str) -> tuple[int, ...]:
     """--dec-blocks "0,1" -> (0, 1); one line on anything else."""
     from tmrender.errors import UserInputError
@@ -271,7 +296,7 @@ def parse_blocks(text: str) -> tuple[int, ...]:
         "--crop 0 --clip-batch 32 --steps 4000 --lr 2e-3\n\n"
         "  tmrender train vae --data data --out runs/vae --resume\n\n"
         "  tmrender train vae --data data --out runs/vae_t2 --temporal-stride 2 --steps 3500\n\n"
-        "  tmrender train vae --data data --init weights/stages/student.safetensors "
+        "  tmrender train vae --data data --init weights/stages/dmd_t2.safetensors "
         "--decoder-only --dec-blocks 0,1 --out runs/vae_dec --steps 2400"
     ),
 )
@@ -483,11 +508,11 @@ def _finish_stage(stage, out: Path, loop, resume: bool, export: Path | None) -> 
     short_help="Stage 3: the bidirectional audio-conditioned teacher DiT (flow matching).",
     epilog=(
         "Examples:\n\n"
-        "  tmrender train teacher --data data --init weights/stages/audio.safetensors "
-        "--out runs/teacher --steps 3000 --export weights/stages/teacher.safetensors\n\n"
-        "  tmrender train teacher --data data --init weights/stages/audio.safetensors "
+        "  tmrender train teacher --data data --init weights/stages/audio_t2.safetensors "
+        "--out runs/teacher --steps 3000 --export weights/stages/teacher_t2.safetensors\n\n"
+        "  tmrender train teacher --data data --init weights/stages/audio_t2.safetensors "
         "--out runs/teacher --device cuda --batch 128 --steps 4000 --lr 1e-3\n\n"
-        "  tmrender train teacher --data data --init weights/stages/audio.safetensors "
+        "  tmrender train teacher --data data --init weights/stages/audio_t2.safetensors "
         "--out runs/teacher --resume"
     ),
 )
@@ -541,14 +566,14 @@ def teacher_command(
     short_help="Stage 4: the sparse-causal student, regressed on the teacher's ODE trajectories.",
     epilog=(
         "Examples:\n\n"
-        "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
+        "  tmrender train ode --data data --init weights/stages/teacher_t2.safetensors "
         "--out runs/ode --pairs 1024 --steps 2000 --export weights/stages/ode.safetensors\n\n"
-        "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
+        "  tmrender train ode --data data --init weights/stages/teacher_t2.safetensors "
         "--out runs/ode --device cuda --pairs 8192 --pair-batch 512 --batch 128\n\n"
-        "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
+        "  tmrender train ode --data data --init weights/stages/teacher_t2.safetensors "
         "--out runs/ode --cache runs/teacher/latents.pt --resume\n\n"
-        "  tmrender train ode --data data --init weights/stages/teacher.safetensors "
-        "--student weights/stages/student.safetensors "
+        "  tmrender train ode --data data --init weights/stages/teacher_t2.safetensors "
+        "--student weights/stages/dmd_t2.safetensors "
         "--audio-heads weights/stages/audio_heads.safetensors "
         "--out runs/ode_narrow   (the narrow audio path)"
     ),
@@ -711,13 +736,13 @@ def audio_command(
     epilog=(
         "Examples:\n\n"
         "  tmrender train dmd --data data --init weights/stages/ode.safetensors "
-        "--teacher weights/stages/teacher.safetensors --ode-run runs/ode --out runs/dmd "
-        "--steps 600 --export weights/stages/dmd.safetensors\n\n"
+        "--teacher weights/stages/teacher_t2.safetensors --ode-run runs/ode --out runs/dmd "
+        "--steps 600 --export weights/stages/dmd_t2.safetensors\n\n"
         "  tmrender train dmd --data data --init weights/stages/ode.safetensors "
-        "--teacher weights/stages/teacher.safetensors --ode-run runs/ode --out runs/dmd "
+        "--teacher weights/stages/teacher_t2.safetensors --ode-run runs/ode --out runs/dmd "
         "--device cuda --batch 64 --reg-batch 64 --steps 1000\n\n"
         "  tmrender train dmd --data data --init weights/stages/ode.safetensors "
-        "--teacher weights/stages/teacher.safetensors --ode-run runs/ode --out runs/dmd "
+        "--teacher weights/stages/teacher_t2.safetensors --ode-run runs/ode --out runs/dmd "
         "--resume"
     ),
 )

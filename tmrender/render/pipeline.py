@@ -154,7 +154,7 @@ def render_frames(
         vae_device = next(model.vae.parameters()).device
         decode_stream = torch.cuda.Stream(vae_device) if vae_device.type == "cuda" else None
         taps = cfg.sampler.deflicker_taps if options.deflicker else ()
-        smoother = TemporalFilter(taps) if taps else None
+        smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
 
         def finish(decoded: Tensor) -> np.ndarray:
             """Decoded frames -> the video's next uint8 frames (gate, then filter)."""

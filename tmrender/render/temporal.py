@@ -7,6 +7,11 @@ steps without delaying anything (a causal filter would lag the mouth behind the 
 the price is `radius` frames held back until the frames after them arrive, and edge
 frames repeated at both ends of the video. The taps (1, 2, 2, 2, 1) have zeros at periods
 4 and 2, the latent boundary's pattern, and pass slow motion as it is.
+
+A linear filter also rounds off the mouth's fast turns, which blurs its timing: the A/V
+offset of a clip then drifts to +-1 frame. With `keep` = (lo, hi) the filter is edge-keeping:
+a pixel whose raw value is more than hi levels from the filtered one (a moving lip edge)
+keeps the raw value, one within lo levels (flicker) takes the filtered one.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from tmrender.config import symmetric_taps
 class TemporalFilter:
     """Stream filter: `push` blocks of frames (1, C, n, H, W) in order, then `flush`; the
     outputs add up to exactly the frames pushed, each the taps-weighted mean of its
-    neighbours (edges repeated). Holds at most 2 x radius frames between calls."""
+    neighbours (edges repeated), or with `keep` = (lo, hi) levels its edge-keeping blend
+    with the raw frame (frames in -1..1). Holds at most 2 x radius frames between calls."""
 
-    def __init__(self, taps: Sequence[float]) -> None:
+    def __init__(self, taps: Sequence[float], keep: Sequence[float] = ()) -> None:
         taps = tuple(float(w) for w in taps)
         assert symmetric_taps(taps), f"taps must be symmetric, of odd length, sum > 0: {taps}"
+        assert not keep or (len(keep) == 2 and 0 <= keep[0] < keep[1]), f"bad keep {keep}"
         self.weights = [w / sum(taps) for w in taps]
         self.radius = len(taps) // 2
+        self.keep = tuple(2 * float(v) / 255 for v in keep)  # levels -> the -1..1 scale
         self._buffer: Tensor | None = None  # frames not yet out, with `radius` before them
 
     def push(self, frames: Tensor) -> Tensor:
@@ -60,5 +68,15 @@ class TemporalFilter:
         if ready <= 0:
             return buffer[:, :, :0]
         out = sum(w * buffer[:, :, k : k + ready].float() for k, w in enumerate(self.weights))
+        if self.keep:
+            out = keep_edges(buffer[:, :, r : r + ready].float(), out, *self.keep)
         self._buffer = buffer[:, :, ready:]
         return out.to(buffer.dtype)
+
+
+def keep_edges(raw: Tensor, smooth: Tensor, lo: float, hi: float) -> Tensor:
+    """raw, smooth (1, C, n, H, W) -> smooth where |raw - smooth| (mean over C) <= lo, raw
+    where it is >= hi, linear between."""
+    diff = raw - smooth
+    share = ((diff.abs().mean(dim=1, keepdim=True) - lo) / (hi - lo)).clamp(0, 1)
+    return smooth + share * diff

@@ -54,6 +54,8 @@ class ExportOptions:
     seed: int = 0
     # the shipped sampler's `deflicker_taps` (None: as the student's file says)
     deflicker_taps: tuple[float, ...] | None = None
+    # and its edge-keeping levels `deflicker_keep` (None: as the student's file says)
+    deflicker_keep: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -204,9 +206,9 @@ def export_model(
     """
     # 1. The final stage's networks, in float32 on the CPU.
     model, meta = load_checkpoint(init)
-    if opts.deflicker_taps is not None:
-        sampler = replace(model.cfg.sampler, deflicker_taps=opts.deflicker_taps)
-        model.cfg = replace(model.cfg, sampler=sampler)
+    filters = {"deflicker_taps": opts.deflicker_taps, "deflicker_keep": opts.deflicker_keep}
+    if changed := {k: v for k, v in filters.items() if v is not None}:
+        model.cfg = replace(model.cfg, sampler=replace(model.cfg.sampler, **changed))
     # 2. Precision, network by network.
     if opts.dtype == "auto":
         if score is None:
