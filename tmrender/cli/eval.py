@@ -21,7 +21,7 @@ LONG_SECONDS = 600.0  # --long measures clips at least this long (first vs last 
         "  tmrender eval --model gt --model still --data data --out out/floors --clips 5\n\n"
         "  tmrender synth --out data/long --clips 2 --seconds 600 --split test\n\n"
         "  tmrender eval --model tm-mini --data data/long --out out/drift --long\n\n"
-        "  tmrender eval --data data --out out/gap --teacher weights/stages/teacher.safetensors"
+        "  tmrender eval --data data --out out/gap --teacher weights/stages/teacher_t2.safetensors"
     ),
 )
 def eval_command(
