@@ -249,6 +249,11 @@ def symmetric_taps(taps: tuple[float, ...]) -> bool:
     return len(taps) % 2 == 1 and taps == taps[::-1] and sum(taps) > 0
 
 
+def keep_levels(keep: tuple[float, ...]) -> bool:
+    """Whether edge-keeping levels are a pair (lo, hi) with 0 <= lo < hi."""
+    return len(keep) == 2 and 0 <= keep[0] < keep[1]
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """Rectified-flow sampling (`tmrender.diffusion`). Timesteps are in [0, 1], t = 1 noise."""
@@ -285,7 +290,7 @@ class SamplerConfig:
         object.__setattr__(self, "deflicker_taps", taps)
         keep = tuple(float(v) for v in self.deflicker_keep)
         object.__setattr__(self, "deflicker_keep", keep)
-        assert not keep or (len(keep) == 2 and 0 <= keep[0] < keep[1]), (
+        assert not keep or keep_levels(keep), (
             f"deflicker_keep must be () or (lo, hi) with 0 <= lo < hi: {keep}"
         )
         assert not taps or symmetric_taps(taps), (

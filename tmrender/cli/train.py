@@ -238,25 +238,23 @@ def export_command(
 def parse_taps(text: str | None) -> tuple[float, ...] | None:
     """--deflicker: None -> None (keep), "none" -> () (off), "1,2,1" -> (1.0, 2.0, 1.0);
     the taps must pass `SamplerConfig`'s own check."""
-    from tmrender.config import SamplerConfig
-    from tmrender.errors import UserInputError
-
-    if text is None:
-        return None
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        taps = tuple(float(v) for v in text.split(","))
-        return SamplerConfig(deflicker_taps=taps).deflicker_taps
-    except (ValueError, AssertionError) as err:
-        raise UserInputError(
-            f"--deflicker needs symmetric taps of odd length and positive sum, e.g. 1,2,2,2,1; "
-            f"got {text!r}"
-        ) from err
+    return _sampler_numbers(
+        text, "deflicker_taps", "--deflicker needs symmetric taps of odd length and positive "
+        "sum, e.g. 1,2,2,2,1",
+    )  # fmt: skip
 
 
 def parse_keep(text: str | None) -> tuple[float, ...] | None:
     """--deflicker-keep: None -> None (keep), "none" -> () (off), "6,16" -> (6.0, 16.0)."""
+    return _sampler_numbers(
+        text, "deflicker_keep", "--deflicker-keep needs two levels lo,hi with 0 <= lo < hi, "
+        "e.g. 6,16",
+    )  # fmt: skip
+
+
+def _sampler_numbers(text: str | None, field: str, need: str) -> tuple[float, ...] | None:
+    """Comma-separated numbers for the SamplerConfig `field`, checked by SamplerConfig;
+    None -> None, "none" -> (); anything else: one line (`need`) and exit 2."""
     from tmrender.config import SamplerConfig
     from tmrender.errors import UserInputError
 
@@ -265,11 +263,10 @@ def parse_keep(text: str | None) -> tuple[float, ...] | None:
     if text.strip().lower() == "none":
         return ()
     try:
-        return SamplerConfig(deflicker_keep=tuple(float(v) for v in text.split(","))).deflicker_keep
+        numbers = tuple(float(v) for v in text.split(","))
+        return getattr(SamplerConfig(**{field: numbers}), field)
     except (ValueError, AssertionError) as err:
-        raise UserInputError(
-            f"--deflicker-keep needs two levels lo,hi with 0 <= lo < hi, e.g. 6,16; got {text!r}"
-        ) from err
+        raise UserInputError(f"{need}; got {text!r}") from err
 
 
 def parse_blocks(text: str) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tmrender.config import symmetric_taps
+from tmrender.config import keep_levels, symmetric_taps
 
 
 class TemporalFilter:
@@ -33,10 +33,11 @@ class TemporalFilter:
     def __init__(self, taps: Sequence[float], keep: Sequence[float] = ()) -> None:
         taps = tuple(float(w) for w in taps)
         assert symmetric_taps(taps), f"taps must be symmetric, of odd length, sum > 0: {taps}"
-        assert not keep or (len(keep) == 2 and 0 <= keep[0] < keep[1]), f"bad keep {keep}"
+        keep = tuple(float(v) for v in keep)
+        assert not keep or keep_levels(keep), f"keep must be () or (lo, hi), 0 <= lo < hi: {keep}"
         self.weights = [w / sum(taps) for w in taps]
         self.radius = len(taps) // 2
-        self.keep = tuple(2 * float(v) / 255 for v in keep)  # levels -> the -1..1 scale
+        self.keep = tuple(2 * v / 255 for v in keep)  # levels -> the -1..1 scale
         self._buffer: Tensor | None = None  # frames not yet out, with `radius` before them
 
     def push(self, frames: Tensor) -> Tensor:
