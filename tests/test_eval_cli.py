@@ -143,7 +143,13 @@ def test_long_mode_measures_first_and_last_windows(corpus, tmp_path):
     meta = {"data": str(corpus), "split": "test", "clips": 2, "long": True,
             "reader": {"path": "x", "sha256": "y"}}  # fmt: skip
     report.write_report(tmp_path, results, traces, meta)
-    assert "Drift: first vs last minute" in (tmp_path / "index.html").read_text()
+    page = (tmp_path / "index.html").read_text()
+    assert "Drift: first vs last minute" in page and "Window by window" in page
+    assert (tmp_path / report.DRIFT_PNG).stat().st_size > 0
+    # 3 s clips, 1 s windows: three of them; the truth against itself neither drifts nor
+    # trends, the held still image loses PSNR window after window
+    assert len(gt["windows"]) == 3 and gt["trend"]["psnr"] == 0.0
+    assert still["trend"]["psnr"] < 0 and len(results["still"]["clips"][0]["windows"]) == 3
 
 
 def test_a_late_video_is_caught_by_the_offset(corpus):

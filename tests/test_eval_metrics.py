@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tmrender.eval import metrics
-from tmrender.eval.suite import drift
+from tmrender.eval.suite import drift, trend
 
 
 def smooth_curve(n: int, seed: int = 0) -> np.ndarray:
@@ -163,3 +163,16 @@ def test_drift_is_relative_change_but_absolute_for_the_pause_opening():
     assert out["silence_open"] == pytest.approx(0.02)
     assert out["ssim"] is None  # relative to zero: undefined
     assert out["motion_ratio"] is None  # not measured
+
+
+def test_trend_fits_a_line_through_all_windows():
+    line = [{"psnr": 30.0 - 0.5 * i, "silence_open": 0.01 * i, "sync_r": 0.9} for i in range(5)]
+    out = trend(line)
+    assert out["psnr"] == pytest.approx(-2.0 / 30.0, abs=1e-5)  # relative: 30 -> 28
+    assert out["silence_open"] == pytest.approx(0.04, abs=1e-5)  # absolute: 0 -> 0.04
+    assert out["sync_r"] == 0.0 and out["motion_ratio"] is None  # flat; never measured
+    # content noise about a gentle slope: the two ends alone say -20%, the line -8%
+    noisy = [{"motion_ratio": v} for v in (1.0, 0.9, 1.1, 1.1, 0.9, 1.1, 1.2, 0.9, 1.0, 0.8)]
+    assert drift(noisy[0], noisy[-1])["motion_ratio"] == pytest.approx(-0.2)
+    assert trend(noisy)["motion_ratio"] == pytest.approx(-0.084, abs=1e-3)
+    assert trend(line[:2])["psnr"] is None  # fewer than 3 windows

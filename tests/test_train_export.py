@@ -145,6 +145,11 @@ def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
     for bad in ("6", "16,6", "a,b"):
         code, _, err = run(capsys, *args, "--deflicker-keep", bad)
         assert code == 2 and "--deflicker-keep" in err
+    run(capsys, *args, "--deflicker", "1,2,1", "--deflicker-keep", "6,16")
+    run(capsys, *args, "--deflicker", "none")  # the filter off takes its levels with it
+    assert read_metadata(out)["config"].sampler.deflicker_keep == ()
+    code, _, err = run(capsys, *args, "--deflicker", "none", "--deflicker-keep", "6,16")
+    assert code == 2 and "--deflicker-keep needs a filter" in err and "Traceback" not in err
 
 
 def test_lipsync_score_renders_held_out_clips(tmp_path):

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.data.corpus import FPS
-from tmrender.eval.suite import METRICS, SCHEMA, TARGETS, ClipTrace
+from tmrender.eval.suite import DRIFT_METRICS, METRICS, SCHEMA, TARGETS, ClipTrace
 
 COLOURS = {"gt": "tab:green", "still": "tab:grey", "loudness": "tab:orange"}
 MODEL_COLOUR = "tab:blue"
 PLOT_SECONDS = 30  # clips up to this long are drawn whole
 LONG_PLOT_SECONDS = 20  # longer ones: their first and last this many seconds
+DRIFT_PNG = "drift.png"  # long runs: the drift metrics window by window
 TARGET_CELLS = {  # the figures of DESIGN.md section 6, as table cells
     "sync_r": f">= {TARGETS['sync_r']}",
     "offset": str(TARGETS["offset"]),
@@ -172,20 +173,67 @@ def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def drift_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
-    """(header, rows) of first-window, last-window and drift figures, or None (not long)."""
+    """(header, rows) of first-window, last-window, drift and fitted-trend figures, or None
+    (not long)."""
     if not any("drift" in r["summary"] for r in results.values()):
         return None
     keys = [k for k in METRICS if k in next(iter(results.values()))["summary"]["drift"]]
-    header = ["source", *[f"{k} first / last / drift" for k in keys]]
+    header = ["source", *[f"{k} first / last / drift / trend" for k in keys]]
     rows = []
     for name, result in results.items():
         s = result["summary"]
+        trend = s.get("trend", {})
         cells = [
-            f"{_fmt(s['first'].get(k))} / {_fmt(s['last'].get(k))} / {_fmt(s['drift'].get(k))}"
+            " / ".join(
+                _fmt(v)
+                for v in (s["first"].get(k), s["last"].get(k), s["drift"].get(k), trend.get(k))
+            )  # fmt: skip
             for k in keys
         ]
         rows.append([name, *cells])
     return header, rows
+
+
+def window_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows): each drift metric of each source window by window (minute by minute
+    by default), or None (not long)."""
+    if not any(r["summary"].get("windows") for r in results.values()):
+        return None
+    count = max(len(r["summary"].get("windows", [])) for r in results.values())
+    header = ["source / metric", *[str(i + 1) for i in range(count)]]
+    rows = []
+    for name, result in results.items():
+        windows = result["summary"].get("windows", [])
+        for key in DRIFT_METRICS:
+            rows.append([f"{name} {key}", *[_fmt(w.get(key)) for w in windows]])
+    return header, rows
+
+
+def plot_windows(path: Path, results: dict, window_seconds: float) -> bool:
+    """drift PNG: each drift metric window by window, a line per source; False (nothing
+    written) when no source has windows."""
+    sources = {
+        n: r["summary"]["windows"] for n, r in results.items() if r["summary"].get("windows")
+    }
+    if not sources:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(DRIFT_METRICS), figsize=(3.2 * len(DRIFT_METRICS), 2.8))
+    for ax, key in zip(axes, DRIFT_METRICS, strict=True):
+        for name, windows in sources.items():
+            x = [
+                (i + 1) * window_seconds / 60
+                for i, w in enumerate(windows)
+                if w.get(key) is not None
+            ]
+            y = [w[key] for w in windows if w.get(key) is not None]
+            ax.plot(x, y, marker="o", markersize=3, label=name)
+        ax.set(title=METRIC_LABELS.get(key, key), xlabel="minute")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def _fmt(value) -> str:
@@ -223,7 +271,18 @@ def write_html(path: Path, report: dict, figures: list[dict]) -> None:
     ]
     drift = drift_table(report["sources"])
     if drift:
-        parts += ["<h2>Drift: first vs last minute</h2>", _html_table(*drift)]
+        parts += [
+            "<h2>Drift: first vs last minute</h2>",
+            "<p>trend: the change from the first window to the last along a least-squares "
+            "line through all windows (content varies from minute to minute; a drifting "
+            "model moves the line).</p>",
+            _html_table(*drift),
+        ]
+    windows = window_table(report["sources"])
+    if windows:
+        parts += ["<h2>Window by window</h2>", _html_table(*windows)]
+        if (path.parent / DRIFT_PNG).exists():
+            parts.append(f"<img src='{DRIFT_PNG}'>")
     for fig in figures:
         parts.append(f"<h2>{html.escape(fig['clip'])}</h2><img src='{fig['opening']}'>")
         parts += [f"<img src='{src}'>" for src in fig["strips"].values()]
@@ -236,5 +295,7 @@ def write_report(out: Path, results: dict, traces: list[dict[str, ClipTrace]], m
     report = build_report(results, meta)
     write_json(out / "report.json", report)
     figures = write_figures(out, traces)
+    (out / DRIFT_PNG).unlink(missing_ok=True)
+    plot_windows(out / DRIFT_PNG, results, meta.get("options", {}).get("window_seconds", 60.0))
     write_html(out / "index.html", report, figures)
     return report

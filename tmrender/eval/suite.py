@@ -16,7 +16,11 @@ Per clip and source (`clip_metrics`), over a frame window:
 
 Long clips (`window_seconds` or more, `tmrender eval --long`) are also measured over their
 first and last `window_seconds`; `drift` is (last - first) / |first| per metric
-(last - first for the opening in pauses, a level near 0).
+(last - first for the opening in pauses, a level near 0). They are measured window by
+window too (`windows`, minute by minute by default), and `trend` is the change that a
+least-squares line through all windows makes from the first to the last: two single
+minutes differ by what is said and how the head happens to move in them, a line through
+all ten tells a model that drifts from one whose content varies.
 """
 
 from __future__ import annotations
@@ -147,6 +151,26 @@ def drift(first: dict, last: dict) -> dict:
     return out
 
 
+def trend(windows: list[dict]) -> dict:
+    """Per `DRIFT_METRICS` entry, the change from the first to the last of consecutive
+    windows along a least-squares line through all of them: relative to the line's first
+    value, or absolute for `ABSOLUTE_DRIFT` (as `drift`); None with fewer than 3 values."""
+    out = {}
+    for key in DRIFT_METRICS:
+        points = [(i, w[key]) for i, w in enumerate(windows) if w.get(key) is not None]
+        if len(points) < 3:
+            out[key] = None
+            continue
+        x, y = np.array(points, dtype=np.float64).T
+        slope, start = np.polyfit(x, y, 1)
+        end = start + slope * (len(windows) - 1)
+        if key in ABSOLUTE_DRIFT:
+            out[key] = _round(end - start)
+        else:
+            out[key] = None if abs(start) < 1e-9 else _round((end - start) / abs(start))
+    return out
+
+
 def clip_metrics(
     generated: np.ndarray,
     clip: Clip,
@@ -155,7 +179,8 @@ def clip_metrics(
     long: bool = False,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of one generated clip: {"all": ..., and when `long` "first", "last",
-    "drift"}; also returns the reader's (T, k) outputs on the generated frames."""
+    "drift", "windows" (one per whole window, in order)}; also returns the reader's (T, k)
+    outputs on the generated frames."""
     assert generated.shape == clip.frames.shape, (
         f"generated {generated.shape} vs true {clip.frames.shape}"
     )
@@ -169,6 +194,10 @@ def clip_metrics(
         result["first"] = window_metrics(generated, clip, read, pauses, 0, min(w, n), opts)
         result["last"] = window_metrics(generated, clip, read, pauses, max(0, n - w), n, opts)
         result["drift"] = drift(result["first"], result["last"])
+        result["windows"] = [
+            window_metrics(generated, clip, read, pauses, lo, lo + w, opts)
+            for lo in range(0, n - w + 1, w)
+        ]
     return result, read
 
 
@@ -240,7 +269,8 @@ def _trace(clip: Clip, generated: np.ndarray, read: np.ndarray, measured: dict, 
 def summarise(rows: list[dict], long: bool) -> dict:
     """Means over clips of each metric, the worst clip's sync_r, the share of clips with
     offset 0 and the render's real-time factor (render seconds / audio seconds); with
-    `long`, the means for the first/last windows and the drift too."""
+    `long`, the means for the first/last windows and the drift too, the means window by
+    window over the windows every clip has, and their `trend`."""
     out = {"clips": len(rows)}
     out.update(_mean_metrics([r["all"] for r in rows]))
     sync = [r["all"]["sync_r"] for r in rows if r["all"]["sync_r"] is not None]
@@ -251,6 +281,9 @@ def summarise(rows: list[dict], long: bool) -> dict:
     if long:
         for part in ("first", "last", "drift"):
             out[part] = _mean_metrics([r[part] for r in rows])
+        count = min(len(r["windows"]) for r in rows) if rows else 0
+        out["windows"] = [_mean_metrics([r["windows"][i] for r in rows]) for i in range(count)]
+        out["trend"] = trend(out["windows"])
     return out
 
 

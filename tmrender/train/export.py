@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tmrender.config import SamplerConfig
 from tmrender.errors import UserInputError
 from tmrender.eval.mouth import record_checksum
 from tmrender.files import atomic_write, sha256_file
@@ -62,6 +63,20 @@ class ExportOptions:
             raise UserInputError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.clips < 1 or self.seconds <= 0:
             raise UserInputError("--clips must be at least 1 and --seconds positive")
+
+
+def shipped_filter(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfig:
+    """The student's sampler with the deflicker taps and edge-keeping levels that `opts`
+    sets (None: as the student's file says). Turning the filter off drops its levels
+    too; levels for no filter at all are refused (they would be silently ignored)."""
+    taps = sampler.deflicker_taps if opts.deflicker_taps is None else opts.deflicker_taps
+    keep = sampler.deflicker_keep if opts.deflicker_keep is None else opts.deflicker_keep
+    if keep and not taps:
+        if opts.deflicker_keep:
+            raise UserInputError("--deflicker-keep needs a filter to keep edges from: give "
+                                 "--deflicker taps too")  # fmt: skip
+        keep = ()
+    return replace(sampler, deflicker_taps=taps, deflicker_keep=keep)
 
 
 # -- precision ------------------------------------------------------------------------------
@@ -206,9 +221,7 @@ def export_model(
     """
     # 1. The final stage's networks, in float32 on the CPU.
     model, meta = load_checkpoint(init)
-    filters = {"deflicker_taps": opts.deflicker_taps, "deflicker_keep": opts.deflicker_keep}
-    if changed := {k: v for k, v in filters.items() if v is not None}:
-        model.cfg = replace(model.cfg, sampler=replace(model.cfg.sampler, **changed))
+    model.cfg = replace(model.cfg, sampler=shipped_filter(model.cfg.sampler, opts))
     # 2. Precision, network by network.
     if opts.dtype == "auto":
         if score is None:
