@@ -80,6 +80,30 @@ def test_the_deflicker_filter_is_the_models_zero_lag_filter(model, face, tmp_pat
     assert np.abs(again - filtered.astype(np.float32)).max() <= 1.0 + 1e-4
 
 
+def test_retiming_is_the_models_and_comes_before_the_filter(model, face, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from tmrender.render.temporal import Retimer, TemporalFilter
+
+    audio = tone(tmp_path / "a.wav", 1.37)
+    raw = collect(model, face, audio, deflicker=False)
+    sampler = replace(model.cfg.sampler, retime=(0.1, 0.25))
+    monkeypatch.setattr(model, "cfg", replace(model.cfg, sampler=sampler))
+    assert np.array_equal(collect(model, face, audio, deflicker=False), raw)  # raw: untouched
+    video = torch.from_numpy(raw).permute(3, 0, 1, 2)[None].float()
+    retimer = Retimer(model.cfg.frames_per_latent, (0.1, 0.25))
+    smoother = TemporalFilter(sampler.deflicker_taps)
+    again = torch.cat([smoother.push(retimer.push(video)), smoother.push(retimer.flush())], 2)
+    again = torch.cat([again, smoother.flush()], dim=2)[0].permute(1, 2, 3, 0).numpy()
+    processed = collect(model, face, audio)
+    assert processed.shape == raw.shape
+    # the renderer works before rounding and clamping to uint8: at most one level apart
+    # wherever no frame of the pixel was clamped
+    inside = ((raw > 0) & (raw < 255)).all(axis=0)
+    assert inside.mean() > 0.5
+    assert np.abs(again - processed.astype(np.float32))[:, inside].max() <= 1.0 + 1e-4
+
+
 def test_video_file_has_exact_frames_and_audio(model, face, tmp_path):
     audio = tone(tmp_path / "speech.wav", 2.13)
     out = tmp_path / "out.mp4"

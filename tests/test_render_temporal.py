@@ -1,4 +1,5 @@
-"""The zero-lag temporal filter against latent-boundary flicker (tmrender.render.temporal)."""
+"""The zero-lag temporal filter against latent-boundary flicker and the re-timing within
+latents (tmrender.render.temporal)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from tmrender.config import SamplerConfig
-from tmrender.render.temporal import TemporalFilter
+from tmrender.render.temporal import Retimer, TemporalFilter
 
 TAPS = (1, 2, 2, 2, 1)
 
@@ -107,3 +108,51 @@ def test_to_uint8_rounds_clamps_and_puts_channels_last():
     pixels = to_uint8(frames)
     assert pixels.shape == (5, 2, 1, 3) and pixels.dtype == np.uint8
     assert pixels[:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def retimed(x: torch.Tensor, per_latent: int, back: float, forward: float) -> torch.Tensor:
+    """Re-timing of a whole clip at once (1, C, T, H, W), written frame by frame."""
+    out = x.clone()
+    n = x.shape[2]
+    for i in range(n):
+        prev, nxt = x[:, :, max(i - 1, 0)], x[:, :, min(i + 1, n - 1)]
+        if i % per_latent == 0:
+            out[:, :, i] = (1 - back) * x[:, :, i] + back * prev
+        if i % per_latent == per_latent - 1:
+            out[:, :, i] = (1 - forward) * x[:, :, i] + forward * nxt
+    return out
+
+
+@pytest.mark.parametrize("per_latent", [2, 4])
+@pytest.mark.parametrize("cuts", [(), (1,), (1, 1, 2, 9), (3, 4, 5, 6, 7)])
+def test_retimer_streams_the_whole_clip_retiming(per_latent, cuts):
+    x = torch.rand(1, 3, 13, 4, 5, generator=torch.Generator().manual_seed(1))
+    r = Retimer(per_latent, (0.1, 0.25))
+    bounds = [0, *cuts, 13]
+    out = [r.push(x[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    out = torch.cat([*out, r.flush()], dim=2)
+    assert out.shape == x.shape
+    assert torch.allclose(out, retimed(x, per_latent, 0.1, 0.25), atol=1e-6)
+    if per_latent == 4:  # the frames inside a latent pass as they are
+        assert torch.equal(out[:, :, 1:3], x[:, :, 1:3])
+    empty = Retimer(2, (0.1, 0.25))
+    assert empty.push(x[:, :, :0]).shape[2] == 0 and empty.flush() is None
+
+
+def test_retiming_moves_a_held_step_to_its_own_time():
+    """A ramp held for 2 frames per latent (sample-and-hold at the latents' centres) comes
+    back as the ramp itself: each frame at its own time."""
+    held = torch.tensor([0.5, 0.5, 2.5, 2.5, 4.5, 4.5, 6.5, 6.5]).view(1, 1, 8, 1, 1)
+    r = Retimer(2, (0.25, 0.25))
+    out = torch.cat([r.push(held), r.flush()], dim=2).flatten()
+    assert torch.allclose(out[1:-1], torch.arange(1.0, 7.0))  # the ends have no neighbour
+
+
+@pytest.mark.parametrize("weights", [(0.6, 0.1), (0.1,), (-0.1, 0.2)])
+def test_retime_weights_are_a_pair_within_half(weights):
+    with pytest.raises(AssertionError):
+        Retimer(2, weights)
+    with pytest.raises(AssertionError):
+        SamplerConfig(retime=weights)
+    assert SamplerConfig(retime=[0.1, 0.25]).retime == (0.1, 0.25)
+    assert SamplerConfig().retime == ()

@@ -152,6 +152,19 @@ def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
     assert code == 2 and "--deflicker-keep needs a filter" in err and "Traceback" not in err
 
 
+def test_export_sets_the_retiming(stages, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
+            "--dtype", "float32")  # fmt: skip
+    code, _, _ = run(capsys, *args, "--retime", "0.1,0.25")
+    assert code == 0 and read_metadata(out)["config"].sampler.retime == (0.1, 0.25)
+    run(capsys, *args, "--retime", "none")
+    assert read_metadata(out)["config"].sampler.retime == ()
+    for bad in ("0.1", "0.6,0.1", "a,b"):
+        code, _, err = run(capsys, *args, "--retime", bad)
+        assert code == 2 and "--retime" in err and "Traceback" not in err
+
+
 def test_lipsync_score_renders_held_out_clips(tmp_path):
     from tmrender.eval.mouth import load_mouth_reader
 

@@ -249,6 +249,11 @@ def symmetric_taps(taps: tuple[float, ...]) -> bool:
     return len(taps) % 2 == 1 and taps == taps[::-1] and sum(taps) > 0
 
 
+def retime_weights(weights: tuple[float, ...]) -> bool:
+    """Whether re-timing weights are () or (back, forward), each in 0..0.5."""
+    return len(weights) == 0 or (len(weights) == 2 and all(0.0 <= w <= 0.5 for w in weights))
+
+
 def keep_levels(keep: tuple[float, ...]) -> bool:
     """Whether edge-keeping levels are a pair (lo, hi) with 0 <= lo < hi."""
     return len(keep) == 2 and 0 <= keep[0] < keep[1]
@@ -281,6 +286,11 @@ class SamplerConfig:
     # filtered one, a linear blend between. Flicker is a step of a few levels, a moving lip
     # edge tens: the filter then removes the one and leaves the other (and its timing) alone
     deflicker_keep: tuple[float, ...] = ()
+    # (back, forward) in 0..0.5, () = off, applied before the filter
+    # (`tmrender.render.temporal.Retimer`): the decoder shows about the same mouth on every
+    # frame of a latent, so the first frame of each latent leans back towards the frame
+    # before it by `back`, the last forward towards the frame after it by `forward`
+    retime: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -293,6 +303,9 @@ class SamplerConfig:
         assert not keep or keep_levels(keep), (
             f"deflicker_keep must be () or (lo, hi) with 0 <= lo < hi: {keep}"
         )
+        retime = tuple(float(v) for v in self.retime)
+        object.__setattr__(self, "retime", retime)
+        assert retime_weights(retime), f"retime must be () or (back, forward) in 0..0.5: {retime}"
         assert not taps or symmetric_taps(taps), (
             f"deflicker_taps must be symmetric, of odd length, with a positive sum: {taps}"
         )

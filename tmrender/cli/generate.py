@@ -70,7 +70,8 @@ def generate(
         bool,
         typer.Option(
             "--deflicker/--no-deflicker",
-            help="Apply the model's zero-lag filter over time, if it names one.",
+            help="Apply the model's frame post-processing over time, if it names any: "
+            "re-timing within latents and the zero-lag filter.",
         ),
     ] = True,
     cuda_graphs: Annotated[

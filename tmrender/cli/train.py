@@ -211,6 +211,14 @@ def export_command(
             "(default: as the student's file says)."
         ),
     ] = None,
+    retime: Annotated[
+        str | None,
+        typer.Option(
+            help="Re-timing back,forward (each 0..0.5), e.g. 0.1,0.25: each latent's first "
+            "frame leans back towards the frame before, its last forward towards the frame "
+            "after; 'none': off (default: as the student's file says)."
+        ),
+    ] = None,
 ) -> None:
     """Write the shipped model: all networks in one file, fp16 where lip sync does not move,
     provenance in its metadata, and its line in the output folder's SHA256SUMS."""
@@ -223,6 +231,7 @@ def export_command(
     opts = recipe.ExportOptions(
         dtype=dtype, clips=clips, seconds=seconds, split=split,
         deflicker_taps=parse_taps(deflicker), deflicker_keep=parse_keep(deflicker_keep),
+        retime=parse_retime(retime),
     )  # fmt: skip
     torch.set_num_threads(threads)
     score = None
@@ -250,6 +259,13 @@ def parse_keep(text: str | None) -> tuple[float, ...] | None:
         text, "deflicker_keep", "--deflicker-keep needs two levels lo,hi with 0 <= lo < hi, "
         "e.g. 6,16",
     )  # fmt: skip
+
+
+def parse_retime(text: str | None) -> tuple[float, ...] | None:
+    """--retime: None -> None (keep), "none" -> () (off), "0.1,0.25" -> (0.1, 0.25)."""
+    return _sampler_numbers(
+        text, "retime", "--retime needs two weights back,forward, each 0..0.5, e.g. 0.1,0.25"
+    )
 
 
 def _sampler_numbers(text: str | None, field: str, need: str) -> tuple[float, ...] | None:

@@ -36,7 +36,7 @@ from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream
 from tmrender.render.features import FeatureProducer, FeatureTimeline
 from tmrender.render.graphs import ChunkGraph, graph_ready
 from tmrender.render.image import CropBox, load_image
-from tmrender.render.temporal import TemporalFilter
+from tmrender.render.temporal import Retimer, TemporalFilter
 from tmrender.render.video import DEFAULT_CRF, VideoWriter
 
 Mode = Literal["auto", "speaking", "silence"]
@@ -58,7 +58,9 @@ class RenderOptions:
     crf: int = DEFAULT_CRF
     # compute
     intra_op_threads: int = 1  # torch threads per stage on the CPU (stages run in parallel)
-    # the model's zero-lag filter against latent-boundary flicker (`SamplerConfig.deflicker_taps`)
+    # the model's frame post-processing: re-timing within latents (`SamplerConfig.retime`)
+    # and the zero-lag filter against latent-boundary flicker (`deflicker_taps`); False =
+    # the decoder's frames as they are
     deflicker: bool = True
     # on a GPU: capture the steady chunk step (denoising steps + commit) in a CUDA graph
     # and replay it (`tmrender.render.graphs`): one launch per chunk instead of thousands
@@ -155,10 +157,12 @@ def render_frames(
         decode_stream = torch.cuda.Stream(vae_device) if vae_device.type == "cuda" else None
         taps = cfg.sampler.deflicker_taps if options.deflicker else ()
         smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
+        retimer = frame_retimer(cfg, options)
 
         def finish(decoded: Tensor) -> np.ndarray:
-            """Decoded frames -> the video's next uint8 frames (gate, then filter)."""
+            """Decoded frames -> the video's next uint8 frames (gate, re-time, filter)."""
             decoded = gate(decoded)
+            decoded = retimer.push(decoded) if retimer else decoded
             return to_uint8(smoother.push(decoded) if smoother else decoded)
 
         while (item := _take(latents, stop)) is not None:
@@ -178,6 +182,8 @@ def render_frames(
         with torch.inference_mode(), _side_stream(decode_stream, None):
             held = decoder.flush()
             tails = [finish(held)] if held is not None else []
+            if retimer is not None and (last := retimer.flush()) is not None:
+                tails.append(to_uint8(smoother.push(last) if smoother else last))
             if smoother is not None and (rest := smoother.flush()) is not None:
                 tails.append(to_uint8(rest))
         for frames in tails:
@@ -226,6 +232,15 @@ def render_video(
     stats.stage_seconds["video_encode"] += time.perf_counter() - tick
     stats.wall_seconds = time.perf_counter() - start
     return stats
+
+
+def frame_retimer(cfg, options: RenderOptions) -> Retimer | None:
+    """The model's re-timing of each latent's frames (`SamplerConfig.retime`), or None when
+    it has none, the raw frames are asked for, or each latent makes one frame."""
+    weights = cfg.sampler.retime
+    if not weights or not options.deflicker or cfg.frames_per_latent < 2:
+        return None
+    return Retimer(cfg.frames_per_latent, weights)
 
 
 def latent_chunks(

@@ -12,6 +12,13 @@ A linear filter also rounds off the mouth's fast turns, which blurs its timing: 
 offset of a clip then drifts to +-1 frame. With `keep` = (lo, hi) the filter is edge-keeping:
 a pixel whose raw value is more than hi levels from the filtered one (a moving lip edge)
 keeps the raw value, one within lo levels (flicker) takes the filtered one.
+
+`Retimer` comes before the filter. The student's latent frames each cover
+`frames_per_latent` video frames, and the decoder shows nearly the same mouth on all of
+them: a sample-and-hold, so the first frame of a latent shows the mouth a little early
+and the last a little late (about -0.4 and +0.5 frame at stride 2). Leaning the first frame
+back towards the frame before it and the last forward towards the frame after it
+interpolates between the latents' centres and puts each frame back at its own time.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tmrender.config import keep_levels, symmetric_taps
+from tmrender.config import keep_levels, retime_weights, symmetric_taps
 
 
 class TemporalFilter:
@@ -81,3 +88,53 @@ def keep_edges(raw: Tensor, smooth: Tensor, lo: float, hi: float) -> Tensor:
     diff = raw - smooth
     share = ((diff.abs().mean(dim=1, keepdim=True) - lo) / (hi - lo)).clamp(0, 1)
     return smooth + share * diff
+
+
+class Retimer:
+    """Stream re-timing of decoded frames whose latents each cover `frames_per_latent` (>= 2)
+    of them: `push` blocks (1, C, n, H, W) in order, the first frame pushed being a latent's
+    first, then `flush`. The first frame of each latent becomes (1 - back) x + back x_prev,
+    the last (1 - forward) x + forward x_next (raw neighbours; the video's ends use their
+    own frame); others pass as they are. Holds back one frame between calls."""
+
+    def __init__(self, frames_per_latent: int, weights: Sequence[float]) -> None:
+        assert frames_per_latent >= 2, f"nothing to re-time at {frames_per_latent} frame per latent"
+        weights = tuple(float(v) for v in weights)
+        assert retime_weights(weights), f"weights must be (back, forward) in 0..0.5: {weights}"
+        self.frames_per_latent = frames_per_latent
+        self.back, self.forward = weights
+        self._prev: Tensor | None = None  # the raw frame before the held one
+        self._held: Tensor | None = None  # raw frames not yet out (the last waits for its next)
+        self._index = 0  # video frame number of the first held frame
+
+    def push(self, frames: Tensor) -> Tensor:
+        """frames (1, C, n, H, W), n >= 0 -> the frames now complete (1, C, m, H, W)."""
+        assert frames.ndim == 5, f"frames must be 1, C, n, H, W; got {tuple(frames.shape)}"
+        held = frames if self._held is None else torch.cat((self._held, frames), dim=2)
+        if held.shape[2] <= 1:
+            self._held = held if held.shape[2] else None
+            return held[:, :, :0]
+        out = self._retime(held, held[:, :, -1:])[:, :, :-1]
+        self._prev, self._held = held[:, :, -2:-1], held[:, :, -1:]
+        self._index += out.shape[2]
+        return out
+
+    def flush(self) -> Tensor | None:
+        """The held-back frame (1, C, 1, H, W), its own next; None when nothing was pushed."""
+        if self._held is None:
+            return None
+        out = self._retime(self._held, self._held[:, :, -1:])
+        self._held = None
+        return out
+
+    def _retime(self, frames: Tensor, after: Tensor) -> Tensor:
+        n = frames.shape[2]
+        before = frames[:, :, :1] if self._prev is None else self._prev
+        prev = torch.cat((before, frames[:, :, :-1]), dim=2).float()
+        nxt = torch.cat((frames[:, :, 1:], after), dim=2).float()
+        phase = (self._index + torch.arange(n, device=frames.device)) % self.frames_per_latent
+        back = torch.where(phase == 0, self.back, 0.0).view(1, 1, n, 1, 1)
+        forward = torch.where(phase == self.frames_per_latent - 1, self.forward, 0.0)
+        forward = forward.view(1, 1, n, 1, 1)
+        out = (1 - back - forward) * frames.float() + back * prev + forward * nxt
+        return out.to(frames.dtype)

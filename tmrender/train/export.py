@@ -57,6 +57,8 @@ class ExportOptions:
     deflicker_taps: tuple[float, ...] | None = None
     # and its edge-keeping levels `deflicker_keep` (None: as the student's file says)
     deflicker_keep: tuple[float, ...] | None = None
+    # and the re-timing weights `retime` before it (None: as the student's file says)
+    retime: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -65,10 +67,11 @@ class ExportOptions:
             raise UserInputError("--clips must be at least 1 and --seconds positive")
 
 
-def shipped_filter(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfig:
-    """The student's sampler with the deflicker taps and edge-keeping levels that `opts`
-    sets (None: as the student's file says). Turning the filter off drops its levels
-    too; levels for no filter at all are refused (they would be silently ignored)."""
+def shipped_sampler(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfig:
+    """The student's sampler with the deflicker taps, edge-keeping levels and re-timing
+    weights that `opts` sets (None: as the student's file says). Turning the filter off
+    drops its levels too; levels for no filter at all are refused (they would be silently
+    ignored)."""
     taps = sampler.deflicker_taps if opts.deflicker_taps is None else opts.deflicker_taps
     keep = sampler.deflicker_keep if opts.deflicker_keep is None else opts.deflicker_keep
     if keep and not taps:
@@ -76,7 +79,8 @@ def shipped_filter(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfig
             raise UserInputError("--deflicker-keep needs a filter to keep edges from: give "
                                  "--deflicker taps too")  # fmt: skip
         keep = ()
-    return replace(sampler, deflicker_taps=taps, deflicker_keep=keep)
+    retime = sampler.retime if opts.retime is None else opts.retime
+    return replace(sampler, deflicker_taps=taps, deflicker_keep=keep, retime=retime)
 
 
 # -- precision ------------------------------------------------------------------------------
@@ -221,7 +225,7 @@ def export_model(
     """
     # 1. The final stage's networks, in float32 on the CPU.
     model, meta = load_checkpoint(init)
-    model.cfg = replace(model.cfg, sampler=shipped_filter(model.cfg.sampler, opts))
+    model.cfg = replace(model.cfg, sampler=shipped_sampler(model.cfg.sampler, opts))
     # 2. Precision, network by network.
     if opts.dtype == "auto":
         if score is None:
