@@ -191,13 +191,15 @@ def clip_metrics(
     result = {"all": window_metrics(generated, clip, read, pauses, 0, n, opts)}
     if long:
         w = int(round(opts.window_seconds * FPS))
-        result["first"] = window_metrics(generated, clip, read, pauses, 0, min(w, n), opts)
-        result["last"] = window_metrics(generated, clip, read, pauses, max(0, n - w), n, opts)
+        spans = [(lo, lo + w) for lo in range(0, n - w + 1, w)]
+        first, last = (0, min(w, n)), (max(0, n - w), n)
+        measured = {  # the first and last windows are usually among the consecutive ones
+            span: window_metrics(generated, clip, read, pauses, *span, opts)
+            for span in dict.fromkeys([*spans, first, last])
+        }
+        result["first"], result["last"] = measured[first], measured[last]
         result["drift"] = drift(result["first"], result["last"])
-        result["windows"] = [
-            window_metrics(generated, clip, read, pauses, lo, lo + w, opts)
-            for lo in range(0, n - w + 1, w)
-        ]
+        result["windows"] = [measured[span] for span in spans]
     return result, read
 
 
