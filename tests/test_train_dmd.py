@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tmrender.data.corpus import generate_corpus
+from tmrender.diffusion.stream import StreamPlan, student_rollout, teacher_forced_x0
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
 from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import dmd as recipe
 from tmrender.train.loop import LoopOptions, load_training_networks, run_stage
-from tmrender.train.ode import student_rollout, teacher_forced_x0
 from tmrender.train.teacher import window_tokens
 
 from .tiny_model import tiny_model
@@ -124,12 +124,13 @@ def test_generation_with_real_context_is_the_ode_stages_teacher_forcing(setup):
     batch = fixed_batch(stage, prefix=torch.tensor([OPTS.chunks] * OPTS.batch), exit_step=0)
     w = batch.windows
     tokens = window_tokens(s, w)
-    out = recipe.generate_clips(
-        s.dit, w.anchor, tokens, None, w.x0, batch.rollout, s.cfg.sampler, "refresh"
+    x0, _ = recipe.generate_clips(
+        s.dit, w.anchor, tokens, w.x0, batch.rollout, s.cfg.sampler, "refresh"
     )
     t = torch.ones(OPTS.batch)
-    expected = teacher_forced_x0(s.dit, w.anchor, batch.rollout.noise, t, tokens, w.x0, None, 0.0)
-    torch.testing.assert_close(out.x0, expected)
+    plan = StreamPlan.for_sampler(s.cfg.sampler, "refresh")
+    expected = teacher_forced_x0(s.dit, plan, w.anchor, batch.rollout.noise, t, tokens, w.x0)
+    torch.testing.assert_close(x0, expected)
 
 
 @torch.no_grad()
@@ -140,12 +141,13 @@ def test_generation_without_real_context_is_the_renderers_rollout(setup):
     batch = fixed_batch(stage, prefix=torch.zeros(OPTS.batch, dtype=torch.long), exit_step=last)
     w = batch.windows
     tokens = window_tokens(s, w)
-    out = recipe.generate_clips(
-        s.dit, w.anchor, tokens, None, w.x0, batch.rollout, s.cfg.sampler, "refresh"
+    x0, clean = recipe.generate_clips(
+        s.dit, w.anchor, tokens, w.x0, batch.rollout, s.cfg.sampler, "refresh"
     )
-    expected = student_rollout(s.dit, w.anchor, tokens, batch.rollout.noise, None, s.cfg.sampler)
-    torch.testing.assert_close(out.clean, expected)
-    torch.testing.assert_close(out.x0, expected)
+    plan = StreamPlan.for_sampler(s.cfg.sampler, "refresh")
+    _, expected = student_rollout(s.dit, plan, w.anchor, tokens, batch.rollout.noise)
+    torch.testing.assert_close(clean, expected)
+    torch.testing.assert_close(x0, expected)
 
 
 def test_only_the_exit_step_carries_gradient(setup):
@@ -153,11 +155,11 @@ def test_only_the_exit_step_carries_gradient(setup):
     s = stage.student
     batch = fixed_batch(stage, exit_step=0)
     w = batch.windows
-    out = recipe.generate_clips(
-        s.dit, w.anchor, window_tokens(s, w), None, w.x0, batch.rollout, s.cfg.sampler, "last_step"
+    x0, clean = recipe.generate_clips(
+        s.dit, w.anchor, window_tokens(s, w), w.x0, batch.rollout, s.cfg.sampler, "last_step"
     )
-    assert out.x0.requires_grad and not out.clean.requires_grad
-    assert not torch.equal(out.x0.detach(), out.clean)  # one step vs two
+    assert x0.requires_grad and not clean.requires_grad
+    assert not torch.equal(x0.detach(), clean)  # one step vs two
 
 
 # -- the stage through the loop ------------------------------------------------------------------

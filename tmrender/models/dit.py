@@ -114,7 +114,6 @@ class StreamState:
     grid: tuple[int, int]
     anchor: tuple[KV, ...]
     prev: tuple[KV, ...] | None
-    prev_frames: int
     chunks_done: int
     context: tuple[tuple[KV, ...], ...] | None
     gate: Tensor | None
@@ -525,7 +524,6 @@ class WanDiT(nn.Module):
             grid=(h, w),
             anchor=anchor_kv,
             prev=None,
-            prev_frames=0,
             chunks_done=0,
             context=ctx,
             gate=self.face_gate(face_mask, h, w),
@@ -581,8 +579,12 @@ class WanDiT(nn.Module):
             tt = t.to(device=x0.device, dtype=torch.float32).expand(x0.shape[0])
         else:  # a fill, not a host-to-device copy: the commit may run inside a CUDA graph
             tt = torch.full((x0.shape[0],), float(t), dtype=torch.float32, device=x0.device)
-        _, kv = self._chunk(x0, tt, audio, state, kv_only=True)
-        return self.commit_kv(kv, state)
+        return self.commit_kv(self.chunk_kv(x0, tt, audio, state), state)
+
+    def chunk_kv(self, x: Tensor, t: Tensor, audio: Tensor | None, state: StreamState) -> ChunkKV:
+        """The K/V every block computes for chunk x (B, out_dim, Tc, H, W) at t (B,) against
+        the cache (state unchanged), without the output head: what `commit_kv` keeps."""
+        return self._chunk(x, t, audio, state, kv_only=True)[1]
 
     def commit_kv(self, kv: ChunkKV, state: StreamState) -> StreamState:
         """Make `kv` the previous chunk: rotate its keys at the previous slot. With a
@@ -600,7 +602,6 @@ class WanDiT(nn.Module):
         return replace(
             state,
             prev=prev,
-            prev_frames=kv.frames,
             chunks_done=state.chunks_done + 1,
             window=window,
             generation=0 if window is None else window.generation,

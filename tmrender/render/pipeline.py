@@ -21,15 +21,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tmrender.diffusion.samplers import sample_chunk_student
+from tmrender.diffusion.stream import ChunkInput, ChunkOutput, StreamPlan, Student, rollout
 from tmrender.models.audio import audio_windows
 from tmrender.models.conditioning import DEFAULT_PROMPT
+from tmrender.models.dit import StreamState, WanDiT
 from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
 from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream
@@ -245,14 +246,30 @@ def frame_retimer(cfg, options: RenderOptions) -> Retimer | None:
 
 def latent_chunks(
     model: TalkingModel,
-    state,
+    state: StreamState,
     timeline: FeatureTimeline,
     options: RenderOptions,
     stats: RenderStats,
-) -> Iterator[tuple[Tensor, int]]:
-    """The autoregressive loop: yields (clean latent chunk (1, C_lat, C, h, w), frames to
-    keep of its decoded 4*C, a CUDA event marking the chunk ready or None on the CPU)
-    until the audio is covered."""
+) -> Iterator[tuple[Tensor, int, torch.cuda.Event | None]]:
+    """The autoregressive loop (`tmrender.diffusion.stream.rollout`): yields (clean latent
+    chunk (1, C_lat, C, h, w), frames to keep of its decoded 4*C, a CUDA event marking the
+    chunk ready or None on the CPU) until the audio is covered."""
+    frames_per_chunk = model.cfg.frames_per_chunk
+    plan = StreamPlan.for_sampler(model.cfg.sampler)
+    student = RenderStudent(model.dit, plan, stats, options.cuda_graphs)
+    first = 0
+    for out in rollout(student, state, chunk_inputs(model, timeline, options, stats)):
+        total = timeline.total_frames
+        keep = frames_per_chunk if total is None else min(frames_per_chunk, total - first)
+        yield out.clean, keep, _ready_event(out.clean)
+        first += frames_per_chunk
+
+
+def chunk_inputs(
+    model: TalkingModel, timeline: FeatureTimeline, options: RenderOptions, stats: RenderStats
+) -> Iterator[ChunkInput]:
+    """Each chunk's seeded noise (1, C_lat, C, h, w) in the DiT's dtype and its audio
+    tokens (the silence embedding in silence mode), made as the audio arrives."""
     cfg = model.cfg
     frames_per_chunk, window = cfg.frames_per_chunk, cfg.audio_proj.window
     device = next(model.dit.parameters()).device
@@ -266,7 +283,6 @@ def latent_chunks(
         cfg.latent_width,
     )
     first = 0
-    graph: ChunkGraph | None = None  # options.cuda_graphs: the steady chunks, captured
     while timeline.covers(first):
         feats, voiced = timeline.window(first - window, first + frames_per_chunk + window)
         speaking = chunk_is_speaking(options.mode, voiced)
@@ -277,61 +293,59 @@ def latent_chunks(
         else:
             tokens = model.silence.expand(1, cfg.chunk_latent_frames)
         noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        if graph is None and options.cuda_graphs and graph_ready(state, device):
-            graph = ChunkGraph(lambda n, a, state=state: step_and_commit(model, state, n, a),
-                               noise, tokens)  # fmt: skip
-        if graph is not None:  # the replay commits too: nothing left for after the yield
-            clean = graph.replay(noise, tokens)
-        else:
-            clean, last_kv = denoise_chunk(model, state, noise, tokens)
         stats.stage_seconds["dit"] += time.perf_counter() - tick
-        stats.dit_steps += len(cfg.sampler.student_sigmas)
         stats.chunks += 1
         stats.speaking_chunks += int(speaking)
-        total = timeline.total_frames
-        keep = frames_per_chunk if total is None else min(frames_per_chunk, total - first)
-        yield clean, keep, _ready_event(clean)
-        if total is not None and first + frames_per_chunk >= total:
-            return
-        if graph is None:
-            tick = time.perf_counter()
-            state = commit_context(model, state, clean, tokens, last_kv)
-            stats.stage_seconds["cache_update"] += time.perf_counter() - tick
+        yield ChunkInput(noise, tokens)
         first += frames_per_chunk
 
 
-def denoise_chunk(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> tuple[Tensor, Any]:
-    """The student's denoising steps for one chunk against the stream's cache.
+class RenderStudent(Student):
+    """The renderer's student: the stream's steps, timed in `stats`; with `cuda_graphs` on
+    a GPU, the steady chunk step (denoising steps + commit) captured once in a CUDA graph
+    and replayed for every later chunk (`tmrender.render.graphs`)."""
 
-    noise (1, C_lat, C, h, w) in the DiT's dtype; tokens (1, C, N, D) audio tokens or the
-    silence embedding. Returns the clean chunk (same shape and dtype) and the ChunkKV of
-    the last step (what `commit_kv` keeps under sampler.context "last_step")."""
-    last: dict = {}
+    def __init__(
+        self, dit: WanDiT, plan: StreamPlan, stats: RenderStats, cuda_graphs: bool
+    ) -> None:
+        super().__init__(dit, plan)
+        self.stats, self.cuda_graphs = stats, cuda_graphs
+        self.device = next(dit.parameters()).device
+        self.graph: ChunkGraph | None = None
 
-    def denoise(x: Tensor, t: Tensor) -> Tensor:
-        v, last["kv"] = model.dit.forward_chunk(x, t, tokens, state, return_kv=True)
-        return v.to(noise.dtype)
+    def denoise(self, state: StreamState, chunk: ChunkInput) -> ChunkOutput:
+        tick = time.perf_counter()
+        if self.graph is None and self.cuda_graphs and graph_ready(state, self.device):
+            self.graph = ChunkGraph(
+                lambda noise, tokens: self.step_and_commit(state, noise, tokens),
+                chunk.noise,
+                chunk.tokens,
+            )
+        if self.graph is not None:  # the replay commits too
+            clean = self.graph.replay(chunk.noise, chunk.tokens)
+            out = ChunkOutput(clean, clean, None)
+        else:
+            out = super().denoise(state, chunk)
+        self.stats.stage_seconds["dit"] += time.perf_counter() - tick
+        self.stats.dit_steps += len(self.plan.sigmas)
+        return out
 
-    clean = sample_chunk_student(denoise, noise, model.cfg.sampler.student_sigmas)
-    return clean, last["kv"]
+    def commit(self, state: StreamState, chunk: ChunkInput, out: ChunkOutput) -> StreamState:
+        if self.graph is not None:
+            return state
+        tick = time.perf_counter()
+        state = super().commit(state, chunk, out)
+        self.stats.stage_seconds["cache_update"] += time.perf_counter() - tick
+        return state
 
-
-def commit_context(model: TalkingModel, state, clean: Tensor, tokens: Tensor, last_kv):
-    """Make the clean chunk the context of the next one, the way the sampler config says
-    (refresh forward, or the last step's K/V `last_kv`); returns the new stream state."""
-    sampler = model.cfg.sampler
-    if sampler.context == "last_step":
-        return model.dit.commit_kv(last_kv, state)
-    return model.dit.commit_chunk(clean, tokens, state, t=sampler.context_timestep)
-
-
-def step_and_commit(model: TalkingModel, state, noise: Tensor, tokens: Tensor) -> Tensor:
-    """`denoise_chunk` then `commit_context` as one piece of GPU work (what `ChunkGraph`
-    captures): with the stream's preallocated KV window the commit writes in place, so
-    the same piece replays correctly for every later chunk. Returns the clean chunk."""
-    clean, last_kv = denoise_chunk(model, state, noise, tokens)
-    commit_context(model, state, clean, tokens, last_kv)
-    return clean
+    def step_and_commit(self, state: StreamState, noise: Tensor, tokens: Tensor) -> Tensor:
+        """Denoise then commit as one piece of GPU work (what `ChunkGraph` captures): with
+        the stream's preallocated KV window the commit writes in place, so the same piece
+        replays correctly for every later chunk. Returns the clean chunk."""
+        chunk = ChunkInput(noise, tokens)
+        out = Student.denoise(self, state, chunk)
+        Student.commit(self, state, chunk, out)
+        return out.clean
 
 
 def _ready_event(x: Tensor) -> torch.cuda.Event | None:

@@ -56,10 +56,17 @@ from torch import Tensor, nn
 from tmrender.config import ModelConfig, SamplerConfig
 from tmrender.data.corpus import list_clips
 from tmrender.diffusion.flow import interpolate, shift_timesteps, x0_from_velocity
+from tmrender.diffusion.stream import (
+    CONTEXTS,
+    Context,
+    StreamPlan,
+    student_rollout,
+    teacher_forced_x0,
+)
 from tmrender.errors import UserInputError
 from tmrender.files import atomic_write
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
-from tmrender.models.dit import ChunkKV, StreamState, WanDiT
+from tmrender.models.dit import WanDiT
 from tmrender.models.talking import TalkingModel
 from tmrender.train.latents import (
     LatentCache,
@@ -71,12 +78,7 @@ from tmrender.train.latents import (
     split_clips,
     window_starts,
 )
-from tmrender.train.ode import (
-    OdeOptions,
-    Trajectories,
-    load_or_sample_trajectories,
-    teacher_forced_x0,
-)
+from tmrender.train.ode import OdeOptions, Trajectories, load_or_sample_trajectories
 from tmrender.train.teacher import (
     GuidedVelocity,
     autocast_for,
@@ -92,8 +94,6 @@ from tmrender.train.teacher import (
     window_velocity,
 )
 
-CONTEXTS = ("refresh", "last_step")
-
 
 @dataclass(frozen=True)
 class DmdOptions:
@@ -108,14 +108,13 @@ class DmdOptions:
     # distillation
     critic_updates: int = 3  # fake-score updates before each generator update
     real_context: float = 0.5  # probability of a real prefix of 1..K-1 chunks as context
-    context: str = "refresh"  # context K/V: "refresh" (commit_chunk) or "last_step" (commit_kv)
+    context: Context = "refresh"  # context K/V: "refresh" (commit_chunk) or "last_step" (commit_kv)
     cfg_scale: float | None = None  # audio guidance of the real score (None: the sampler's)
     t_min: float = 0.02  # DMD timesteps: shift(U(t_min, t_max)), one per clip
     t_max: float = 0.98
     reg_weight: float = 1.0  # weight of the ODE regression in the generator loss
     reg_batch: int = 8  # trajectory pairs per generator update
     mouth_weight: float = 4.0  # extra weight inside the mouth box (both losses, critic too)
-    face_mask: bool = False  # gate the student's audio by the face box (the renderer has none)
     # teacher trajectories, when no ode run folder is given (as the ode stage samples them)
     pairs: int = 1024
     val_pairs: int = 16
@@ -222,126 +221,29 @@ def real_frames(prefix: Tensor, chunks: int, chunk_frames: int) -> Tensor:
 # ---- the student's generation --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Generated:
-    """The student's chunks: x0 (B, C, L, h, w) its prediction at the exit step (with
-    gradient when enabled), clean (B, C, L, h, w) its final 2-step output (detached)."""
-
-    x0: Tensor
-    clean: Tensor
-
-
-def mix_kv(use_a: Tensor, a: ChunkKV, b: ChunkKV) -> ChunkKV:
-    """Per sample, the K/V of `a` where use_a (B,) else of `b`."""
-    pick = use_a.view(-1, 1, 1, 1)
-    layers = tuple(
-        (torch.where(pick, ka, kb), torch.where(pick, va, vb))
-        for (ka, va), (kb, vb) in zip(a.layers, b.layers, strict=True)
-    )
-    return ChunkKV(layers, a.frames)
-
-
-def denoise_chunk(
-    dit: WanDiT,
-    x: Tensor,
-    tokens: Tensor,
-    state: StreamState,
-    sigmas: tuple[float, ...],
-    exit_step: int,
-) -> tuple[Tensor, Tensor, ChunkKV]:
-    """The student's steps on one chunk (`samplers.sample_chunk_student`, deterministic
-    re-noising, as the renderer). Only step `exit_step` keeps its graph.
-
-    x (B, C, Tc, h, w) at sigmas[0]; tokens (B, Tc, N, D). Returns (x0 at the exit step,
-    final x0 detached, the last step's ChunkKV detached)."""
-    grad = torch.is_grad_enabled()
-    out = None
-    for i, sigma in enumerate(sigmas):
-        t = torch.full((x.shape[0],), sigma, device=x.device)
-        with torch.set_grad_enabled(grad and i == exit_step):
-            v, kv = dit.forward_chunk(x, t, tokens, state, return_kv=True)
-            x0 = x0_from_velocity(x.float(), v.float(), sigma)
-        if i == exit_step:
-            out = x0
-        if i + 1 < len(sigmas):
-            eps = (x.float() + (1 - sigma) * v.float()).detach()
-            x = interpolate(x0.detach(), eps, sigmas[i + 1])
-    kv = ChunkKV(tuple((k.detach(), v.detach()) for k, v in kv.layers), kv.frames)
-    return out, x0.detach(), kv
-
-
 def generate_clips(
     dit: WanDiT,
     anchor: Tensor,
     tokens: Tensor,
-    face: Tensor | None,
     real: Tensor,
     plan: RolloutPlan,
     sampler: SamplerConfig,
-    context: str,
-) -> Generated:
-    """The student streams every chunk of the clips (module docstring, step 1).
+    context: Context,
+) -> tuple[Tensor, Tensor]:
+    """The student streams every chunk of the clips (module docstring, step 1), through
+    the renderer's loop (`stream.student_rollout`).
 
-    anchor (B, C, 1, h, w); tokens (B, L, N, D) the student's audio tokens; face (B, h, w)
-    or None; real (B, C, L, h, w) the clips' real latents (the prefix context). Context
-    chunk k is real where k < plan.prefix, else the student's own output."""
-    c = dit.chunk_frames
-    chunks = real.shape[2] // c
-    sigmas = tuple(sampler.student_sigmas)
-    state = dit.start_stream(anchor, face)
-    preds, finals = [], []
-    for k in range(chunks):
-        sl = slice(k * c, (k + 1) * c)
-        x0, clean, kv = denoise_chunk(
-            dit, plan.noise[:, :, sl], tokens[:, sl], state, sigmas, plan.exit_step
-        )
-        preds.append(x0)
-        finals.append(clean)
-        if k + 1 < chunks:
-            use_real = plan.prefix > k
-            with torch.no_grad():
-                state = commit_context(
-                    dit,
-                    state,
-                    tokens[:, sl],
-                    real[:, :, sl],
-                    clean,
-                    kv,
-                    use_real,
-                    plan.context_eps[:, :, sl],
-                    sigmas,
-                    sampler.context_timestep,
-                    context,
-                )
-    return Generated(torch.cat(preds, dim=2), torch.cat(finals, dim=2))
-
-
-def commit_context(
-    dit: WanDiT,
-    state: StreamState,
-    tokens: Tensor,
-    real: Tensor,
-    clean: Tensor,
-    kv: ChunkKV,
-    use_real: Tensor,
-    eps: Tensor,
-    sigmas: tuple[float, ...],
-    context_t: float,
-    context: str,
-) -> StreamState:
-    """Make a chunk the context: per sample the real chunk (use_real (B,)) or the
-    student's. "refresh": re-run at `context_t`; "last_step": the student's last-step K/V
-    `kv`, or the real chunk noised with `eps` to the last step's timestep."""
-    if context == "refresh":
-        chunk = torch.where(use_real.view(-1, 1, 1, 1, 1), real.float(), clean)
-        return dit.commit_chunk(chunk, tokens, state, t=context_t)
-    if bool(use_real.any()):
-        last = sigmas[-1]
-        noisy = interpolate(real.float(), eps, last)
-        t = torch.full((real.shape[0],), last, device=real.device)
-        _, real_kv = dit.forward_chunk(noisy, t, tokens, state, return_kv=True)
-        kv = mix_kv(use_real, real_kv, kv)
-    return dit.commit_kv(kv, state)
+    anchor (B, C, 1, h, w); tokens (B, L, N, D) the student's audio tokens; real (B, C,
+    L, h, w) the clips' real latents (the prefix context). Context chunk k is real where
+    k < plan.prefix, else the student's own output. Returns (x0 at the plan's exit step,
+    with its graph when gradients are on; the final 2-step samples, no graph), each (B,
+    C, L, h, w)."""
+    stream_plan = StreamPlan.for_sampler(sampler, context).exiting_at(plan.exit_step)
+    chunks = real.shape[2] // dit.chunk_frames
+    use_real = plan.prefix[:, None] > torch.arange(chunks, device=plan.prefix.device)
+    return student_rollout(
+        dit, stream_plan, anchor, tokens, plan.noise, real, use_real, plan.context_eps
+    )
 
 
 # ---- losses --------------------------------------------------------------------------------
@@ -421,15 +323,9 @@ def regression_loss(
     """CausVid's ODE regression of the student: teacher-forced x0 from x (B, C, L, h, w)
     at t (B,) against the teacher's samples `target`; the context chunks are the targets,
     clean ("refresh") or noised with `eps` to the last student timestep ("last_step")."""
-    sampler = model.cfg.sampler
-    if opts.context == "refresh":
-        context, context_t = target, sampler.context_timestep
-    else:
-        context_t = sampler.student_sigmas[-1]
-        context = interpolate(target, eps, context_t)
+    plan = StreamPlan.for_sampler(model.cfg.sampler, opts.context)
     tokens = window_tokens(model, windows)
-    face = windows.face if opts.face_mask else None
-    pred = teacher_forced_x0(model.dit, windows.anchor, x, t, tokens, context, face, context_t)
+    pred = teacher_forced_x0(model.dit, plan, windows.anchor, x, t, tokens, target, eps)
     return weighted_mse(pred, target, mouth_weights(windows, opts.mouth_weight))
 
 
@@ -571,10 +467,9 @@ class DmdStage:
         x0] (B, C, L, h, w), weight on the student's frames (B, 1, L, h, w))."""
         s, w, o = self.student, batch.windows, self.opts
         tokens = window_tokens(s, w)
-        face = w.face if o.face_mask else None
-        out = generate_clips(s.dit, w.anchor, tokens, face, w.x0, plan, s.cfg.sampler, o.context)
+        x0, _ = generate_clips(s.dit, w.anchor, tokens, w.x0, plan, s.cfg.sampler, o.context)
         is_real = real_frames(plan.prefix, o.chunks, self.c)
-        clip = torch.where(is_real, w.x0.float(), out.x0)
+        clip = torch.where(is_real, w.x0.float(), x0)
         weight = (~is_real).float() * mouth_weights(w, o.mouth_weight)
         return clip, weight
 
@@ -685,11 +580,12 @@ class DmdStage:
         this stage's)."""
         s, o = self.student, self.opts
         plan = RolloutPlan.own_outputs(noise, len(s.cfg.sampler.student_sigmas))
-        face = windows.face if o.face_mask else None
         tokens = window_tokens(s, windows)
-        out = generate_clips(s.dit, windows.anchor, tokens, face, windows.x0, plan,
-                             s.cfg.sampler, context or o.context)  # fmt: skip
-        return out.clean
+        context = context or o.context
+        _, clean = generate_clips(
+            s.dit, windows.anchor, tokens, windows.x0, plan, s.cfg.sampler, context
+        )
+        return clean
 
     def export(self, path: Path) -> dict:
         o = self.opts

@@ -8,11 +8,11 @@ CausVid does it: the sparse-causal student regresses the teacher's probability-f
    `SamplerConfig.student_sigmas` (tm-mini: 1.0, which is the noise itself, and 0.75, a
    point of the Euler grid) and its final sample x0. Stored in float16.
 2. Regression: the student is the same WanDiT started from the teacher's weights, run
-   exactly as the renderer runs it (`tmrender.render.pipeline.latent_chunks`): the
-   anchor's K/V cached once (`start_stream`), each chunk of C latent frames denoised
-   against anchor + previous chunk (`forward_chunk`), and the cache then refreshed with
-   the clean chunk at `SamplerConfig.context_timestep` (`commit_chunk`). During training
-   the clean context chunk is the teacher's own sample of that chunk (teacher forcing),
+   through the renderer's own chunk loop (`tmrender.diffusion.stream`): the anchor's K/V
+   cached once (`start_stream`), each chunk of C latent frames denoised against anchor +
+   previous chunk (`forward_chunk`), and the cache then refreshed with the clean chunk at
+   `SamplerConfig.context_timestep` (`commit_chunk`). During training the clean context
+   chunk is the teacher's own sample of that chunk (teacher forcing, `teacher_forced_x0`),
    and every window sample takes one of the student's timesteps at random: input x at
    that timestep, for all its chunks. Loss in x0 space (CausVid's regression): the
    student's x0 = x_t - t v against the teacher's x0, weighted `1 + mouth_weight` in the
@@ -22,10 +22,11 @@ CausVid does it: the sparse-causal student regresses the teacher's probability-f
    included, at the cost of one extra forward per context chunk.
 
 Validation on held-out pairs: the x0 error at each student timestep (teacher-forced),
-the error of a real 2-step rollout (the student's own outputs as context, the renderer's
-sampler) against the teacher's sample, and every `sample_every` rounds the lip sync of
-decoded rollouts (`sync_r`) next to that of the teacher's samples (`sync_r_teacher`)
-and of VAE reconstructions (`sync_r_vae`), read by the mouth reader (an instrument only).
+the error of a real 2-step rollout (`stream.student_rollout`: the renderer's loop, own
+outputs as context, in the checkpoint's context mode) against the teacher's sample, and
+every `sample_every` rounds the lip sync of decoded rollouts (`sync_r`) next to that of
+the teacher's samples (`sync_r_teacher`) and of VAE reconstructions (`sync_r_vae`), read
+by the mouth reader (an instrument only).
 
 Export: a tmrender checkpoint whose `dit` is the student.
 """
@@ -41,13 +42,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tmrender.config import SamplerConfig
-from tmrender.diffusion.flow import x0_from_velocity
-from tmrender.diffusion.samplers import sample_chunk_student
+from tmrender.diffusion.stream import StreamPlan, student_rollout, teacher_forced_x0
 from tmrender.errors import UserInputError
 from tmrender.files import atomic_write, sha256_file
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
-from tmrender.models.dit import WanDiT
 from tmrender.models.talking import TalkingModel
 from tmrender.train.latents import (
     LatentCache,
@@ -59,7 +57,6 @@ from tmrender.train.latents import (
     split_clips,
     window_starts,
 )
-from tmrender.train.narrow import fit_narrow_projection, mouth_head_state, narrow_audio_path
 from tmrender.train.teacher import (
     autocast_for,
     decode_windows,
@@ -95,13 +92,7 @@ class OdeOptions:
     seed: int = 0
     # student
     student: str = ""  # start the student from this export's DiT ("" = the teacher's)
-    # the narrow audio path (`AudioProjConfig.source` "mouth"): the audio stage's frozen
-    # mouth head from this file (`tmrender.train.narrow.mouth_head_state`) feeds a new
-    # projection, first fitted to the old projection's tokens for `narrow_warmup` steps
-    audio_heads: str = ""
-    narrow_warmup: int = 400
     mouth_weight: float = 4.0
-    face_mask: bool = False  # gate the student's audio by the face box (the renderer has none)
     # validation
     sample_every: int = 2  # validation rounds between lip-sync checks; 0 = never
     reader: str = ""  # mouth reader weights ("" = the shipped ones, if present)
@@ -237,79 +228,6 @@ def load_or_sample_trajectories(
     return train, val
 
 
-# ---- the student's computation -------------------------------------------------------------
-
-
-def teacher_forced_x0(
-    dit: WanDiT,
-    anchor: Tensor,
-    x: Tensor,
-    t: Tensor,
-    tokens: Tensor,
-    context: Tensor,
-    face: Tensor | None,
-    context_t: float,
-) -> Tensor:
-    """The student's x0 prediction of every chunk of a window, streaming as the renderer
-    does, with `context` as the clean previous chunks (teacher forcing).
-
-    anchor (B, C, 1, h, w); x (B, C, L, h, w) noisy input at t (B,) (one timestep per
-    sample, all chunks); tokens (B, L, N, D); context (B, C, L, h, w) clean latents whose
-    chunk k-1 is committed before chunk k (at `context_t`); face (B, h, w) or None.
-    Returns x0 = x - t v, (B, C, L, h, w) float32."""
-    c = dit.chunk_frames
-    chunks = x.shape[2] // c
-    assert x.shape[2] == chunks * c, f"window of {x.shape[2]} frames is not whole chunks of {c}"
-    state = dit.start_stream(anchor, face)
-    out = []
-    for k in range(chunks):
-        sl = slice(k * c, (k + 1) * c)
-        v = dit.forward_chunk(x[:, :, sl], t, tokens[:, sl], state)
-        out.append(x0_from_velocity(x[:, :, sl].float(), v.float(), t))
-        if k + 1 < chunks:
-            state = dit.commit_chunk(context[:, :, sl], tokens[:, sl], state, t=context_t)
-    return torch.cat(out, dim=2)
-
-
-def student_rollout(
-    dit: WanDiT,
-    anchor: Tensor,
-    tokens: Tensor,
-    noise: Tensor,
-    face: Tensor | None,
-    sampler: SamplerConfig,
-    renoise: list[list[Tensor]] | None = None,
-) -> Tensor:
-    """The renderer's autoregressive loop on a window batch: per chunk the student's
-    `sample_chunk_student` over `sampler.student_sigmas` against the KV cache, then
-    `commit_chunk` of its own output at `sampler.context_timestep`. Differentiable (no
-    no_grad inside), so a distillation loss can run through it.
-
-    anchor (B, C, 1, h, w); tokens (B, L, N, D); noise (B, C, L, h, w) at t = 1; face
-    (B, h, w) or None; renoise: per chunk the fresh noises of its later steps (None:
-    deterministic, as the renderer). Returns the clean window (B, C, L, h, w) float32."""
-    c = dit.chunk_frames
-    chunks = noise.shape[2] // c
-    assert noise.shape[2] == chunks * c
-    state = dit.start_stream(anchor, face)
-    out = []
-    for k in range(chunks):
-        sl = slice(k * c, (k + 1) * c)
-        chunk_tokens = tokens[:, sl]
-
-        def denoise(x: Tensor, t: Tensor, chunk_tokens=chunk_tokens, state=state) -> Tensor:
-            return dit.forward_chunk(x, t, chunk_tokens, state).float()
-
-        chunk_noise = None if renoise is None else renoise[k]
-        clean = sample_chunk_student(
-            denoise, noise[:, :, sl].float(), sampler.student_sigmas, chunk_noise
-        )
-        out.append(clean)
-        if k + 1 < chunks:
-            state = dit.commit_chunk(clean, chunk_tokens, state, t=sampler.context_timestep)
-    return torch.cat(out, dim=2)
-
-
 # ---- batches and loss ----------------------------------------------------------------------
 
 
@@ -346,20 +264,15 @@ def make_ode_batch(
 
 
 def ode_regression_loss(
-    model: TalkingModel,
-    batch: OdeBatch,
-    mouth_weight: float,
-    face_mask: bool,
-    context_t: float,
+    model: TalkingModel, batch: OdeBatch, mouth_weight: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """x0 regression of the student on the teacher's samples (CausVid's ODE loss), mouth
-    weighted. Figures: the unweighted x0 error at each student timestep level."""
+    weighted, the samples as the context (teacher forcing, refreshed at the sampler's
+    `context_timestep`). Figures: the unweighted x0 error at each student timestep level."""
     w = batch.windows
     tokens = window_tokens(model, w)
-    face = w.face if face_mask else None
-    pred = teacher_forced_x0(
-        model.dit, w.anchor, batch.x, batch.t, tokens, batch.target, face, context_t
-    )
+    plan = StreamPlan.for_sampler(model.cfg.sampler)
+    pred = teacher_forced_x0(model.dit, plan, w.anchor, batch.x, batch.t, tokens, batch.target)
     loss = weighted_mse(pred, batch.target, mouth_weights(w, mouth_weight))
     err = (pred.detach() - batch.target).pow(2).mean((1, 2, 3, 4))
     figures = {}
@@ -432,23 +345,14 @@ class OdeStage:
         )
         if opts.student:
             start_student_from(self.model, Path(opts.student), device)
-        self.narrow_fit: float | None = None
-        if opts.audio_heads:
-            self._narrow(mouth_head_state(Path(opts.audio_heads)))
+        if self.model.cfg.sampler.context != "refresh":
+            raise UserInputError(
+                "the ode stage trains a student that refreshes its context; "
+                f"{init} streams with {self.model.cfg.sampler.context!r}"
+            )
         self.reader = load_reader(opts.reader)
         self.rounds = 0
         self.last_val: dict[str, float] = {}
-
-    def _narrow(self, head_state: dict[str, Tensor]) -> None:
-        """The narrow audio path, its projection fitted on train windows (seeded)."""
-        old = narrow_audio_path(self.model, head_state, self.opts.seed)
-        gen = torch.Generator().manual_seed(self.opts.seed + 1)
-        device = next(self.model.dit.parameters()).device
-
-        def windows() -> Tensor:
-            return self.batch(gen, device).windows.audio
-
-        self.narrow_fit = fit_narrow_projection(self.model, old, windows, self.opts.narrow_warmup)
 
     # -- Stage protocol
     def networks(self) -> dict[str, nn.Module]:
@@ -468,13 +372,7 @@ class OdeStage:
         return make_ode_batch(self.cache, self.train_pairs, rows, level, self.sigmas, self.c)
 
     def loss(self, opt_name: str, batch: OdeBatch) -> tuple[Tensor, dict[str, float]]:
-        return ode_regression_loss(
-            self.model,
-            batch,
-            self.opts.mouth_weight,
-            self.opts.face_mask,
-            self.model.cfg.sampler.context_timestep,
-        )
+        return ode_regression_loss(self.model, batch, self.opts.mouth_weight)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -488,19 +386,12 @@ class OdeStage:
                 batch = make_ode_batch(
                     self.cache, pairs, rows, torch.full_like(rows, level), self.sigmas, self.c
                 )
-                _, fig = ode_regression_loss(
-                    m, batch, o.mouth_weight, o.face_mask, m.cfg.sampler.context_timestep
-                )
+                _, fig = ode_regression_loss(m, batch, o.mouth_weight)
                 figures[f"err_t{level}"] = float(fig[f"err_t{level}"])
             w, target = batch.windows, batch.target
-            x0 = student_rollout(
-                m.dit,
-                w.anchor,
-                window_tokens(m, w),
-                pairs.noise.to(device),
-                w.face if o.face_mask else None,
-                m.cfg.sampler,
-            )
+            plan = StreamPlan.for_sampler(m.cfg.sampler)
+            tokens = window_tokens(m, w)
+            _, x0 = student_rollout(m.dit, plan, w.anchor, tokens, pairs.noise.to(device).float())
             figures["rollout_err"] = float((x0 - target).pow(2).mean())
             figures["rollout_mouth_err"] = float(weighted_mse(x0, target, w.mouth + 1e-6))
             self.rounds += 1
@@ -531,10 +422,6 @@ class OdeStage:
             "student_sigmas": list(self.sigmas),
             "validation": self.last_val,
         }
-        if self.narrow_fit is not None:
-            extra["audio_source"] = "mouth"
-            extra["audio_heads"] = Path(self.opts.audio_heads).name
-            extra["narrow_fit_mse"] = round(self.narrow_fit, 5)
         with atomic_write(path) as partial:
             save_checkpoint(self.model, partial, trained=True, extra_meta=extra)
         return extra

@@ -5,7 +5,8 @@ Windows of `chunks` chunks are drawn (seeded) from the split's clips, encoded by
 teacher's VAE, and generated from the same noise by
 - the teacher: bidirectional, Euler steps with audio guidance at the student's recorded
   `cfg_scale` (the guidance its targets used);
-- the student: the renderer's chunk-by-chunk loop against its KV cache (`student_rollout`).
+- the student: the renderer's chunk-by-chunk loop against its KV cache, in its own context
+  mode (`tmrender.diffusion.stream.student_rollout`).
 Both are decoded as the renderer decodes and read by the mouth reader; the VAE's own
 reconstructions of the windows give the ceiling.
 """
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from tmrender.diffusion.stream import StreamPlan, student_rollout
 from tmrender.errors import UserInputError
 from tmrender.models.talking import TalkingModel
 from tmrender.train.latents import load_or_build_cache
-from tmrender.train.ode import student_rollout
 from tmrender.train.teacher import (
     decode_windows,
     device_noise,
@@ -90,9 +91,9 @@ def teacher_gap(
     noise = device_noise(w.x0.shape, torch.Generator().manual_seed(opts.seed), w.x0.device)
     scale = student.cfg.sampler.cfg_scale
     taught, _ = sample_teacher(teacher.eval(), w, noise, opts.teacher_steps, cfg_scale=scale)
-    rolled = student_rollout(
-        student.eval().dit, w.anchor, window_tokens(student, w), noise, None, student.cfg.sampler
-    )
+    plan = StreamPlan.for_sampler(student.cfg.sampler)
+    tokens = window_tokens(student, w)
+    _, rolled = student_rollout(student.eval().dit, plan, w.anchor, tokens, noise)
     figures = {
         "windows": opts.windows,
         "cfg_scale": scale,
