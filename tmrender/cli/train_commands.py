@@ -19,8 +19,8 @@ import typer
 from tmrender.cli.app import console, stdout
 from tmrender.config import SamplerConfig
 from tmrender.errors import UserInputError
+from tmrender.models import presets
 from tmrender.models.checkpoint import load_checkpoint
-from tmrender.models.presets import TM_MINI, tm_mini_variant
 from tmrender.train import audio, dmd, mouth_reader, ode, teacher, vae
 from tmrender.train import export as shipped
 from tmrender.train.distributed import leave, rank_device
@@ -251,17 +251,17 @@ def vae_command(
     test: TestOption = True,
     latent_channels: Annotated[
         int, typer.Option(help="tm-mini variant: latent channels (the DiT follows).")
-    ] = TM_MINI.vae.latent_channels,
+    ] = presets.TM_MINI.vae.latent_channels,
     spatial_stride: Annotated[
         int,
         typer.Option(help="tm-mini variant: VAE stride 4 (DiT patch 4x4) or 8 (patch 2x2)."),
-    ] = TM_MINI.vae.spatial_stride,
+    ] = presets.TM_MINI.vae.spatial_stride,
     temporal_stride: Annotated[
         int,
         typer.Option(
             help="tm-mini variant: video frames per latent frame, 4 or 2 (the DiT follows)."
         ),
-    ] = TM_MINI.vae.temporal_stride,
+    ] = presets.TM_MINI.vae.temporal_stride,
     init: Annotated[
         Path | None,
         typer.Option(help="Start from this checkpoint's VAE (and config) instead of a fresh one."),
@@ -283,18 +283,16 @@ def vae_command(
 ) -> None:
     """Train the causal VAE on DATA/train frames; export a checkpoint with its latent stats."""
     device = _start(device, threads)
-    if init is not None:
+    if init is None:  # a fresh VAE of the tm-mini variant
+        start = None
+        cfg = presets.tm_mini_variant(
+            latent_channels=latent_channels,
+            spatial_stride=spatial_stride,
+            temporal_stride=temporal_stride,
+        )
+    else:  # --init's VAE and config
         model, _ = load_checkpoint(init)
         cfg, start = model.cfg, model.vae
-    else:
-        cfg, start = (
-            tm_mini_variant(
-                latent_channels=latent_channels,
-                spatial_stride=spatial_stride,
-                temporal_stride=temporal_stride,
-            ),
-            None,
-        )
     opts = VAE(
         crop_batch=crop_batch, crop_frames=crop_frames, crop=crop_size, clip_batch=clip_batch,
         clip_frames=clip_frames, clip_share=clip_share, mouth_weight=mouth_weight,
