@@ -18,7 +18,9 @@ import typer
 
 from tmrender.cli.app import console, stdout
 from tmrender.config import SamplerConfig
+from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
+from tmrender.eval.mouth import load_mouth_reader
 from tmrender.models import presets
 from tmrender.models.checkpoint import load_checkpoint
 from tmrender.train import audio, dmd, mouth_reader, ode, teacher, vae
@@ -109,14 +111,21 @@ def _progress(what: str, done: int, total: int) -> None:
         console.print(f"{what}: {done}/{total}", highlight=False)
 
 
-def _start(device: str, threads: int) -> str:
-    """torch's CPU threads for what a stage does before the loop (caches, trajectories),
-    and this process's device: `auto` resolved, under torchrun the GPU of its rank."""
+def _start(
+    schedule: Schedule, max_minutes: float, seed: int, threads: int, device: str
+) -> LoopOptions:
+    """The loop's options of a stage run, on this process's device (`auto` resolved, under
+    torchrun the GPU of its rank); torch's CPU threads set for what the stage does before
+    the loop (caches, trajectories)."""
     torch.set_num_threads(threads)
-    return rank_device(device)
+    return loop_options(
+        schedule, max_minutes=max_minutes, seed=seed, threads=threads, device=rank_device(device)
+    )
 
 
-def _train(stage: Stage, out: Path, loop, resume: bool, export: Path | None) -> dict | None:
+def _train(
+    stage: Stage, out: Path, loop: LoopOptions, resume: bool, export: Path | None
+) -> dict | None:
     """Run `stage` on the loop; on the rank that reports (under torchrun rank 0), copy its
     export to `export` and return the run's figures; None on the other ranks."""
     result = run_stage(stage, out, loop, resume=resume, on_log=print_loop_row)
@@ -175,9 +184,6 @@ def mouth_reader_command(
     ] = False,
 ) -> None:
     """Train the mouth reader (the lip-sync instrument of `tmrender eval`) on DATA/train."""
-    from tmrender.data.corpus import list_clips
-    from tmrender.eval.mouth import load_mouth_reader
-
     if steps < 1 or batch < 1 or threads < 1:
         raise UserInputError("--steps, --batch and --threads must be at least 1")
     opts = READER(
@@ -282,7 +288,7 @@ def vae_command(
     ] = VAE.latent_noise,
 ) -> None:
     """Train the causal VAE on DATA/train frames; export a checkpoint with its latent stats."""
-    device = _start(device, threads)
+    loop = _start(Schedule(steps, lr, val_every), max_minutes, seed, threads, device)
     if init is None:  # a fresh VAE of the tm-mini variant
         start = None
         cfg = presets.tm_mini_variant(
@@ -299,14 +305,10 @@ def vae_command(
         max_clips=max_clips, val_clips=val_clips, decoder_only=decoder_only,
         temporal_weight=temporal_weight, latent_noise=latent_noise,
     )  # fmt: skip
-    loop = loop_options(
-        Schedule(steps, lr, val_every), max_minutes=max_minutes, seed=seed, threads=threads,
-        device=device,
-    )  # fmt: skip
     stage = vae.VAEStage(data, out, cfg, opts, vae=start, seed=seed)
     result = _train(stage, out, loop, resume, export)
     if result is not None and test and (data / "test").is_dir():
-        result["test"] = vae.test_figures(out / "export.safetensors", data, device)
+        result["test"] = vae.test_figures(out / "export.safetensors", data, loop.device)
     _print(result)
 
 
@@ -367,19 +369,15 @@ def audio_command(
         raise UserInputError("--batch, --val-clips and --threads must be at least 1")
     if codec_clips is not None and codec_clips < 0:
         raise UserInputError(f"--codec-clips must be 0 or more, got {codec_clips}")
-    device = _start(device, threads)
+    loop = _start(Schedule(steps, lr, val_every), max_minutes, seed, threads, device)
     model, _ = load_checkpoint(init)
     augment = audio.AugmentOptions(codec_clips=codec_clips)
     opts = AUDIO(batch=batch, val_clips=val_clips, seed=seed, augment=augment)
     stage = audio.AudioStage(data, model, out, opts, init_name=init.name)
     if test_only:
-        restore_networks(stage, out, device)
+        restore_networks(stage, out, loop.device)
         _print(stage.evaluate_test(data))
         return
-    loop = loop_options(
-        Schedule(steps, lr, val_every), max_minutes=max_minutes, seed=seed, threads=threads,
-        device=device,
-    )  # fmt: skip
     result = _train(stage, out, loop, resume, export)
     if result is not None and test and (data / "test").is_dir():
         result["test"] = stage.evaluate_test(data)
@@ -435,13 +433,9 @@ def teacher_command(
         batch=batch, chunks=chunks, audio_drop=audio_drop, mouth_weight=mouth_weight,
         val_clips=val_clips, sample_every=sample_every,
     )  # fmt: skip
-    device = _start(device, threads)
-    loop = loop_options(
-        Schedule(steps, lr, val_every), max_minutes=max_minutes, seed=seed, threads=threads,
-        device=device,
-    )  # fmt: skip
+    loop = _start(Schedule(steps, lr, val_every), max_minutes, seed, threads, device)
     stage = teacher.TeacherStage(
-        data, out, init, opts, device=device, cache_path=cache,
+        data, out, init, opts, device=loop.device, cache_path=cache,
         on_progress=lambda i, n: _progress("latents", i, n),
     )  # fmt: skip
     _print(_train(stage, out, loop, resume, export))
@@ -516,13 +510,9 @@ def ode_command(
         val_clips=val_clips, sample_every=sample_every, cfg_scale=cfg_scale,
         student=str(student or ""),
     )  # fmt: skip
-    device = _start(device, threads)
-    loop = loop_options(
-        Schedule(steps, lr, val_every), max_minutes=max_minutes, seed=seed, threads=threads,
-        device=device,
-    )  # fmt: skip
+    loop = _start(Schedule(steps, lr, val_every), max_minutes, seed, threads, device)
     stage = ode.OdeStage(
-        data, out, init, opts, device=device, cache_path=cache, on_progress=_progress
+        data, out, init, opts, device=loop.device, cache_path=cache, on_progress=_progress
     )
     _print(_train(stage, out, loop, resume, export))
 
@@ -613,13 +603,9 @@ def dmd_command(
         reg_batch=reg_batch, mouth_weight=mouth_weight, pairs=pairs, seed=seed,
         sample_every=sample_every,
     )  # fmt: skip
-    device = _start(device, threads)
-    loop = loop_options(
-        Schedule(steps, lr, val_every), max_minutes=max_minutes, seed=seed, threads=threads,
-        device=device,
-    )  # fmt: skip
+    loop = _start(Schedule(steps, lr, val_every), max_minutes, seed, threads, device)
     stage = dmd.DmdStage(
-        data, out, init, teacher, opts, ode_run=ode_run, device=device, on_progress=_progress
+        data, out, init, teacher, opts, ode_run=ode_run, device=loop.device, on_progress=_progress
     )
     _print(_train(stage, out, loop, resume, export))
 
