@@ -390,11 +390,12 @@ def _checkpoint(
 ) -> None:
     """The run's checkpoint (`checkpoint.pt` on one rank, `checkpoint.sharded/` on several;
     the other kind is removed) and the loss curve."""
+    extra = _run_state(stage, gen, step, opts)
     if par.world == 1:
-        _save_checkpoint(out / CHECKPOINT, stage, nets, optimizers, gen, step, opts)
+        _save_checkpoint(out / CHECKPOINT, nets, optimizers, extra)
         shutil.rmtree(out / SHARDED, ignore_errors=True)
     else:
-        par.save(out / SHARDED, nets, optimizers, _run_state(stage, gen, step, opts))
+        par.save(out / SHARDED, nets, optimizers, extra)
         if par.main:
             (out / CHECKPOINT).unlink(missing_ok=True)
     if par.main:
@@ -440,16 +441,14 @@ def _run_state(stage: Stage, gen: torch.Generator, step: int, opts: LoopOptions)
 
 def _save_checkpoint(
     path: Path,
-    stage: Stage,
     nets: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
-    gen: torch.Generator,
-    step: int,
-    opts: LoopOptions,
+    extra: dict[str, Any],
 ) -> None:
-    """Atomically write networks, optimizers, step, RNG states and options."""
+    """Atomically write networks, optimizers and `extra` (`_run_state`: step, RNG states,
+    options), as `Parallel.save` does on several ranks."""
     state = {
-        **_run_state(stage, gen, step, opts),
+        **extra,
         "networks": {name: net.state_dict() for name, net in nets.items()},
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
