@@ -17,6 +17,7 @@ import torch
 import typer
 
 from tmrender.cli.app import console, stdout
+from tmrender.cli.options import DeviceOpt
 from tmrender.config import SamplerConfig
 from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
@@ -59,10 +60,6 @@ StepsOption = Annotated[int, typer.Option("--steps", help="Total training steps.
 LrOption = Annotated[float, typer.Option("--lr", help="Peak learning rate (warm-up, cosine).")]
 MaxMinutesOption = Annotated[
     float, typer.Option("--max-minutes", help="Stop cleanly after this many minutes (0: no limit).")
-]
-DeviceOption = Annotated[
-    str,
-    typer.Option("--device", help="auto (CUDA if present), cpu, cuda or cuda:N (bf16 on CUDA)."),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of weights and batches.")]
 ThreadsOption = Annotated[int, typer.Option("--threads", help="CPU threads for torch.")]
@@ -230,7 +227,7 @@ def vae_command(
     lr: LrOption = SCHEDULES["vae"].lr,
     max_minutes: MaxMinutesOption = LOOP.max_minutes,
     resume: ResumeOption = False,
-    device: DeviceOption = LOOP.device,
+    device: DeviceOpt = LOOP.device,
     seed: SeedOption = LOOP.seed,
     threads: ThreadsOption = LOOP.threads,
     export: ExportOption = None,
@@ -340,7 +337,7 @@ def audio_command(
     lr: LrOption = SCHEDULES["audio"].lr,
     max_minutes: MaxMinutesOption = LOOP.max_minutes,
     resume: ResumeOption = False,
-    device: DeviceOption = LOOP.device,
+    device: DeviceOpt = LOOP.device,
     seed: SeedOption = AUDIO.seed,
     threads: ThreadsOption = LOOP.threads,
     export: ExportOption = None,
@@ -410,7 +407,7 @@ def teacher_command(
     lr: LrOption = SCHEDULES["teacher"].lr,
     max_minutes: MaxMinutesOption = LOOP.max_minutes,
     resume: ResumeOption = False,
-    device: DeviceOption = LOOP.device,
+    device: DeviceOpt = LOOP.device,
     seed: SeedOption = LOOP.seed,
     threads: ThreadsOption = LOOP.threads,
     export: ExportOption = None,
@@ -469,7 +466,7 @@ def ode_command(
     lr: LrOption = SCHEDULES["ode"].lr,
     max_minutes: MaxMinutesOption = LOOP.max_minutes,
     resume: ResumeOption = False,
-    device: DeviceOption = LOOP.device,
+    device: DeviceOpt = LOOP.device,
     seed: SeedOption = ODE.seed,
     threads: ThreadsOption = LOOP.threads,
     export: ExportOption = None,
@@ -559,7 +556,7 @@ def dmd_command(
     lr: LrOption = SCHEDULES["dmd"].lr,
     max_minutes: MaxMinutesOption = LOOP.max_minutes,
     resume: ResumeOption = False,
-    device: DeviceOption = LOOP.device,
+    device: DeviceOpt = LOOP.device,
     seed: SeedOption = DMD.seed,
     threads: ThreadsOption = LOOP.threads,
     export: ExportOption = None,
