@@ -83,7 +83,7 @@ def two_ranks(rank: int, inputs: Inputs, port: int) -> None:
     inputs.run("two", checkpoint_blocks=True)
     inputs.cut("two-cut")
     inputs.run("one-cut", resume=True)
-    D.leave()
+    assert D.leave() == (rank == 0)  # rank 0 reports the run
 
 
 def losses(run: Path) -> list[float]:
@@ -154,6 +154,14 @@ def test_one_process_optimizer_state_is_renamed_by_parameter():
     assert [g["params"] for g in renamed["param_groups"]] == [["n.1.weight"], ["n.0.weight"]]
     exp_avg = renamed["state"]["n.0.weight"]["exp_avg"]
     assert torch.equal(exp_avg, opt.state[net[0].weight]["exp_avg"])
+
+
+def test_one_process_reports_its_run_and_resolves_device_auto():
+    assert D.leave()
+    assert D.rank_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert D.rank_device("cpu") == "cpu"
+    with pytest.raises(UserInputError, match="unknown device"):
+        D.rank_device("tpu:x")
 
 
 def test_several_ranks_need_a_dit_to_shard():

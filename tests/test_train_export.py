@@ -128,15 +128,16 @@ def test_export_sets_the_deflicker_taps_and_the_cli_checks_them(stages, tmp_path
     assert read_metadata(out)["config"].sampler.deflicker_taps == before
     for bad in ("1,2", "1,x,1", "3,2,1"):
         code, _, err = run(capsys, "train", "export", "--init", str(stages / "dmd.safetensors"),
-                           "-o", str(out), "--dtype", "float32", "--deflicker", bad)  # fmt: skip
-        assert code == 2 and "--deflicker" in err
+                           "-o", str(out), "--dtype", "float32",
+                           "--deflicker-taps", bad)  # fmt: skip
+        assert code == 2 and "--deflicker-taps" in err
 
 
 def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
             "--dtype", "float32")  # fmt: skip
-    code, _, _ = run(capsys, *args, "--deflicker", "1,2,1", "--deflicker-keep", "6,16")
+    code, _, _ = run(capsys, *args, "--deflicker-taps", "1,2,1", "--deflicker-keep", "6,16")
     sampler = read_metadata(out)["config"].sampler
     assert code == 0 and sampler.deflicker_keep == (6.0, 16.0)
     assert sampler.deflicker_taps == (1.0, 2.0, 1.0)
@@ -145,10 +146,10 @@ def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
     for bad in ("6", "16,6", "a,b"):
         code, _, err = run(capsys, *args, "--deflicker-keep", bad)
         assert code == 2 and "--deflicker-keep" in err
-    run(capsys, *args, "--deflicker", "1,2,1", "--deflicker-keep", "6,16")
-    run(capsys, *args, "--deflicker", "none")  # the filter off takes its levels with it
+    run(capsys, *args, "--deflicker-taps", "1,2,1", "--deflicker-keep", "6,16")
+    run(capsys, *args, "--deflicker-taps", "none")  # the filter off takes its levels with it
     assert read_metadata(out)["config"].sampler.deflicker_keep == ()
-    code, _, err = run(capsys, *args, "--deflicker", "none", "--deflicker-keep", "6,16")
+    code, _, err = run(capsys, *args, "--deflicker-taps", "none", "--deflicker-keep", "6,16")
     assert code == 2 and "--deflicker-keep needs a filter" in err and "Traceback" not in err
 
 

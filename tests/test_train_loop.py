@@ -12,7 +12,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tmrender.errors import UserInputError
-from tmrender.train.loop import LoopOptions, load_training_networks, lr_at, run_stage
+from tmrender.train.loop import (
+    LoopOptions,
+    Schedule,
+    copy_export,
+    format_log_row,
+    load_training_networks,
+    loop_options,
+    lr_at,
+    restore_networks,
+    run_stage,
+)
 
 TRUE_W = torch.tensor([[1.5, -2.0, 0.5, 3.0]])
 
@@ -164,3 +174,41 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_at(9, opts) == pytest.approx(1.0)
     assert lr_at(55, opts) == pytest.approx(0.55)
     assert lr_at(100, opts) == pytest.approx(0.1)
+
+
+def test_loop_options_derive_warmup_checkpoints_and_log_rows_from_the_steps():
+    long = loop_options(Schedule(steps=3000, lr=2e-3, val_every=500), seed=3, device="auto")
+    assert (long.warmup, long.checkpoint_every, long.log_every) == (200, 500, 50)
+    assert (long.steps, long.lr, long.val_every, long.seed, long.device) == (
+        3000, 2e-3, 500, 3, "auto"
+    )  # fmt: skip
+    short = loop_options(Schedule(steps=8, lr=1e-3, val_every=0))
+    assert (short.warmup, short.checkpoint_every, short.log_every) == (1, 2, 1)
+    assert short.threads == LoopOptions().threads
+    assert loop_options(Schedule(8, 1e-3, 0), warmup=5, grad_clip=0.0).warmup == 5
+
+
+def test_device_auto_runs_on_the_machine_s_device(tmp_path):
+    run_stage(Regression(), tmp_path, options(steps=2, device="auto"), on_log=None)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["options"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_restore_networks_gives_a_stage_the_run_s_weights_and_copy_export(tmp_path):
+    trained = Regression()
+    run_stage(trained, tmp_path / "run", options(steps=4), on_log=None)
+    fresh = Regression()
+    with pytest.raises(UserInputError, match="train first"):
+        restore_networks(fresh, tmp_path / "nothing")
+    restore_networks(fresh, tmp_path / "run")
+    assert torch.equal(fresh.model.weight, trained.model.weight) and not fresh.model.training
+    copy_export(tmp_path / "run", tmp_path / "stages" / "toy.safetensors")
+    assert load_file(tmp_path / "stages" / "toy.safetensors").keys() == {"weight", "bias"}
+
+
+def test_log_rows_read_as_one_line():
+    row = {"step": 20, "lr": 0.0012345, "seconds": 1.5, "loss": 0.25}
+    assert format_log_row(row) == "step 20: lr 0.001234, loss 0.25 (1.5 s)"
+    assert (
+        format_log_row({"step": 20, "val": {"r": 0.9, "n": 3}}) == "step 20: validation r 0.9, n 3"
+    )

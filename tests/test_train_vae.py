@@ -220,10 +220,10 @@ def test_max_minutes_stops_cleanly(corpus, tmp_path):
 
 
 def test_cli_trains_exports_and_reports_test_figures(corpus, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("tmrender.models.presets.tm_mini_variant", lambda *args: TINY)
+    monkeypatch.setattr("tmrender.models.presets.tm_mini_variant", lambda *args, **kw: TINY)
     out, export = tmp_path / "run", tmp_path / "stages" / "vae.safetensors"
     args = ["train", "vae", "--data", str(corpus), "--out", str(out), "--steps", "3",
-            "--crop-batch", "2", "--crop-frames", "5", "--crop", "24", "--clip-batch", "1",
+            "--crop-batch", "2", "--crop-frames", "5", "--crop-size", "24", "--clip-batch", "1",
             "--clip-frames", "5", "--threads", "1", "--val-clips", "1",
             "--export", str(export)]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
@@ -238,7 +238,7 @@ def test_cli_trains_exports_and_reports_test_figures(corpus, tmp_path, capsys, m
 
 def test_cli_refuses_bad_options(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "vae", "--data", str(corpus), "--out", str(tmp_path), "--crop", "20"])
+        main(["train", "vae", "--data", str(corpus), "--out", str(tmp_path), "--crop-size", "20"])
     assert exit_info.value.code == 2
     assert "multiples of 8" in capsys.readouterr().err
 
@@ -318,25 +318,3 @@ def test_decoder_blocks_can_only_be_added():
         with pytest.raises(UserInputError, match="add blocks only"):
             recipe.add_decoder_blocks(vae, blocks, seed=0)
     assert recipe.add_decoder_blocks(vae, (0, 1, 0), seed=0) is vae
-
-
-def test_cli_grows_the_decoder_of_an_init_checkpoint(corpus, tmp_path, capsys):
-    first = tmp_path / "first"
-    run_stage(stage(corpus, first), first, loop_options(steps=2), on_log=None)
-    out = tmp_path / "grown"
-    args = ["train", "vae", "--data", str(corpus), "--out", str(out), "--steps", "2",
-            "--init", str(first / "export.safetensors"), "--decoder-only", "--dec-blocks", "0,0,1",
-            "--crop-batch", "2", "--crop-frames", "5", "--crop", "24", "--clip-batch", "1",
-            "--clip-frames", "5", "--threads", "1", "--val-clips", "1", "--no-test"]  # fmt: skip
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 0
-    model, _ = load_checkpoint(out / "export.safetensors")
-    start, _ = load_checkpoint(first / "export.safetensors")
-    assert model.cfg.vae.dec_blocks == (0, 0, 1)
-    assert model.cfg.vae.latent_std == start.cfg.vae.latent_std
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args[:-1], "--dec-blocks", "x"])
-    assert exit_info.value.code == 2
-    assert "--dec-blocks" in capsys.readouterr().err

@@ -1,10 +1,16 @@
 """Training recipes, one module per stage (`tmrender train STAGE`); losses are pure
-functions, loops are thin, every stage resumes from its run folder.
+functions, the loop is one, every stage resumes from its run folder.
 
-- `loop`: the one training loop (`run_stage`) that runs every stage's `Stage`.
-- `mouth_reader`: the lip-sync instrument of `tmrender eval`.
-- `vae`: the causal VAE on corpus frames, with its latent statistics.
-- `audio` (+ `augment`): the Wav2Vec2 audio encoder on frame phonemes and mouth targets.
-- `dmd`: the 2-step sparse-causal student by asymmetric distribution matching distillation.
-- `export`: the shipped checkpoint (fp16 per network, provenance, SHA256SUMS line).
+- `loop`: the one training loop (`run_stage`) that runs every stage's `Stage`, and the
+  loop's options of each stage (`SCHEDULES`, `loop_options`).
+- `distributed`: data-parallel training of the DiT stages under torchrun (FSDP2).
+- `mouth_reader`: the lip-sync instrument of `tmrender eval` (not a stage).
+- `vae`: stage 1, the causal VAE on corpus frames, with its latent statistics.
+- `audio` (+ `augment`): stage 2, the Wav2Vec2 audio encoder on frame phonemes and mouths.
+- `latents`: the latent cache and window batches of the DiT stages.
+- `teacher`: stage 3, the bidirectional audio-conditioned teacher DiT (flow matching).
+- `ode`: stage 4, the sparse-causal student regressed on the teacher's ODE trajectories.
+- `dmd`: stage 5, the 2-step student by asymmetric distribution matching distillation.
+- `export`: stage 6, the shipped checkpoint (fp16 per network, provenance, SHA256SUMS).
+- `merge`: one stage file from two stages that trained side by side.
 """

@@ -70,6 +70,7 @@ from tmrender.errors import UserInputError
 from tmrender.models.attention import AudioCrossAttention, CrossAttention
 from tmrender.models.audio import SilenceEmbedding
 from tmrender.models.dit import WanBlock, WanDiT
+from tmrender.render.weights import resolve_device
 
 # FSDP2 gathers a unit's parameters around its forward only. The models also call a few
 # methods outside forward: the DiT's streaming API; the audio / text K/V of every block,
@@ -241,14 +242,17 @@ def parallel(device: str) -> Parallel:
     return _JOINED
 
 
-def leave() -> None:
-    """The end of a run on several ranks: wait for every rank, then close the process group
-    (a later `parallel` call joins again). Without a process group, nothing."""
+def leave() -> bool:
+    """The end of a run: wait for every rank, then close the process group (a later
+    `parallel` call joins again); without a process group, nothing. Returns whether this
+    process reports the run (rank 0, or the only process)."""
     global _JOINED
+    main = _JOINED is None or _JOINED.main
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     _JOINED = None
+    return main
 
 
 def _close_group() -> None:
@@ -257,8 +261,10 @@ def _close_group() -> None:
 
 
 def rank_device(device: str) -> str:
-    """`device` for this rank: under torchrun `cuda` is the GPU of its LOCAL_RANK (the
-    process group is joined here, before a stage puts anything on a GPU)."""
+    """`--device` for this process, resolved once before a stage loads: `auto` is CUDA when
+    present, else the CPU; under torchrun `cuda` is the GPU of its LOCAL_RANK (the process
+    group is joined here, before a stage puts anything on a GPU)."""
+    device = str(resolve_device(device))
     par = parallel(device)
     if par.world > 1 and torch.device(device).type == "cuda":
         return f"cuda:{par.local_rank}"

@@ -77,7 +77,7 @@ def shipped_sampler(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfi
     if keep and not taps:
         if opts.deflicker_keep:
             raise UserInputError("--deflicker-keep needs a filter to keep edges from: give "
-                                 "--deflicker taps too")  # fmt: skip
+                                 "--deflicker-taps too")  # fmt: skip
         keep = ()
     retime = sampler.retime if opts.retime is None else opts.retime
     return replace(sampler, deflicker_taps=taps, deflicker_keep=keep, retime=retime)
@@ -267,3 +267,22 @@ def default_score(data: Path, opts: ExportOptions, reader_path: Path | None = No
     if not clips:
         raise UserInputError(f"no clips in the {opts.split} split of {data}")
     return held_out_lipsync(clips, load_mouth_reader(reader_path), opts.seconds, opts.seed)
+
+
+def export_from_corpus(
+    init: Path,
+    output: Path,
+    opts: ExportOptions,
+    data: Path | None = None,
+    reader: Path | None = None,
+    stages_dir: Path | None = None,
+    report: Path | None = None,
+) -> dict[str, Any]:
+    """`export_model` as `tmrender train export` runs it: for dtype "auto" the score is
+    `default_score` on `data` (with the mouth reader `reader`, default the shipped one),
+    and the provenance reads the stage files beside `init` unless `stages_dir` is given."""
+    score = None
+    if opts.dtype == "auto" and data is not None:
+        score = default_score(data, opts, reader)
+    stages_dir = stages_dir or Path(init).parent
+    return export_model(init, output, opts, score=score, stages_dir=stages_dir, report=report)

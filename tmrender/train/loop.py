@@ -45,7 +45,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from tmrender.errors import UserInputError
 from tmrender.files import atomic_write
+from tmrender.render.weights import resolve_device
 from tmrender.train import distributed
 from tmrender.train.distributed import Parallel
 
@@ -83,8 +84,40 @@ class LoopOptions:
     # machine
     seed: int = 0
     threads: int = 2  # torch CPU threads
-    device: str = "cpu"  # cpu | cuda | cuda:N ; bf16 autocast on CUDA
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N ; bf16 autocast on CUDA
     checkpoint_blocks: bool = False  # recompute DiT block activations in backward (memory)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A stage's own loop defaults: those of `tmrender train STAGE` (the shipped recipe)."""
+
+    steps: int
+    lr: float
+    val_every: int
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "vae": Schedule(steps=3000, lr=2e-3, val_every=500),
+    "audio": Schedule(steps=3000, lr=2e-3, val_every=250),
+    "teacher": Schedule(steps=3000, lr=5e-4, val_every=250),
+    "ode": Schedule(steps=2000, lr=2e-4, val_every=250),
+    "dmd": Schedule(steps=600, lr=1e-4, val_every=100),  # steps = generator updates
+}
+
+
+def loop_options(schedule: Schedule, **given: Any) -> LoopOptions:
+    """The loop's options of a stage run: `schedule`, then `given` (any LoopOptions field:
+    max_minutes, seed, threads, device, ...). Unless given, the warm-up is a tenth of the
+    steps (at least 1, at most 200), checkpoints come every quarter of the steps (at most
+    every 500) and log rows every twentieth (at most every 50)."""
+    steps = schedule.steps
+    derived = {
+        "warmup": min(200, max(1, steps // 10)),
+        "checkpoint_every": max(1, min(500, steps // 4)),
+        "log_every": max(1, min(50, steps // 20)),
+    }
+    return LoopOptions(**{**derived, **asdict(schedule), **given})
 
 
 class Stage(Protocol):
@@ -142,20 +175,23 @@ def lr_at(step: int, opts: LoopOptions) -> float:
     return opts.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def print_log(row: dict) -> None:
-    """Default `on_log`: one line per log row."""
+def format_log_row(row: dict) -> str:
+    """One line for a log row: "step S: loss 0.1234, ... (T s)" or "step S: validation ..."."""
     if "val" in row:
         figures = ", ".join(f"{k} {_fmt(v)}" for k, v in row["val"].items())
-        print(f"step {row['step']}: validation {figures}", flush=True)
-    else:
-        figures = ", ".join(
-            f"{k} {_fmt(v)}" for k, v in row.items() if k not in ("step", "seconds")
-        )
-        print(f"step {row['step']}: {figures} ({row['seconds']} s)", flush=True)
+        return f"step {row['step']}: validation {figures}"
+    skip = ("step", "seconds")
+    figures = ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k not in skip)
+    return f"step {row['step']}: {figures} ({row['seconds']} s)"
+
+
+def print_log(row: dict) -> None:
+    """Default `on_log`: one line per log row."""
+    print(format_log_row(row), flush=True)
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.5g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def run_stage(
@@ -172,6 +208,7 @@ def run_stage(
     """
     if opts.steps < 1:
         raise UserInputError("--steps must be at least 1")
+    opts = replace(opts, device=str(resolve_device(opts.device)))  # "auto": CUDA if present
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     try:
@@ -251,11 +288,8 @@ def _run(stage: Stage, out: Path, opts: LoopOptions, resume: bool, on_log) -> di
 
 
 def _device(name: str) -> torch.device:
+    """The torch device of a name `resolve_device` has checked."""
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"--device {name}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise UserInputError(f"--device {name}: expected cpu, cuda or cuda:N")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # batches keep their shapes: time the kernels once
     return device
@@ -356,11 +390,12 @@ def _checkpoint(
 ) -> None:
     """The run's checkpoint (`checkpoint.pt` on one rank, `checkpoint.sharded/` on several;
     the other kind is removed) and the loss curve."""
+    extra = _run_state(stage, gen, step, opts)
     if par.world == 1:
-        _save_checkpoint(out / CHECKPOINT, stage, nets, optimizers, gen, step, opts)
+        _save_checkpoint(out / CHECKPOINT, nets, optimizers, extra)
         shutil.rmtree(out / SHARDED, ignore_errors=True)
     else:
-        par.save(out / SHARDED, nets, optimizers, _run_state(stage, gen, step, opts))
+        par.save(out / SHARDED, nets, optimizers, extra)
         if par.main:
             (out / CHECKPOINT).unlink(missing_ok=True)
     if par.main:
@@ -406,16 +441,14 @@ def _run_state(stage: Stage, gen: torch.Generator, step: int, opts: LoopOptions)
 
 def _save_checkpoint(
     path: Path,
-    stage: Stage,
     nets: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
-    gen: torch.Generator,
-    step: int,
-    opts: LoopOptions,
+    extra: dict[str, Any],
 ) -> None:
-    """Atomically write networks, optimizers, step, RNG states and options."""
+    """Atomically write networks, optimizers and `extra` (`_run_state`: step, RNG states,
+    options), as `Parallel.save` does on several ranks."""
     state = {
-        **_run_state(stage, gen, step, opts),
+        **extra,
         "networks": {name: net.state_dict() for name, net in nets.items()},
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -451,6 +484,24 @@ def _load_checkpoint(
 def load_training_networks(path: Path) -> dict[str, dict[str, Tensor]]:
     """State dicts of the networks in a training checkpoint, by network name (on the CPU)."""
     return torch.load(Path(path), map_location="cpu", weights_only=False)["networks"]
+
+
+def restore_networks(stage: Stage, out: Path, device: str = "cpu") -> None:
+    """Give `stage`'s networks the weights of the run folder's checkpoint, in eval mode on
+    `device`: figures of a trained run without training (`--test-only`)."""
+    path = Path(out) / CHECKPOINT
+    if not path.exists():
+        raise UserInputError(f"no checkpoint in {out}; train first")
+    states = load_training_networks(path)
+    for name, net in stage.networks().items():
+        net.load_state_dict(states[name])
+        net.to(resolve_device(device)).eval()
+
+
+def copy_export(out: Path, path: Path) -> None:
+    """Copy the run folder's export (`EXPORT`) to `path`, making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(out) / EXPORT, path)
 
 
 # -- log and loss curve ----------------------------------------------------------------------

@@ -27,8 +27,8 @@ def merge_networks(base: Path, donor: Path, networks: Sequence[str], output: Pat
         raise UserInputError(f"--take must name networks among {', '.join(NETWORKS)}")
     model, base_meta = load_checkpoint(base)
     donor_model, donor_meta = load_checkpoint(donor)
-    if "vae" in networks:  # the donor's decoder may be shaped otherwise (e.g. look-ahead)
-        adopt_vae(model, donor_model, f"{donor}: its vae does not fit {base}")
+    if "vae" in networks:
+        check_same_vae(model, donor_model, f"{donor}: its vae does not fit {base}")
     for name in networks:
         target, source = getattr(model, name), getattr(donor_model, name)
         expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
@@ -47,15 +47,13 @@ def merge_networks(base: Path, donor: Path, networks: Sequence[str], output: Pat
     return extra
 
 
-def adopt_vae(model, donor, what: str) -> None:
-    """Give `model` (a TalkingModel) the config and module of `donor`'s VAE, whose latents
-    must be the same (channels, strides, statistics): its decoder may differ, its encoder
-    is then checked by the state-dict comparison as usual. UserInputError otherwise."""
+def check_same_vae(model, donor, what: str) -> None:
+    """`donor`'s VAE (a TalkingModel's) must be configured as `model`'s: the merged file
+    keeps `model`'s config, and its DiT reads the VAE's latents. UserInputError naming the
+    fields that differ otherwise."""
     mine, theirs = model.cfg.vae, donor.cfg.vae
-    same = ("kind", "latent_channels", "temporal_stride", "spatial_stride", "latent_mean",
-            "latent_std")  # fmt: skip
-    differ = [f for f in same if getattr(mine, f) != getattr(theirs, f)]
+    differ = [
+        f.name for f in dataclasses.fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name)
+    ]
     if differ:
-        raise UserInputError(f"{what}: other latents ({', '.join(differ)})")
-    model.cfg = dataclasses.replace(model.cfg, vae=theirs)
-    model.vae = type(donor.vae)(theirs).to(next(model.vae.parameters()).device)
+        raise UserInputError(f"{what}: another VAE config ({', '.join(differ)})")

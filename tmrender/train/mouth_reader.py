@@ -40,7 +40,7 @@ from tmrender.eval.metrics import pearson
 from tmrender.eval.mouth import mouth_regions
 from tmrender.files import atomic_write
 from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig, normalise
-from tmrender.train.loop import LoopOptions, run_stage, seeded
+from tmrender.train.loop import CHECKPOINT, LoopOptions, Schedule, loop_options, run_stage, seeded
 
 CONFIG = "config.json"
 
@@ -50,14 +50,14 @@ class TrainOptions:
     """Options of one mouth reader training run."""
 
     # schedule
-    steps: int = 6000
+    steps: int = 4000
     batch: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: int = 200
     max_minutes: float = 0.0  # stop (after a checkpoint) once this much wall time is used; 0 = off
     # bookkeeping
-    checkpoint_every: int = 500
+    checkpoint_every: int = 250
     log_every: int = 50
     val_clips: int = 10
     # augmentation
@@ -191,14 +191,14 @@ def validate(model: MouthReader, regions: np.ndarray, targets: np.ndarray, margi
     }
 
 
-def loop_options(opts: TrainOptions, device: str = "cpu") -> LoopOptions:
-    """The loop's options for a mouth reader run: no gradient clipping, cosine to 2%,
-    validation at every checkpoint."""
-    return LoopOptions(
-        steps=opts.steps, lr=opts.lr, warmup=opts.warmup, min_lr_ratio=0.02,
-        weight_decay=opts.weight_decay, grad_clip=0.0, max_minutes=opts.max_minutes,
-        checkpoint_every=opts.checkpoint_every, log_every=opts.log_every,
-        val_every=opts.checkpoint_every, seed=opts.seed, threads=opts.threads, device=device,
+def mouth_reader_loop(opts: TrainOptions, device: str = "cpu") -> LoopOptions:
+    """The loop's options for a mouth reader run: its own warm-up and bookkeeping, no
+    gradient clipping, cosine to 2%, validation at every checkpoint."""
+    schedule = Schedule(steps=opts.steps, lr=opts.lr, val_every=opts.checkpoint_every)
+    return loop_options(
+        schedule, warmup=opts.warmup, min_lr_ratio=0.02, weight_decay=opts.weight_decay,
+        grad_clip=0.0, max_minutes=opts.max_minutes, checkpoint_every=opts.checkpoint_every,
+        log_every=opts.log_every, seed=opts.seed, threads=opts.threads, device=device,
     )  # fmt: skip
 
 
@@ -275,11 +275,6 @@ def train(
     out = Path(out)
     config_path = out / CONFIG
     if resume:
-        if not config_path.exists() and (out / "checkpoint.pt").exists():
-            raise UserInputError(
-                f"{out} holds a checkpoint of the earlier mouth reader loop, which cannot "
-                "be resumed; train into a new --out folder"
-            )
         if not config_path.exists():
             raise UserInputError(f"nothing to resume: {config_path} does not exist")
         cfg = MouthReaderConfig.from_json(config_path.read_text())
@@ -287,23 +282,47 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     config_path.write_text(cfg.to_json())
     stage = MouthReaderStage(data, out, cfg, opts)
-    run_stage(stage, out, loop_options(opts, device), resume=resume, on_log=on_log)
+    run_stage(stage, out, mouth_reader_loop(opts, device), resume=resume, on_log=on_log)
     return stage.model.eval()
 
 
 def load_training_checkpoint(path: Path) -> tuple[MouthReader, dict]:
     """-> (model with the checkpoint's weights, the raw checkpoint dict); the config comes
-    from `config.json` beside the checkpoint (or from the checkpoint itself when the
-    earlier mouth reader loop wrote it)."""
+    from `config.json` beside the checkpoint."""
     path = Path(path)
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if "networks" not in state:  # written before the one training loop
-        model = MouthReader(MouthReaderConfig.from_json(state["config"]))
-        model.load_state_dict(state["model"])
-        return model, state
     model = MouthReader(MouthReaderConfig.from_json((path.parent / CONFIG).read_text()))
     model.load_state_dict(state["networks"]["model"])
     return model, state
+
+
+def run_model(out: Path) -> MouthReader:
+    """The reader of the run folder `out`'s checkpoint, in eval mode (`--test-only`)."""
+    path = Path(out) / CHECKPOINT
+    if not path.exists():
+        raise UserInputError(f"no checkpoint in {out}; train first")
+    return load_training_checkpoint(path)[0].eval()
+
+
+def export_weights(model: MouthReader, data: Path, path: Path, val_clips: int = 10) -> str:
+    """Write the shipped reader to `path`: fp16 weights if they read the last `val_clips`
+    train clips of `data` as well as fp32 do (|dr| < 1e-3 on every output), else fp32;
+    records the SHA-256 in the folder's SHA256SUMS and returns it."""
+    import tempfile
+
+    from tmrender.eval.mouth import load_mouth_reader, record_checksum, save_mouth_reader
+
+    held_out = list_clips(data, "train")[-val_clips:]
+    reference = evaluate_reader(model, held_out)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "half.safetensors"
+        save_mouth_reader(model, probe, half=True)
+        halved = evaluate_reader(load_mouth_reader(probe), held_out)
+    half = all(abs(halved[k]["r"] - reference[k]["r"]) < 1e-3 for k in model.cfg.outputs)
+    extra = {"dtype": "float16" if half else "float32", "held_out_figures": reference}
+    digest = save_mouth_reader(model, path, half=half, extra=extra)
+    record_checksum(path.parent / "SHA256SUMS", path, digest)
+    return digest
 
 
 # -- export and test figures -----------------------------------------------------------------
