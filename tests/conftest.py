@@ -186,16 +186,3 @@ def tiny_init(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-init") / "init.safetensors"
     save_checkpoint(TalkingModel(tiny_model_config()), path, trained=False)
     return path
-
-
-def fake_audio_run(path: Path, feature_dim: int) -> Path:
-    """An audio-stage run checkpoint (`checkpoint.pt`) holding seeded frame heads (mouth +
-    a 5-phoneme readout): what `--audio-heads` reads."""
-    import torch
-
-    from tmrender.train.audio import FrameHeads
-
-    torch.manual_seed(3)
-    heads = FrameHeads(feature_dim, phonemes=5, hidden=16, context=1)
-    torch.save({"stage": "audio", "networks": {"heads": heads.state_dict()}}, path)
-    return path

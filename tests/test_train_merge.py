@@ -45,23 +45,22 @@ def test_merge_refuses_unknown_networks_and_misfits(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_merge_takes_a_look_ahead_decoder_with_its_config(tmp_path, capsys):
-    from tmrender.train.vae import add_lookahead
+def test_merge_takes_a_deeper_decoder_with_its_config(tmp_path, capsys):
+    from tmrender.models.vae import CausalVAE
 
     base_model = tiny_model(seed=1)
     donor_model = tiny_model(seed=1)
-    donor_model.vae = add_lookahead(donor_model.vae)
-    donor_model.cfg = dataclasses.replace(donor_model.cfg, vae=donor_model.vae.cfg)
-    latents = torch.randn(1, base_model.cfg.vae.latent_channels, 3, 4, 4)
-    with torch.no_grad():  # zero weights for the latent ahead: it decodes as before
-        torch.testing.assert_close(donor_model.vae.decode(latents), base_model.vae.decode(latents))
+    deeper = dataclasses.replace(donor_model.cfg.vae, dec_latent_blocks=1)
+    donor_model.vae = CausalVAE(deeper)
+    donor_model.cfg = dataclasses.replace(donor_model.cfg, vae=deeper)
     base = _write(base_model, tmp_path / "student.safetensors", "dmd")
     donor = _write(donor_model, tmp_path / "vae.safetensors", "vae")
     out = tmp_path / "merged.safetensors"
     args = ["train", "merge", "--base", str(base), "--donor", str(donor), "-o", str(out)]
     assert run_cli(*args, "--take", "vae") == 0
     merged, _ = load_checkpoint(out)
-    assert merged.cfg.vae.dec_lookahead == 1 and merged.cfg.dit == base_model.cfg.dit
+    assert merged.cfg.vae.dec_latent_blocks == 1 and merged.cfg.dit == base_model.cfg.dit
+    assert merged.vae.state_dict().keys() == donor_model.vae.state_dict().keys()
     other = tiny_model(seed=1)
     stats = dataclasses.replace(other.cfg.vae, latent_mean=(0.5,) * 4, latent_std=(2.0,) * 4)
     other.cfg = dataclasses.replace(other.cfg, vae=stats)

@@ -20,12 +20,11 @@ from tmrender.models.talking import TalkingModel
 from tmrender.render.audio import frames_for_samples, write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import latents as L
-from tmrender.train import narrow as N
 from tmrender.train import ode as O
 from tmrender.train import teacher as T
 from tmrender.train.loop import LoopOptions, run_stage
 
-from .conftest import fake_audio_run, randomized_model, tiny_model_config
+from .conftest import randomized_model, tiny_model_config
 
 TINY = tiny_model_config()
 OPTS = O.OdeOptions(batch=4, chunks=2, val_clips=1, pairs=12, val_pairs=4, pair_batch=8,
@@ -220,72 +219,6 @@ def test_student_with_another_vae_is_refused(tmp_path, tiny_corpus, teacher_file
     opts = dataclasses.replace(OPTS, student=str(student_file))
     with pytest.raises(Exception, match="another VAE"):
         O.OdeStage(tiny_corpus, tmp_path / "run", teacher_file, opts)
-
-
-def test_narrow_audio_path_reads_the_frozen_mouth_head_and_round_trips(
-    tmp_path, tiny_corpus, teacher_file
-):
-    heads_file = fake_audio_run(tmp_path / "checkpoint.pt", TINY.audio_feature_dim)
-    opts = dataclasses.replace(OPTS, audio_heads=str(heads_file), narrow_warmup=0)
-    untrained = O.OdeStage(tiny_corpus, tmp_path / "a", teacher_file, opts).model
-    opts = dataclasses.replace(opts, narrow_warmup=120)
-    stage = O.OdeStage(tiny_corpus, tmp_path / "b", teacher_file, opts)
-    m = stage.model
-    assert m.cfg.audio_proj.source == "mouth" and m.audio_proj.in_features == 7 * 8
-    assert not any(p.requires_grad for p in m.audio_head.parameters())
-    saved = torch.load(heads_file)["networks"]["heads"]
-    assert torch.equal(m.audio_head.mouth.weight, saved["mouth.weight"])
-    # the warm-up fits the new projection to the teacher's tokens
-    teacher = load_checkpoint(teacher_file)[0]
-    w = stage.batch(torch.Generator().manual_seed(9), torch.device("cpu")).windows.audio
-    with torch.no_grad():
-        target = teacher.audio_proj(w)
-        before = float((untrained.audio_tokens(w) - target).pow(2).mean())
-        after = float((m.audio_tokens(w) - target).pow(2).mean())
-    assert after < 0.7 * before
-    # the head stays frozen: the stage does not train it
-    assert {p for p in O.diffusion_parameters(m)}.isdisjoint(set(m.audio_head.parameters()))
-    extra = stage.export(tmp_path / "narrow.safetensors")
-    assert extra["audio_source"] == "mouth" and extra["narrow_fit_mse"] == pytest.approx(
-        stage.narrow_fit, abs=1e-5
-    )
-    loaded, _ = load_checkpoint(tmp_path / "narrow.safetensors")
-    assert loaded.cfg.audio_proj.source == "mouth"
-    with torch.no_grad():
-        assert torch.allclose(loaded.audio_tokens(w), m.audio_tokens(w), atol=1e-5)
-
-
-def test_audio_heads_read_from_a_plain_safetensors_file(tmp_path):
-    from safetensors.torch import save_file
-
-    saved = torch.load(fake_audio_run(tmp_path / "checkpoint.pt", 12))["networks"]["heads"]
-    plain = {k: v for k, v in saved.items() if not k.startswith("phoneme.")}
-    save_file(plain, tmp_path / "heads.safetensors")
-    state = N.mouth_head_state(tmp_path / "heads.safetensors")
-    assert set(state) == N.HEAD_KEYS
-    assert all(torch.equal(state[k], plain[k]) for k in plain)
-
-
-def test_the_committed_mouth_head_reads_the_committed_encoders_features():
-    """weights/stages/audio_heads.safetensors: the audio stage's mouth readout, listed in
-    SHA256SUMS, shaped for the shipped encoder's features."""
-    root = Path(__file__).resolve().parents[1] / "weights"
-    sums = (root / "SHA256SUMS").read_text()
-    assert "stages/audio_heads.safetensors" in sums
-    state = N.mouth_head_state(root / "stages" / "audio_heads.safetensors")
-    cfg = load_checkpoint(root / "tm-mini.safetensors")[0].cfg
-    assert state["norm.weight"].shape == (cfg.audio_feature_dim,)
-    assert state["mouth.weight"].shape[0] == 7
-
-
-def test_audio_heads_must_be_an_audio_run_checkpoint(tmp_path, tiny_corpus, teacher_file):
-    torch.save({"networks": {"dit": {}}}, tmp_path / "not_audio.pt")
-    for bad, words in ((tmp_path / "missing.pt", "no such file"),
-                       (tmp_path / "not_audio.pt", "not an audio-stage")):  # fmt: skip
-        with pytest.raises(Exception, match=words):
-            N.mouth_head_state(bad)
-    with pytest.raises(Exception, match="no mouth head"):
-        N.mouth_head_state(teacher_file)
 
 
 def test_mouth_params_in_the_config_match_the_corpus():

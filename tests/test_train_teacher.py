@@ -25,7 +25,7 @@ from tmrender.train import latents as L
 from tmrender.train import teacher as T
 from tmrender.train.loop import LoopOptions, run_stage
 
-from .conftest import fake_audio_run, randomized_model, tiny_model_config
+from .conftest import randomized_model, tiny_model_config
 
 TINY = tiny_model_config()
 SIZE = TINY.height
@@ -238,25 +238,6 @@ def test_loss_goes_down_and_export_renders(tmp_path, corpus, init):
     write_wav(wav, clip.audio[:16000])
     frames = np.concatenate(list(render_frames(model, clip.frames[0], wav)))
     assert frames.shape == (frames_for_samples(16000, 25), SIZE, SIZE, 3)
-
-
-def test_narrow_teacher_learns_from_the_mouth_parameters(tmp_path, corpus, init):
-    heads = fake_audio_run(tmp_path / "checkpoint.pt", TINY.audio_feature_dim)
-    opts = dataclasses.replace(OPTS, audio_heads=str(heads))
-    stage = T.TeacherStage(corpus, tmp_path, init, opts)
-    assert stage.model.cfg.audio_proj.source == "mouth"
-    assert stage.model.audio_proj.in_features == 7 * TINY.audio_window_frames
-    head = {k: v.clone() for k, v in stage.model.audio_head.state_dict().items()}
-    fixed = stage.batch(torch.Generator().manual_seed(5), torch.device("cpu"))
-    with torch.no_grad():
-        before = float(stage.loss("main", fixed)[0])
-    run_stage(stage, tmp_path, loop_options(steps=12), on_log=None)
-    with torch.no_grad():
-        after = float(stage.loss("main", fixed)[0])
-    assert after < 0.8 * before
-    assert all(torch.equal(v, head[k]) for k, v in stage.model.audio_head.state_dict().items())
-    model, meta = load_checkpoint(tmp_path / "export.safetensors")
-    assert meta["extra"]["audio_source"] == "mouth" and model.audio_head is not None
 
 
 class Interrupted(Exception):

@@ -413,8 +413,7 @@ def vae_command(
         raise UserInputError("--lookahead widens a trained decoder: give --init")
     else:
         try:
-            blocks = parse_blocks(dec_blocks or "0,0")
-            cfg = tm_mini_variant(latent_channels, blocks, spatial_stride, temporal_stride)
+            cfg = tm_mini_variant(latent_channels, spatial_stride, temporal_stride)
         except AssertionError as err:
             raise UserInputError(f"bad --latent-channels/--dec-blocks: {err}") from err
 

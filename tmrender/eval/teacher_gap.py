@@ -19,6 +19,7 @@ import torch
 
 from tmrender.errors import UserInputError
 from tmrender.models.talking import TalkingModel
+from tmrender.models.vae import DECODER_PREFIX
 from tmrender.train.latents import load_or_build_cache
 from tmrender.train.ode import student_rollout
 from tmrender.train.teacher import (
@@ -29,7 +30,6 @@ from tmrender.train.teacher import (
     sample_teacher,
     window_tokens,
 )
-from tmrender.train.vae import DECODER_PREFIX
 
 
 @dataclass(frozen=True)

@@ -426,8 +426,7 @@ def unit_noise(
 
 class FrameHeads(MouthHead):
     """Readouts of encoder features (B, F, L, D): mouth parameters (B, F, 7) and phoneme
-    logits (B, F, P), from the mouth head's hidden layer (`MouthHead`, which the
-    narrow audio path keeps)."""
+    logits (B, F, P), both from the mouth head's hidden layer (`MouthHead`)."""
 
     def __init__(self, feature_dim: int, phonemes: int, hidden: int, context: int) -> None:
         super().__init__(feature_dim, hidden, context)

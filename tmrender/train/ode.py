@@ -59,7 +59,6 @@ from tmrender.train.latents import (
     split_clips,
     window_starts,
 )
-from tmrender.train.narrow import fit_narrow_projection, mouth_head_state, narrow_audio_path
 from tmrender.train.teacher import (
     autocast_for,
     decode_windows,

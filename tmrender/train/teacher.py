@@ -69,7 +69,6 @@ from tmrender.train.latents import (
     split_clips,
     window_starts,
 )
-from tmrender.train.narrow import mouth_head_state, narrow_audio_path
 
 # ---- options -------------------------------------------------------------------------------
 
@@ -93,8 +92,6 @@ class TeacherOptions:
     sample_windows: int = 8
     sample_steps: int = 12  # Euler steps; with CFG 2 evaluations each (24 NFE)
     reader: str = ""  # mouth reader weights ("" = the shipped ones, if present)
-    # the narrow audio path (`tmrender.train.narrow`): the file of the frozen mouth head
-    audio_heads: str = ""
 
 
 # ---- conditioning --------------------------------------------------------------------------
@@ -365,8 +362,6 @@ class TeacherStage:
         self.opts = opts
         self.init = Path(init)
         self.model, self.init_meta = load_checkpoint(self.init, device=device)
-        if opts.audio_heads:  # a fresh projection of the mouth parameters (seeded)
-            narrow_audio_path(self.model, mouth_head_state(Path(opts.audio_heads)), seed=0)
         cfg = self.model.cfg
         self.c, self.fpl = cfg.chunk_latent_frames, cfg.frames_per_latent
         self.length = opts.chunks * self.c
@@ -443,7 +438,6 @@ class TeacherStage:
             "cache": self.cache.key[:16],
             "clips": self.cache.clips,
             "validation": self.last_val,
-            "audio_source": self.model.cfg.audio_proj.source,
         }
         with atomic_write(path) as partial:
             save_checkpoint(self.model, partial, trained=True, extra_meta=extra)
