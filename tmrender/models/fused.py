@@ -29,10 +29,6 @@ def enable_fusion(enabled: bool = True) -> None:
     _state["enabled"] = enabled
 
 
-def fusion_enabled() -> bool:
-    return _state["enabled"]
-
-
 def fusable(fn: Fn) -> Fn:
     """Mark a pure tensor function for fusion by `enable_fusion`."""
     compiled: list[Callable] = []

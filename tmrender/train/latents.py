@@ -382,14 +382,6 @@ class WindowBatch:
         """(B, C, L, h, w) the window's clean latents."""
         return self.latents[:, :, 1:]
 
-    def select(self, rows: Tensor | slice) -> WindowBatch:
-        """The sub-batch of `rows`."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value[rows.to(value.device) if isinstance(rows, Tensor) else rows]
-        return WindowBatch(**out)
-
     def with_face(self, face: Tensor) -> WindowBatch:
         return replace(self, face=face)
 
