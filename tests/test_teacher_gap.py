@@ -8,7 +8,7 @@ import torch
 from tmrender.errors import UserInputError
 from tmrender.eval.teacher_gap import GapOptions, teacher_gap
 from tmrender.models.checkpoint import load_checkpoint
-from tmrender.train.teacher import load_reader
+from tmrender.train.windows import load_reader
 
 from .conftest import randomized_model
 

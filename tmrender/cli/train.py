@@ -561,7 +561,7 @@ def teacher_command(
         raise UserInputError("--batch and --chunks must be at least 1, --audio-drop in [0, 1]")
     opts = recipe.TeacherOptions(
         batch=batch, chunks=chunks, audio_drop=audio_drop, mouth_weight=mouth_weight,
-        val_clips=val_clips, sample_every=sample_every, audio_heads=str(audio_heads or ""),
+        val_clips=val_clips, sample_every=sample_every,
     )  # fmt: skip
     device = _rank_device(device)
     loop = _loop_options(steps, lr, max_minutes, val_every, seed, threads, device)

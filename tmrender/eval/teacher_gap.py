@@ -22,7 +22,7 @@ from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import DECODER_PREFIX
 from tmrender.train.latents import load_or_build_cache
 from tmrender.train.ode import student_rollout
-from tmrender.train.teacher import (
+from tmrender.train.windows import (
     decode_windows,
     device_noise,
     fixed_windows,

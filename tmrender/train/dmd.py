@@ -77,7 +77,7 @@ from tmrender.train.ode import (
     load_or_sample_trajectories,
     teacher_forced_x0,
 )
-from tmrender.train.teacher import (
+from tmrender.train.windows import (
     GuidedVelocity,
     autocast_for,
     decode_windows,
