@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from tmrender.files import atomic_write
 from tmrender.models.audio import audio_windows
 from tmrender.models.talking import TalkingModel
 from tmrender.render.features import FeatureProducer
+from tmrender.train.framing import ArrayStream
 
 CACHE_VERSION = 1
 OPEN = PARAMS.index("open")
@@ -241,22 +242,6 @@ def encode_video(model: TalkingModel, frames: np.ndarray) -> Tensor:
     video = pixels[None] if pixels.ndim == 4 else pixels  # (B, T, H, W, 3)
     video = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
     return model.vae.encode(video)
-
-
-class ArrayStream:
-    """Samples already in memory, read like a `tmrender.render.audio.AudioStream` (what
-    `FeatureProducer` reads): iterating yields blocks; `samples_read` counts them."""
-
-    def __init__(self, samples: np.ndarray, block: int = 8000) -> None:
-        self.samples = np.asarray(samples, np.float32)
-        self.block = block
-        self.samples_read = 0
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for start in range(0, self.samples.size, self.block):
-            chunk = self.samples[start : start + self.block]
-            self.samples_read += chunk.size
-            yield chunk
 
 
 def clip_audio_features(
