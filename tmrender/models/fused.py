@@ -1,8 +1,8 @@
 """Optional kernel fusion of the DiT's float32 elementwise chains, for GPUs.
 
 Wan computes its modulation, norms, gates and RoPE in float32 around bf16 matmuls; run
-eagerly, each is a chain of 3-8 memory-bound kernels over the whole token tensor (a third
-of a 14B denoising step on an H100). The pure functions below are marked `@fusable`;
+eagerly, each is a chain of 3-8 memory-bound kernels over the whole token tensor (a large
+share of a 14B denoising step on a GPU; docs/ has the timings). The pure functions below are marked `@fusable`;
 `enable_fusion()` makes every marked function run as its `torch.compile` version (one
 fused kernel each, compiled on first use per shape family). Fusion is off by default, so
 CPU renders and the tests run the eager functions exactly. Whole blocks are not compiled:

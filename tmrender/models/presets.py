@@ -4,7 +4,7 @@
 - `tm-mini`: the shipped CPU model, 128x128 at 25 fps, latent 8 x 32 x 32 (stride-4 VAE),
   patch (1, 4, 4) -> 64 tokens per latent frame, a tiny wav2vec2 (narrow convolutions).
   Sized so that the DiT share of a render (2 student steps + 1 cache refresh per chunk)
-  stays near 0.12 s of 2-core CPU time per second of audio.
+  stays small on a 2-core CPU (timings: docs/).
 - `wan2.1-1.3b-audio`: the dimensions of Wan2.1 T2V-1.3B with Wan's I2V input channels
   (in_dim 36 = 16 noise + 4 mask + 16 reference latent), no CLIP branch, + audio layers.
 - `wan2.1-14b-audio`: Wan2.1 I2V-14B (CLIP `img_emb`, 257 image tokens of width 1280,
@@ -160,9 +160,9 @@ def tm_mini_variant(
     return replace(first, vae=vae, dit=dit, chunk_latent_frames=chunk)
 
 
-# Stride-4 VAE with 8 latent channels: at equal steps of the VAE stage it read back the mouth
-# at r 0.90 where the stride-8 16-channel VAE reached 0.41 (docs/TRAINING.md), and it decodes
-# faster (2 levels, 0.38M parameters).
+# Stride-4 VAE with 8 latent channels: at equal steps of the VAE stage it carried the mouth
+# far better than the stride-8 16-channel VAE (docs/TRAINING.md), and it decodes faster
+# (2 levels).
 TM_MINI = tm_mini_variant()
 
 

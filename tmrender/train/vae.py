@@ -8,8 +8,8 @@ Curriculum (each part measured on CPU probes, see `docs/TRAINING.md`):
 1. short windows of `crop_frames = 1 + 4k` frames cut to random `crop` x `crop` squares
    (half of them on the mouth; the network is fully convolutional): many mouths per
    second of compute. Single frames (`crop_frames = 1`, encoded alone like the reference
-   image) train only the first-frame path of the time pooling and expansion: whole clips
-   then start from ~14 dB (CPU probe), so windows of 5 frames are the default;
+   image) train only the first-frame path of the time pooling and expansion, and whole
+   clips then start far behind, so windows of 5 frames are the default;
 2. a share `clip_share` of the steps, spread evenly among the others, on clips of
    `clip_frames` whole frames (the frame borders, longer time context). Interleaved
    rather than last, so that a run stopped by `--max-minutes` has seen both kinds.
