@@ -2,12 +2,12 @@
 
 Wan computes its modulation, norms, gates and RoPE in float32 around bf16 matmuls; run
 eagerly, each is a chain of 3-8 memory-bound kernels over the whole token tensor (a large
-share of a 14B denoising step on a GPU; docs/ has the timings). The pure functions below are marked `@fusable`;
-`enable_fusion()` makes every marked function run as its `torch.compile` version (one
-fused kernel each, compiled on first use per shape family). Fusion is off by default, so
-CPU renders and the tests run the eager functions exactly. Whole blocks are not compiled:
-their per-layer arguments (layer index, cache tuples) would make dynamo recompile per
-block and fall back to eager past its cache limit.
+share of a 14B denoising step on a GPU; timings in docs/). The pure functions below are
+marked `@fusable`; `enable_fusion()` makes every marked function run as its
+`torch.compile` version (one fused kernel each, compiled on first use per shape family).
+Fusion is off by default, so CPU renders and the tests run the eager functions exactly.
+Whole blocks are not compiled: their per-layer arguments (layer index, cache tuples) would
+make dynamo recompile per block and fall back to eager past its cache limit.
 """
 
 from __future__ import annotations
