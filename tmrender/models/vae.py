@@ -69,8 +69,9 @@ class DecodeState:
 
 class LatentShapes:
     """Frame counts, shape checks, the per-channel latent scale and the whole-clip
-    `decode` / `forward` shared by the autoencoders (`CausalVAE`,
-    `tmrender.models.wan_vae.WanVAE`); needs `self.cfg`, `encode` and `decode_step`."""
+    `decode` / `forward` and the fresh decode state shared by the autoencoders
+    (`CausalVAE`, `tmrender.models.wan_vae.WanVAE`); needs `self.cfg`, `encode`,
+    `decode_step` and `decoder_memory_shapes`."""
 
     cfg: VAEConfig
 
@@ -133,6 +134,27 @@ class LatentShapes:
         self._check_latent(latent)
         stats = self._latent_stats(latent)
         return latent if stats is None else latent * stats[1] + stats[0]
+
+    # ---- streaming ----------------------------------------------------------------------
+
+    def init_decode_state(
+        self,
+        batch: int,
+        latent_height: int,
+        latent_width: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> DecodeState:
+        """Fresh stream state for latents `batch, C, t, latent_height, latent_width`: zeros,
+        one `batch, C_l, P, s latent_height, s latent_width` tensor per causal block of the
+        decoder, (C_l, P, s) from `decoder_memory_shapes`."""
+        h, w = latent_height, latent_width
+        memory = tuple(
+            torch.zeros(batch, c, p, h * s, w * s, device=device, dtype=dtype)
+            for c, p, s in self.decoder_memory_shapes()
+        )
+        return DecodeState(started=False, memory=memory)
 
     def decode(self, latent: Tensor) -> Tensor:
         """Whole clip through `decode_step` from a fresh state. latent (normalised):
@@ -202,24 +224,13 @@ class CausalVAE(LatentShapes, nn.Module):
         """The decoder's causal blocks, in the order of `DecodeState.memory`."""
         return [layer for layer in self.dec_layers if isinstance(layer, CausalMemBlock)]
 
-    def init_decode_state(
-        self,
-        batch: int,
-        latent_height: int,
-        latent_width: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> DecodeState:
-        """Fresh stream state for latents `batch, C, t, latent_height, latent_width`: zeros,
-        one `batch, C_l, temporal_kernel - 1, H_l, W_l` tensor per causal decoder block."""
-        memory = []
-        for layer, scale in zip(self.dec_layers, self._dec_scales, strict=True):
-            if isinstance(layer, CausalMemBlock):
-                size = (batch, layer.channels, layer.past_frames)
-                hw = (latent_height * scale, latent_width * scale)
-                memory.append(torch.zeros(*size, *hw, device=device, dtype=dtype))
-        return DecodeState(started=False, memory=tuple(memory))
+    def decoder_memory_shapes(self) -> list[tuple[int, int, int]]:
+        """(channels, past frames, size in latent pixels) of each causal decoder block."""
+        return [
+            (layer.channels, layer.past_frames, scale)
+            for layer, scale in zip(self.dec_layers, self._dec_scales, strict=True)
+            if isinstance(layer, CausalMemBlock)
+        ]
 
     def decode_step(
         self, latent: Tensor, state: DecodeState | None = None
