@@ -33,6 +33,11 @@ def _video(frames: int, seed: int = 1, batch: int = 2) -> torch.Tensor:
     return torch.rand(batch, 3, frames, H, W, generator=gen) * 2 - 1
 
 
+def video_frames(latents: int) -> int:
+    """Video frames decoded from `latents = 1 + k` latent frames: `1 + 4k`."""
+    return 1 + (latents - 1) * TINY.temporal_stride
+
+
 def _latents(t: int, seed: int = 2, batch: int = 2) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, TINY.latent_channels, t, H // 8, W // 8, generator=gen)
@@ -48,7 +53,7 @@ def test_shapes_round_trip(k: int) -> None:
     assert mean.shape == logvar.shape == (2, TINY.latent_channels, 1 + k, H // 8, W // 8)
     assert out.shape == video.shape and out.dtype == video.dtype
     assert out.is_contiguous() and torch.isfinite(out).all()
-    assert vae.latent_frames(1 + 4 * k) == 1 + k and vae.video_frames(1 + k) == 1 + 4 * k
+    assert vae.latent_frames(1 + 4 * k) == 1 + k and video_frames(1 + k) == 1 + 4 * k
 
 
 @pytest.mark.parametrize(
@@ -96,7 +101,7 @@ def test_decoder_is_causal() -> None:
             changed = lat.clone()
             changed[:, :, j:] += 1.0
             out = vae.decode(changed)
-            first_changed = vae.video_frames(j)  # latent j starts at frame 1 + 4(j - 1)
+            first_changed = video_frames(j)  # latent j starts at frame 1 + 4(j - 1)
             assert torch.equal(out[:, :, :first_changed], ref[:, :, :first_changed])
             assert not torch.allclose(out[:, :, first_changed:], ref[:, :, first_changed:])
 
@@ -113,7 +118,7 @@ def test_streaming_equals_whole_clip(chunks: list[int]) -> None:
             assert frames.shape[2] == 4 * c - (3 if start == 0 and c else 0)  # at once
             parts.append(frames)
             start += c
-    assert whole.shape[2] == vae.video_frames(lat.shape[2])
+    assert whole.shape[2] == video_frames(lat.shape[2])
     torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=1e-5, rtol=0)
 
 

@@ -85,11 +85,6 @@ class LatentShapes:
         )
         return 1 + (frames - 1) // st
 
-    def video_frames(self, latents: int) -> int:
-        """Number of video frames decoded from `latents = 1 + k` latent frames: `1 + 4k`."""
-        assert latents >= 1, f"need at least one latent frame, got {latents}"
-        return 1 + (latents - 1) * self.cfg.temporal_stride
-
     def _check_video(self, video: Tensor) -> None:
         cfg = self.cfg
         assert video.ndim == 5 and video.shape[1] == cfg.image_channels, (
