@@ -117,35 +117,17 @@ def silent_wav(media_dir) -> Path:
 
 
 def tiny_model_config():
-    """A `ModelConfig` small enough for CPU unit tests: 32x32 frames, 4 latent channels,
-    a 2-layer DiT of width 32, a 1-layer Wav2Vec2 of width 16, chunks of 2 latent frames."""
-    from tmrender.config import (
-        AudioEncoderConfig,
-        AudioProjConfig,
-        DiTConfig,
-        ModelConfig,
-        SamplerConfig,
-        VAEConfig,
-    )
+    """A `ModelConfig` small enough for CPU unit tests: `tests.tiny_model.TINY` (32x32
+    frames, 4 latent channels, a 2-layer DiT of width 32, a 1-layer Wav2Vec2 of width 16,
+    chunks of 2 latent frames) with the default VAE blocks and guidance 2."""
+    import dataclasses
 
-    return ModelConfig(
-        name="tiny",
-        height=32,
-        width=32,
-        chunk_latent_frames=2,
-        vae=VAEConfig(latent_channels=4, enc_channels=(8, 8, 8), dec_channels=(8, 8, 8)),
-        dit=DiTConfig(
-            in_dim=12, out_dim=4, dim=32, ffn_dim=64, freq_dim=16, num_heads=2, num_layers=2,
-            audio_dim=8, audio_attn_dim=8, text_len=0,
-        ),
-        audio_encoder=AudioEncoderConfig(
-            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-            conv_dim=(8,) * 7, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
-            layers=(1,),
-        ),
-        audio_proj=AudioProjConfig(window=2, tokens=2, hidden_dim=16),
-        sampler=SamplerConfig(shift=3.0, cfg_scale=2.0),
-    )  # fmt: skip
+    from tests.tiny_model import TINY
+    from tmrender.config import SamplerConfig, VAEConfig
+
+    vae = VAEConfig(latent_channels=4, enc_channels=(8, 8, 8), dec_channels=(8, 8, 8))
+    dit = dataclasses.replace(TINY.dit, audio_attn_dim=8)
+    return dataclasses.replace(TINY, vae=vae, dit=dit, sampler=SamplerConfig(cfg_scale=2.0))
 
 
 def randomized_model(model, seed: int = 1):
@@ -185,17 +167,4 @@ def tiny_init(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-init") / "init.safetensors"
     save_checkpoint(TalkingModel(tiny_model_config()), path, trained=False)
-    return path
-
-
-def fake_audio_run(path: Path, feature_dim: int) -> Path:
-    """An audio-stage run checkpoint (`checkpoint.pt`) holding seeded frame heads (mouth +
-    a 5-phoneme readout): what `--audio-heads` reads."""
-    import torch
-
-    from tmrender.train.audio import FrameHeads
-
-    torch.manual_seed(3)
-    heads = FrameHeads(feature_dim, phonemes=5, hidden=16, context=1)
-    torch.save({"stage": "audio", "networks": {"heads": heads.state_dict()}}, path)
     return path

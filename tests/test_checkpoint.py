@@ -1,4 +1,4 @@
-"""Checkpoint: exact round trip, config in metadata, strict keys, Wan key mapping."""
+"""Checkpoint: exact round trip, config in metadata, strict keys."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from tmrender.errors import UserInputError
 from tmrender.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    load_wan_dit,
     read_metadata,
     save_checkpoint,
 )
@@ -71,17 +70,6 @@ def test_strict_keys_are_reported(model, tmp_path):
     assert "1 missing: dit.head.modulation" in text
     assert "1 unexpected: dit.bogus" in text
     assert "wrong shape: silence.embedding" in text
-
-
-def test_wan_state_dict_maps_in_leaving_only_audio_missing(model):
-    wan = {k: v.clone() for k, v in model.dit.state_dict().items() if "audio" not in k}
-    fresh = TalkingModel(PRESETS["tm-mini"])
-    report = load_wan_dit(fresh, wan)
-    assert report.missing and all("audio" in k for k in report.missing)
-    assert torch.equal(fresh.dit.head.head.weight, model.dit.head.head.weight)
-    wan["blocks.0.self_attn.q.weight"] = torch.zeros(3, 3)
-    with pytest.raises(CheckpointError, match="wrong shape"):
-        load_wan_dit(fresh, wan)
 
 
 def test_saving_twice_gives_identical_bytes(model, tmp_path):

@@ -121,11 +121,11 @@ def test_tm_mini_variants_keep_the_dit_token_grid():
 
     assert tm_mini_variant() == TM_MINI
     assert TM_MINI.latent_height == 32 and TM_MINI.dit.patch_size == (1, 4, 4)
-    first = tm_mini_variant(16, (0, 0, 0), spatial_stride=8)
+    first = tm_mini_variant(16, spatial_stride=8)
     assert first.latent_height == 16 and first.dit.patch_size == (1, 2, 2)
     assert first.tokens_per_latent_frame == TM_MINI.tokens_per_latent_frame == 64
     assert first.vae.dec_channels[1:] == TM_MINI.vae.dec_channels
-    wide = tm_mini_variant(32, (0, 1, 0), spatial_stride=8)
+    wide = tm_mini_variant(32, spatial_stride=8)
     assert (wide.dit.in_dim, wide.dit.out_dim) == (68, 32)
     with torch.device("meta"):
         TalkingModel(wide)

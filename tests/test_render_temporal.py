@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tmrender.config import SamplerConfig
+from tmrender.config import ConfigError, SamplerConfig
 from tmrender.render.temporal import Retimer, TemporalFilter
 
 TAPS = (1, 2, 2, 2, 1)
@@ -81,7 +81,7 @@ def test_edge_keeping_blocking_and_its_limits(cuts):
 
 def test_keep_must_be_an_increasing_pair():
     for keep in ((5,), (8, 4), (-1, 3), (1, 2, 3)):
-        with pytest.raises(AssertionError):
+        with pytest.raises(ConfigError):
             SamplerConfig(deflicker_keep=keep)
         with pytest.raises(AssertionError):
             TemporalFilter(TAPS, keep)
@@ -93,7 +93,7 @@ def test_taps_must_be_symmetric_with_odd_length():
     for taps in ((1, 2), (1, 2, 3), (-1, 0, -1)):
         with pytest.raises(AssertionError):
             TemporalFilter(taps)
-        with pytest.raises(AssertionError):
+        with pytest.raises(ConfigError):
             SamplerConfig(deflicker_taps=taps)
     with pytest.raises(AssertionError):
         TemporalFilter(())
@@ -152,7 +152,7 @@ def test_retiming_moves_a_held_step_to_its_own_time():
 def test_retime_weights_are_a_pair_within_half(weights):
     with pytest.raises(AssertionError):
         Retimer(2, weights)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ConfigError):
         SamplerConfig(retime=weights)
     assert SamplerConfig(retime=[0.1, 0.25]).retime == (0.1, 0.25)
     assert SamplerConfig().retime == ()

@@ -22,7 +22,9 @@ from tmrender.models.talking import TalkingModel
 from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import audio as recipe
+from tmrender.train import audio_bank as bank
 from tmrender.train import augment
+from tmrender.train.framing import renderer_features
 from tmrender.train.loop import LoopOptions, run_stage
 
 SR, SPF, SIZE = 16_000, 640, 32
@@ -72,19 +74,19 @@ def loop_options(**kw) -> LoopOptions:
 
 
 def test_frame_phonemes_take_the_phoneme_at_each_frame_centre():
-    vocab = ("_", "a", "m", recipe.OTHER)
+    vocab = ("_", "a", "m", bank.OTHER)
     events = [("m", 0, 700), ("a", 700, 1500), ("q", 1500, 2000)]  # q: not in the vocabulary
-    ids = recipe.frame_phonemes(events, 5, vocab, SPF)
+    ids = bank.frame_phonemes(events, 5, vocab, SPF)
     # centres 320, 960, 1600, 2240, 2880: m, a, q -> OTHER, then past the events -> "_"
     assert ids.tolist() == [2, 1, 3, 0, 0]
 
 
 def test_vocabulary_folds_rare_names_and_always_has_pause_and_other():
     events = [[("a", 0, 1), ("a", 1, 2), ("b", 2, 3)], [("a", 0, 1), ("c", 1, 2), ("c", 2, 3)]]
-    assert recipe.phoneme_vocabulary(events, min_count=2) == ("_", "a", "c", recipe.OTHER)
+    assert bank.phoneme_vocabulary(events, min_count=2) == ("_", "a", "c", bank.OTHER)
 
 
-def synthetic_bank(frames: int = 40, pad: int = 30, codec: bool = False) -> recipe.ClipBank:
+def synthetic_bank(frames: int = 40, pad: int = 30, codec: bool = False) -> bank.ClipBank:
     """Two clips whose samples are a slow sine (clip 1: negated) and whose mouth column 0 is
     the frame number (clip 1: + 1000)."""
     t = np.arange(frames * SPF)
@@ -93,9 +95,9 @@ def synthetic_bank(frames: int = 40, pad: int = 30, codec: bool = False) -> reci
         mouth = np.zeros((frames, 7), np.float32)
         mouth[:, 0] = np.arange(frames) + 1000 * k
         wav = ((-1) ** k * 0.5 * np.sin(2 * np.pi * t / 3200)).astype(np.float32)
-        clips.append(recipe.ClipTargets(wav, mouth, np.arange(frames) % 3))
+        clips.append(bank.ClipTargets(wav, mouth, np.arange(frames) % 3))
     versions = [c.wav * 0.5 for c in clips] if codec else None
-    return recipe.stack_clips(clips, pad, SPF, pause_id=7, codec=versions)
+    return bank.stack_clips(clips, pad, SPF, pause_id=7, codec=versions)
 
 
 def test_plain_crops_are_the_exact_samples_and_frames():
@@ -313,7 +315,7 @@ def test_frame_loss_is_zero_on_truth_and_ignores_the_margins():
 def test_renderer_features_cover_every_frame(corpus, init_file):
     model, _ = load_checkpoint(init_file)
     wav = np.random.default_rng(0).normal(0, 0.1, 2 * SR + 100).astype(np.float32)
-    feats = recipe.renderer_features(model, wav)
+    feats = renderer_features(model, wav)
     layers, width = len(TINY.audio_encoder.layers), TINY.audio_encoder.hidden_size
     assert feats.shape == (1, 51, layers, width)
 
@@ -356,7 +358,7 @@ def test_training_lowers_the_loss_and_exports_the_encoder(corpus, init_file, tmp
         )
     # export -> load -> render
     audio = tmp_path / "a.wav"
-    write_wav(audio, recipe.load_clip_targets(list_clips(corpus, "test")[0], s.vocab, SPF).wav[:SR])
+    write_wav(audio, bank.load_clip_targets(list_clips(corpus, "test")[0], s.vocab, SPF).wav[:SR])
     face = np.full((SIZE, SIZE, 3), 128, np.uint8)
     frames = np.concatenate(list(render_frames(model, face, audio)))
     assert frames.shape == (25, SIZE, SIZE, 3)
@@ -395,7 +397,7 @@ def test_max_minutes_stops_cleanly(corpus, init_file, tmp_path):
 def test_evaluate_reports_clean_and_noisy_figures(corpus, init_file):
     model, _ = load_checkpoint(init_file)
     heads = recipe.FrameHeads(TINY.audio_feature_dim, 4, 8, 1).eval()
-    vocab = ("_", "a", "m", recipe.OTHER)
+    vocab = ("_", "a", "m", bank.OTHER)
     clips = list_clips(corpus, "test")
     figures = recipe.evaluate(model, heads, clips, vocab, snr_db=10.0)
     assert figures["clips"] == 1 and figures["frames"] == 38

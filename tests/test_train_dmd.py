@@ -18,7 +18,7 @@ from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import dmd as recipe
 from tmrender.train.loop import LoopOptions, load_training_networks, run_stage
-from tmrender.train.teacher import window_tokens
+from tmrender.train.windows import window_tokens
 
 from .tiny_model import tiny_model
 

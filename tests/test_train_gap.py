@@ -8,7 +8,7 @@ import torch
 from tmrender.errors import UserInputError
 from tmrender.models.checkpoint import load_checkpoint
 from tmrender.train.gap import GapOptions, teacher_gap
-from tmrender.train.teacher import load_reader
+from tmrender.train.windows import load_reader
 
 from .conftest import randomized_model
 

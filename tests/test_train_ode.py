@@ -22,7 +22,7 @@ from tmrender.render.audio import frames_for_samples, write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import latents as L
 from tmrender.train import ode as O
-from tmrender.train import teacher as T
+from tmrender.train import windows as W
 from tmrender.train.loop import LoopOptions, run_stage
 
 from .conftest import randomized_model, tiny_model_config
@@ -63,7 +63,7 @@ def test_trajectories_record_the_teacher_ode(teacher, cache):
     sigma_mid = TINY.sampler.student_sigmas[1]
     w = L.gather_windows(cache, pairs.starts, pairs.refs, 4, 2)
     with torch.no_grad():
-        x0, traj = T.sample_teacher(teacher, w, pairs.noise.float(), 3, record=[sigma_mid])
+        x0, traj = W.sample_teacher(teacher, w, pairs.noise.float(), 3, record=[sigma_mid])
     assert torch.allclose(pairs.x0.float(), x0, atol=2e-2)
     assert torch.allclose(pairs.mid.float(), traj[sigma_mid], atol=2e-2)
     assert not torch.allclose(pairs.mid, pairs.noise, atol=1e-2)  # the teacher moved
@@ -76,7 +76,7 @@ def test_teacher_forced_step_matches_the_renderers_rollout(teacher, cache):
     plan = StreamPlan.for_sampler(sampler)
     gen = torch.Generator().manual_seed(3)
     w = L.sample_windows(cache, L.window_starts(cache, [0, 1], 6), 2, 6, 2, 4, gen)
-    tokens = T.window_tokens(teacher, w)
+    tokens = W.window_tokens(teacher, w)
     noise = torch.randn(w.x0.shape, generator=gen)
     s1, s2 = sampler.student_sigmas
     ones = torch.ones(2)
@@ -94,7 +94,7 @@ def test_context_is_clean_and_causal(teacher, cache):
     dit = teacher.dit
     gen = torch.Generator().manual_seed(4)
     w = L.sample_windows(cache, L.window_starts(cache, [0, 1], 6), 2, 6, 2, 4, gen)
-    tokens = T.window_tokens(teacher, w)
+    tokens = W.window_tokens(teacher, w)
     x = torch.randn(w.x0.shape, generator=gen)
     t = torch.full((2,), 0.75)
     plan = StreamPlan.for_sampler(TINY.sampler)

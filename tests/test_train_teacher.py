@@ -23,9 +23,10 @@ from tmrender.render.audio import frames_for_samples, write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import latents as L
 from tmrender.train import teacher as T
+from tmrender.train import windows as W
 from tmrender.train.loop import LoopOptions, run_stage
 
-from .conftest import fake_audio_run, randomized_model, tiny_model_config
+from .conftest import randomized_model, tiny_model_config
 
 TINY = tiny_model_config()
 SIZE = TINY.height
@@ -166,11 +167,11 @@ def test_dropped_audio_equals_no_audio_and_kept_audio_matters(cache, model):
     batch = T.make_flow_batch(w, gen, 3.0, audio_drop=0.0)
     dropped = batch.windows.with_face(T.drop_audio(w.face, torch.tensor([True, False, True])))
     with torch.no_grad():
-        tokens = T.window_tokens(net, w)
+        tokens = W.window_tokens(net, w)
         x_t = (1 - batch.t.view(-1, 1, 1, 1, 1)) * w.x0 + batch.t.view(-1, 1, 1, 1, 1) * batch.eps
-        v_drop = T.window_velocity(net.dit, w.anchor, x_t, batch.t, tokens, dropped.face)
-        v_none = T.window_velocity(net.dit, w.anchor, x_t, batch.t, None, None)
-        v_keep = T.window_velocity(net.dit, w.anchor, x_t, batch.t, tokens, w.face)
+        v_drop = W.window_velocity(net.dit, w.anchor, x_t, batch.t, tokens, dropped.face)
+        v_none = W.window_velocity(net.dit, w.anchor, x_t, batch.t, None, None)
+        v_keep = W.window_velocity(net.dit, w.anchor, x_t, batch.t, tokens, w.face)
     assert torch.allclose(v_drop[[0, 2]], v_none[[0, 2]], atol=1e-5)
     assert not torch.allclose(v_drop[1], v_none[1], atol=1e-3)
     assert torch.allclose(v_drop[1], v_keep[1], atol=1e-5)
@@ -182,13 +183,13 @@ def test_guided_sampling_in_one_batch_equals_two_calls(cache, model):
     w = L.sample_windows(cache, L.window_starts(cache, [0, 1], 4), 2, 4, 2, 4, gen)
     noise = torch.randn(w.x0.shape, generator=gen)
     with torch.no_grad():
-        x0, trajectory = T.sample_teacher(net, w, noise, steps=4, cfg_scale=2.0, record=[0.75])
-        tokens = T.window_tokens(net, w)
+        x0, trajectory = W.sample_teacher(net, w, noise, steps=4, cfg_scale=2.0, record=[0.75])
+        tokens = W.window_tokens(net, w)
         zeros = torch.zeros_like(w.face)
 
         def separate(x, t, conditional):
             face = w.face if conditional else zeros
-            return T.window_velocity(net.dit, w.anchor, x, t, tokens, face)
+            return W.window_velocity(net.dit, w.anchor, x, t, tokens, face)
 
         grid = sampling_timesteps(4, 3.0)  # 1, 0.9, 0.75, 0.5, 0
         reference = sample_euler_cfg(separate, noise, grid, 2.0)
@@ -197,20 +198,8 @@ def test_guided_sampling_in_one_batch_equals_two_calls(cache, model):
     assert torch.allclose(trajectory[0.75], mid, atol=1e-4)
 
 
-def test_whole_clip_sampling_covers_the_clip(cache, model):
-    net = randomized_model(model)
-    with torch.no_grad():
-        latents = T.sample_clip(net, cache, clip=2, ref=3, chunks=2, steps=2)
-    n_latent = int(cache.clip_start[3] - cache.clip_start[2])
-    usable = (n_latent - 1) // 2 * 2
-    assert latents.shape == (1, 4, 1 + usable, 4, 4)
-    assert torch.equal(latents[0, :, 0], cache.refs[2, 3])
-    frames = T.decode_windows(net, latents[:, :, :1], latents[:, :, 1:])
-    assert frames.shape == (1, 4 * usable, 32, 32, 3) and frames.dtype == np.uint8
-
-
 def test_teacher_timesteps_insert_recorded_points():
-    grid = T.teacher_timesteps(4, 3.0, [0.8, 0.75])
+    grid = W.teacher_timesteps(4, 3.0, [0.8, 0.75])
     assert grid[0] == 1.0 and grid[-1] == 0.0 and 0.8 in grid
     assert len(grid) == 6 and grid == sorted(grid, reverse=True)
 
@@ -238,25 +227,6 @@ def test_loss_goes_down_and_export_renders(tmp_path, corpus, init):
     write_wav(wav, clip.audio[:16000])
     frames = np.concatenate(list(render_frames(model, clip.frames[0], wav)))
     assert frames.shape == (frames_for_samples(16000, 25), SIZE, SIZE, 3)
-
-
-def test_narrow_teacher_learns_from_the_mouth_parameters(tmp_path, corpus, init):
-    heads = fake_audio_run(tmp_path / "checkpoint.pt", TINY.audio_feature_dim)
-    opts = dataclasses.replace(OPTS, audio_heads=str(heads))
-    stage = T.TeacherStage(corpus, tmp_path, init, opts)
-    assert stage.model.cfg.audio_proj.source == "mouth"
-    assert stage.model.audio_proj.in_features == 7 * TINY.audio_window_frames
-    head = {k: v.clone() for k, v in stage.model.audio_head.state_dict().items()}
-    fixed = stage.batch(torch.Generator().manual_seed(5), torch.device("cpu"))
-    with torch.no_grad():
-        before = float(stage.loss("main", fixed)[0])
-    run_stage(stage, tmp_path, loop_options(steps=12), on_log=None)
-    with torch.no_grad():
-        after = float(stage.loss("main", fixed)[0])
-    assert after < 0.8 * before
-    assert all(torch.equal(v, head[k]) for k, v in stage.model.audio_head.state_dict().items())
-    model, meta = load_checkpoint(tmp_path / "export.safetensors")
-    assert meta["extra"]["audio_source"] == "mouth" and model.audio_head is not None
 
 
 class Interrupted(Exception):

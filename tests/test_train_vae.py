@@ -16,7 +16,6 @@ from tmrender.cli import main
 from tmrender.data.corpus import generate_corpus
 from tmrender.errors import UserInputError
 from tmrender.models.checkpoint import load_checkpoint, read_metadata
-from tmrender.models.vae import CausalVAE
 from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import vae as recipe
@@ -292,29 +291,3 @@ def test_cli_decoder_only_needs_a_trained_vae(corpus, tmp_path, capsys):
         main(["train", "vae", "--data", str(corpus), "--out", str(tmp_path), "--decoder-only"])
     assert exit_info.value.code == 2
     assert "--init" in capsys.readouterr().err
-
-
-def test_added_decoder_blocks_start_as_identity_and_keep_the_old_weights():
-    torch.manual_seed(0)
-    vae = CausalVAE(TINY.vae).eval()  # dec_blocks (0, 0, 0)
-    grown = recipe.add_decoder_blocks(vae, (1, 0, 2), seed=0).eval()
-    kinds = [type(layer).__name__ for layer in grown.dec_layers]
-    assert kinds == ["CausalMemBlock", "CausalMemBlock", "Upsample2x", "TimeExpand",
-                     "Upsample2x", "CausalMemBlock", "CausalMemBlock"]  # fmt: skip
-    assert grown.cfg.dec_blocks == (1, 0, 2) and grown.cfg.enc_blocks == vae.cfg.enc_blocks
-    latents = torch.randn(2, TINY.vae.latent_channels, 3, SIZE // 8, SIZE // 8)
-    with torch.no_grad():
-        torch.testing.assert_close(grown.decode(latents), vae.decode(latents), atol=1e-6, rtol=0)
-        grown.dec_layers[5].conv2.weight.add_(0.1)  # trained: the new block does something
-        assert not torch.allclose(grown.decode(latents), vae.decode(latents))
-    old, new = vae.state_dict(), grown.state_dict()
-    assert torch.equal(new["dec_layers.4.conv.weight"], old["dec_layers.3.conv.weight"])
-    assert all(torch.equal(new[k], v) for k, v in old.items() if k.startswith("enc"))
-
-
-def test_decoder_blocks_can_only_be_added():
-    vae = CausalVAE(dataclasses.replace(TINY.vae, dec_blocks=(0, 1, 0)))
-    for blocks in [(0, 0, 0), (1, 1)]:
-        with pytest.raises(UserInputError, match="add blocks only"):
-            recipe.add_decoder_blocks(vae, blocks, seed=0)
-    assert recipe.add_decoder_blocks(vae, (0, 1, 0), seed=0) is vae

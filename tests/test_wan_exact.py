@@ -17,6 +17,8 @@ from tmrender.models.dit import WanDiT
 from tmrender.models.vae import StreamingDecoder
 from tmrender.models.wan_vae import WanVAE
 
+from .tiny_wan import randomise
+
 REL_TOL = 1e-5
 MEAN = (0.1, -0.2, 0.3, 0.0)
 STD = (1.5, 0.5, 2.0, 1.0)
@@ -34,16 +36,6 @@ TINY_WAN_VAE = VAEConfig(
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return ((ours - ref).abs().max() / ref.abs().max()).item()
-
-
-def randomise(model: torch.nn.Module, seed: int) -> None:
-    """Every weight random (norm gains near 1), so that a misplaced tensor shows."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            gain = name.endswith("gamma") or ("norm" in name and name.endswith("weight"))
-            p.copy_(1 + 0.1 * noise if gain else 0.2 * noise)
 
 
 # ---- VAE ---------------------------------------------------------------------------------

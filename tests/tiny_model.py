@@ -21,7 +21,7 @@ TINY = ModelConfig(
     width=32,
     vae=VAEConfig(
         latent_channels=4, enc_channels=(8, 8, 8), enc_blocks=(0, 0, 0), enc_latent_blocks=0,
-        dec_latent_blocks=0, dec_channels=(8, 8, 8), dec_blocks=(0, 0, 0),
+        dec_latent_blocks=0, dec_channels=(8, 8, 8),
     ),
     dit=DiTConfig(
         in_dim=12, out_dim=4, dim=32, ffn_dim=64, freq_dim=16, num_heads=2, num_layers=2,
@@ -33,7 +33,7 @@ TINY = ModelConfig(
         layers=(1,),
     ),
     audio_proj=AudioProjConfig(window=2, tokens=2, hidden_dim=16),
-    sampler=SamplerConfig(teacher_steps=4),
+    sampler=SamplerConfig(),
 )  # fmt: skip
 
 

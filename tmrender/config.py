@@ -9,8 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, get_args, get_type_hints
+
+from tmrender.errors import UserInputError
+
+
+class ConfigError(UserInputError, ValueError):
+    """A config value that does not fit (a preset, a checkpoint's metadata, an option):
+    shown by the CLI as one line."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise `ConfigError(message)` unless `ok` (validation that survives `python -O`)."""
+    if not ok:
+        raise ConfigError(message)
+
 
 # ---- VAE ---------------------------------------------------------------------------------
 
@@ -37,18 +52,12 @@ class VAEConfig:
     enc_channels: tuple[int, ...] = (32, 48, 64)
     enc_blocks: tuple[int, ...] = (1, 1, 1)
     enc_latent_blocks: int = 1
-    # decoder: blocks on the latents, then widths and blocks per level, coarse -> fine; time
+    # decoder: blocks on the latents, then widths per level, coarse -> fine; time
     # is expanded x temporal_stride at the start of level dec_expand_level (after its x2
     # upsample; level 0: after the latent blocks): levels before it run at the latent rate
     dec_latent_blocks: int = 2
     dec_channels: tuple[int, ...] = (64, 48, 32)
-    dec_blocks: tuple[int, ...] = (0, 0, 0)
     dec_expand_level: int = 1
-    # latent frames the decoder reads ahead (0 or 1): with 1, latent j is decoded with
-    # latent j + 1 beside it (the last of a clip with itself), so the frames at the edges
-    # of a latent's group see where the motion goes next; a stream then holds one latent
-    # frame back until the next arrives (`CausalVAE.decode_step` / `decode_flush`)
-    dec_lookahead: int = 0
     # every residual block is causal in time: it sees this many frames (itself + past)
     temporal_kernel: int = 2
     # per-channel statistics of the raw latents (set by `tmrender train vae`): `encode`
@@ -70,34 +79,43 @@ class VAEConfig:
         object.__setattr__(
             self, "temporal_downsample", tuple(bool(v) for v in self.temporal_downsample)
         )
-        assert self.kind in ("mini", "wan"), f"unknown VAE kind {self.kind!r}"
+        require(self.kind in ("mini", "wan"), f"unknown VAE kind {self.kind!r}")
         if self.kind == "wan":
             levels = len(self.dim_mult)
-            assert len(self.temporal_downsample) == levels - 1, "one temporal flag per downsample"
-            assert self.spatial_stride == 2 ** (levels - 1), (
-                "Wan VAE: spatial_stride = 2 ** (len(dim_mult) - 1)"
+            require(
+                len(self.temporal_downsample) == levels - 1,
+                "Wan VAE: one temporal_downsample flag per downsample",
             )
-            assert self.temporal_stride == 2 ** sum(self.temporal_downsample), (
-                "Wan VAE: temporal_stride must be 2 ** (number of temporal downsamples)"
+            require(
+                self.spatial_stride == 2 ** (levels - 1),
+                "Wan VAE: spatial_stride = 2 ** (len(dim_mult) - 1)",
             )
-        for name in ("enc_channels", "enc_blocks", "dec_channels", "dec_blocks"):
+            require(
+                self.temporal_stride == 2 ** sum(self.temporal_downsample),
+                "Wan VAE: temporal_stride must be 2 ** (number of temporal downsamples)",
+            )
+        for name in ("enc_channels", "enc_blocks", "dec_channels"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         for name in ("latent_mean", "latent_std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-            assert len(getattr(self, name)) in (0, self.latent_channels), (
-                f"{name}: none or one value per latent channel ({self.latent_channels})"
+            require(
+                len(getattr(self, name)) in (0, self.latent_channels),
+                f"{name}: none or one value per latent channel ({self.latent_channels})",
             )
-        assert all(s > 0 for s in self.latent_std), "latent_std must be positive"
+        require(all(s > 0 for s in self.latent_std), "latent_std must be positive")
         levels = len(self.dec_channels)
-        assert levels >= 1 and len(self.enc_channels) >= 1, "need at least one level"
+        require(levels >= 1 and len(self.enc_channels) >= 1, "VAE: need at least one level")
         for n in (len(self.enc_channels), levels):
-            assert self.spatial_stride % 2 ** (n - 1) == 0, (
-                f"{n} levels (x2 each) do not fit spatial_stride {self.spatial_stride}"
+            require(
+                self.spatial_stride % 2 ** (n - 1) == 0,
+                f"{n} levels (x2 each) do not fit spatial_stride {self.spatial_stride}",
             )
-        assert len(self.enc_blocks) == len(self.enc_channels), "enc_blocks: one per level"
-        assert len(self.dec_blocks) == levels, "dec_blocks: one per level"
-        assert self.temporal_stride >= 1 and self.temporal_kernel >= 1
-        assert 0 <= self.dec_expand_level < levels, "dec_expand_level must name a level"
+        require(len(self.enc_blocks) == len(self.enc_channels), "enc_blocks: one per level")
+        require(
+            self.temporal_stride >= 1 and self.temporal_kernel >= 1,
+            "temporal_stride and temporal_kernel must be at least 1",
+        )
+        require(0 <= self.dec_expand_level < levels, "dec_expand_level must name a level")
 
 
 # ---- DiT, audio encoder, audio projection, sampler, ModelConfig --------------------------
@@ -145,16 +163,24 @@ class DiTConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
-        assert len(self.patch_size) == 3 and self.patch_size[0] == 1, (
-            "patch_size must be (1, ph, pw): one latent frame per token frame"
+        require(
+            len(self.patch_size) == 3 and self.patch_size[0] == 1,
+            "patch_size must be (1, ph, pw): one latent frame per token frame",
         )
-        assert self.dim % self.num_heads == 0 and self.head_dim % 2 == 0
-        assert self.audio_attn_dim % self.audio_num_heads == 0
-        assert self.in_dim == self.out_dim or self.in_dim > 2 * self.out_dim, (
-            f"in_dim {self.in_dim}: either out_dim (no image) or 2*out_dim + mask channels"
+        require(
+            self.dim % self.num_heads == 0 and self.head_dim % 2 == 0,
+            f"DiT dim {self.dim} must split into num_heads {self.num_heads} of even width",
         )
-        assert not self.image_embedding or self.text_len > 0, "img_emb lives in cross_attn"
-        assert self.anchor_frames >= 1
+        require(
+            self.audio_attn_dim % self.audio_num_heads == 0,
+            f"audio_attn_dim {self.audio_attn_dim} must split into {self.audio_num_heads} heads",
+        )
+        require(
+            self.in_dim == self.out_dim or self.in_dim > 2 * self.out_dim,
+            f"in_dim {self.in_dim}: either out_dim (no image) or 2*out_dim + mask channels",
+        )
+        require(not self.image_embedding or self.text_len > 0, "img_emb lives in cross_attn")
+        require(self.anchor_frames >= 1, "anchor_frames must be at least 1")
 
     @property
     def head_dim(self) -> int:
@@ -201,9 +227,18 @@ class AudioEncoderConfig:
     def __post_init__(self) -> None:
         for name in ("conv_dim", "conv_kernel", "conv_stride", "layers"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        assert len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)
-        assert self.feat_extract_norm in ("group", "layer")
-        assert self.layers and all(0 <= i <= self.num_hidden_layers for i in self.layers)
+        require(
+            len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride),
+            "conv_dim, conv_kernel and conv_stride: one value per convolution",
+        )
+        require(
+            self.feat_extract_norm in ("group", "layer"),
+            f"unknown feat_extract_norm {self.feat_extract_norm!r}",
+        )
+        require(
+            bool(self.layers) and all(0 <= i <= self.num_hidden_layers for i in self.layers),
+            f"audio encoder layers {self.layers} must be in 0..{self.num_hidden_layers}",
+        )
 
     @property
     def total_stride(self) -> int:
@@ -232,16 +267,6 @@ class AudioProjConfig:
     window: int = 2
     tokens: int = 8
     hidden_dim: int = 256
-    # what the projection reads per video frame: "features" (the audio encoder's, as in
-    # the paper) or "mouth" (the 7 mouth parameters that the audio stage's frozen mouth
-    # head reads off those features, `TalkingModel.audio_head`): a narrow path that keeps
-    # the DiT from leaning on language-specific detail in the features
-    source: str = "features"
-    head_hidden: int = 128  # the mouth head's hidden width and frames of context each side
-    head_context: int = 1
-
-    def __post_init__(self) -> None:
-        assert self.source in ("features", "mouth"), f"unknown audio source {self.source!r}"
 
 
 def symmetric_taps(taps: tuple[float, ...]) -> bool:
@@ -264,8 +289,8 @@ class SamplerConfig:
     """Rectified-flow sampling (`tmrender.diffusion`). Timesteps are in [0, 1], t = 1 noise."""
 
     shift: float = 3.0  # SD3/Wan timestep shift s: t' = s t / (1 + (s - 1) t)
-    # teacher: many Euler steps with classifier-free guidance on audio
-    teacher_steps: int = 24
+    # teacher: classifier-free guidance scale on audio (its Euler step count is an option
+    # of the stages that sample it)
     cfg_scale: float = 4.0
     # student: exactly 2 network evaluations; unshifted, see `student_sigmas`
     student_timesteps: tuple[float, float] = (1.0, 0.5)
@@ -300,17 +325,19 @@ class SamplerConfig:
         object.__setattr__(self, "deflicker_taps", taps)
         keep = tuple(float(v) for v in self.deflicker_keep)
         object.__setattr__(self, "deflicker_keep", keep)
-        assert not keep or keep_levels(keep), (
-            f"deflicker_keep must be () or (lo, hi) with 0 <= lo < hi: {keep}"
+        require(
+            not keep or keep_levels(keep),
+            f"deflicker_keep must be () or (lo, hi) with 0 <= lo < hi: {keep}",
         )
         retime = tuple(float(v) for v in self.retime)
         object.__setattr__(self, "retime", retime)
-        assert retime_weights(retime), f"retime must be () or (back, forward) in 0..0.5: {retime}"
-        assert not taps or symmetric_taps(taps), (
-            f"deflicker_taps must be symmetric, of odd length, with a positive sum: {taps}"
+        require(retime_weights(retime), f"retime must be () or (back, forward) in 0..0.5: {retime}")
+        require(
+            not taps or symmetric_taps(taps),
+            f"deflicker_taps must be symmetric, of odd length, with a positive sum: {taps}",
         )
-        assert len(self.student_timesteps) == 2, "the student takes exactly 2 steps"
-        assert self.context in ("refresh", "last_step"), f"unknown context {self.context!r}"
+        require(len(self.student_timesteps) == 2, "the student takes exactly 2 steps")
+        require(self.context in ("refresh", "last_step"), f"unknown context {self.context!r}")
 
     @property
     def student_sigmas(self) -> tuple[float, float]:
@@ -342,9 +369,19 @@ class ImageEncoderConfig:
     def __post_init__(self) -> None:
         for name in ("image_mean", "image_std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        assert self.hidden_size % self.num_attention_heads == 0
-        assert self.image_size % self.patch_size == 0
-        assert -self.num_hidden_layers - 1 <= self.feature_layer <= self.num_hidden_layers
+        require(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"image encoder width {self.hidden_size} must split into "
+            f"{self.num_attention_heads} heads",
+        )
+        require(
+            self.image_size % self.patch_size == 0,
+            f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}",
+        )
+        require(
+            -self.num_hidden_layers - 1 <= self.feature_layer <= self.num_hidden_layers,
+            f"feature_layer {self.feature_layer} names no hidden state",
+        )
 
     @property
     def tokens(self) -> int:
@@ -372,7 +409,7 @@ class TextEncoderConfig:
     tokenizer_bytes: int = 0
 
     def __post_init__(self) -> None:
-        assert self.tokenizer_bytes >= 0
+        require(self.tokenizer_bytes >= 0, "tokenizer_bytes must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -396,33 +433,46 @@ class ModelConfig:
     def __post_init__(self) -> None:
         ph, pw = self.dit.patch_size[1:]
         cell = self.vae.spatial_stride
-        assert self.height % (cell * ph) == 0 and self.width % (cell * pw) == 0, (
-            f"{self.height}x{self.width} is not a multiple of VAE stride x patch"
+        require(
+            self.height % (cell * ph) == 0 and self.width % (cell * pw) == 0,
+            f"{self.height}x{self.width} is not a multiple of VAE stride x patch",
         )
-        assert self.dit.out_dim == self.vae.latent_channels
-        assert self.dit.mask_channels in (0, self.vae.temporal_stride), (
-            "Wan I2V mask: one channel per video frame of a latent frame"
+        require(
+            self.dit.out_dim == self.vae.latent_channels,
+            f"DiT out_dim {self.dit.out_dim} != VAE latent_channels {self.vae.latent_channels}",
         )
-        assert self.audio_encoder.sample_rate % self.fps == 0
-        assert self.samples_per_frame % self.audio_encoder.total_stride == 0, (
-            "audio features must tile video frames exactly"
+        require(
+            self.dit.mask_channels in (0, self.vae.temporal_stride),
+            "Wan I2V mask: one channel per video frame of a latent frame",
         )
-        assert self.chunk_latent_frames >= 1
+        require(
+            self.audio_encoder.sample_rate % self.fps == 0,
+            f"audio sample rate {self.audio_encoder.sample_rate} is not a multiple of "
+            f"fps {self.fps}",
+        )
+        require(
+            self.samples_per_frame % self.audio_encoder.total_stride == 0,
+            "audio features must tile video frames exactly",
+        )
+        require(self.chunk_latent_frames >= 1, "chunk_latent_frames must be at least 1")
         if self.image_encoder is not None:
-            assert self.dit.image_embedding, "an image encoder needs the DiT's img_emb"
-            assert self.image_encoder.hidden_size == self.dit.image_dim, (
+            require(self.dit.image_embedding, "an image encoder needs the DiT's img_emb")
+            require(
+                self.image_encoder.hidden_size == self.dit.image_dim,
                 f"image encoder width {self.image_encoder.hidden_size} != DiT image_dim "
-                f"{self.dit.image_dim}"
+                f"{self.dit.image_dim}",
             )
-            assert self.image_encoder.tokens == self.dit.image_tokens, (
+            require(
+                self.image_encoder.tokens == self.dit.image_tokens,
                 f"image encoder tokens {self.image_encoder.tokens} != DiT image_tokens "
-                f"{self.dit.image_tokens}"
+                f"{self.dit.image_tokens}",
             )
         if self.text_encoder is not None:
-            assert self.dit.has_context, "a text encoder needs the DiT's cross-attention"
-            assert self.text_encoder.d_model == self.dit.text_dim, (
+            require(self.dit.has_context, "a text encoder needs the DiT's cross-attention")
+            require(
+                self.text_encoder.d_model == self.dit.text_dim,
                 f"text encoder width {self.text_encoder.d_model} != DiT text_dim "
-                f"{self.dit.text_dim}"
+                f"{self.dit.text_dim}",
             )
 
     # ---- derived sizes
@@ -468,11 +518,6 @@ class ModelConfig:
         """Width of one video frame's audio features: selected layers x hidden size."""
         return len(self.audio_encoder.layers) * self.audio_encoder.hidden_size
 
-    @property
-    def audio_proj_input_dim(self) -> int:
-        """Width of what the audio projection reads per video frame (`AudioProjConfig.source`)."""
-        return MOUTH_PARAMS if self.audio_proj.source == "mouth" else self.audio_feature_dim
-
     # ---- JSON (nested, round-trip exact)
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -482,13 +527,46 @@ class ModelConfig:
         return _from_dict(cls, json.loads(text))
 
 
+# Fields that checkpoints of earlier versions store and this version no longer has, per
+# config class: field -> (whether a stored value means what this version does, what the
+# field was). Such a value is dropped on load; any other names a removed feature.
+REMOVED_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "VAEConfig": {
+        "dec_lookahead": (lambda v: v == 0, "the look-ahead decoder"),
+        "dec_blocks": (lambda v: not any(v), "residual blocks in the decoder levels"),
+    },
+    "AudioProjConfig": {
+        "source": (lambda v: v == "features", "the narrow audio path"),
+        "head_hidden": (lambda v: True, "the narrow audio path's mouth head"),
+        "head_context": (lambda v: True, "the narrow audio path's mouth head"),
+    },
+    "SamplerConfig": {"teacher_steps": (lambda v: True, "a teacher step count never read")},
+}
+
+
+def _drop_removed(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the `REMOVED_FIELDS` of `cls` whose values mean what this version
+    does; a value that needs a removed feature raises `ConfigError`."""
+    removed = REMOVED_FIELDS.get(cls.__name__, {})
+    for name in sorted(set(data) & set(removed)):
+        harmless, feature = removed[name]
+        require(
+            harmless(data[name]),
+            f"{cls.__name__}.{name} = {data[name]!r} needs {feature}, removed from tmrender "
+            "(git history keeps it)",
+        )
+    return {k: v for k, v in data.items() if k not in removed}
+
+
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from `asdict` output; lists become tuples."""
+    """Rebuild a (nested) config dataclass from `asdict` output; lists become tuples.
+    Fields removed since the data was written are dropped (`REMOVED_FIELDS`)."""
+    data = _drop_removed(cls, data)
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
     kwargs = {}
     for name, value in data.items():
         target = _config_class(hints[name])

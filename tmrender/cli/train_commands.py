@@ -714,7 +714,7 @@ def _sampler_numbers(text: str | None, field: str, need: str) -> tuple[float, ..
     try:
         numbers = tuple(float(v) for v in text.split(","))
         return getattr(SamplerConfig(**{field: numbers}), field)
-    except (ValueError, AssertionError) as err:
+    except ValueError as err:  # ConfigError too
         raise UserInputError(f"{need}; got {text!r}") from err
 
 

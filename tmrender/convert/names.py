@@ -4,7 +4,7 @@ DiT and VAE, two steps, each a pure function of one name:
 - diffusers -> Wan2.1 original (`WanModel` of wan/modules/model.py, `WanVAE_` of
   wan/modules/vae.py): `dit_diffusers_to_wan`, `vae_diffusers_to_wan`;
 - Wan2.1 original -> tmrender: our modules carry Wan's names, so only the network prefix
-  is added (`dit.`, `vae.`; see `tmrender.models.checkpoint.WAN_RENAMES`).
+  is added (`dit.`, `vae.`).
 Image and text encoders are `transformers` classes, so their target names are
 transformers': Wan2.1 original -> transformers (`clip_wan_to_hf`, `t5_wan_to_hf`), while
 diffusers' folders already hold transformers names (`clip_hf_to_ours`, `T5_HF_ALIAS`).

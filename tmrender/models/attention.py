@@ -222,44 +222,51 @@ def split_kv(num_heads: int, k: Tensor, v: Tensor) -> KV:
 # ---- layers ----------------------------------------------------------------------------
 
 
-class SelfAttention(nn.Module):
+class Projections(nn.Module):
+    """Wan's attention projections: q (dim -> inner), k and v (kv_dim -> inner), o (inner ->
+    dim), RMS-normed q and k; shared by the self-, cross- and audio attention."""
+
+    def __init__(
+        self, dim: int, kv_dim: int, inner: int, num_heads: int, qk_norm: bool, eps: float
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, inner)
+        self.k = nn.Linear(kv_dim, inner)
+        self.v = nn.Linear(kv_dim, inner)
+        self.o = nn.Linear(inner, dim)
+        self.norm_q = RMSNorm(inner, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(inner, eps) if qk_norm else nn.Identity()
+
+    def query(self, x: Tensor) -> Tensor:
+        """x (B, L, dim) -> normed q (B, L, H, d)."""
+        return split_heads(self.num_heads, self.norm_q(self.q(x)))
+
+    def project_kv(self, x: Tensor) -> KV:
+        """x (B, L, kv_dim) -> normed (un-rotated) k and v, each (B, L, H, d)."""
+        return split_kv(self.num_heads, self.norm_k(self.k(x)), self.v(x))
+
+
+class SelfAttention(Projections):
     """Wan self-attention: RMS-normed q/k, 3-D RoPE (through the plan), SDPA."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-
-    def project_kv(self, x: Tensor) -> KV:
-        """x (B, L, dim) -> normed, un-rotated k and v, each (B, L, H, d)."""
-        return split_kv(self.num_heads, self.norm_k(self.k(x)), self.v(x))
+        super().__init__(dim, dim, dim, num_heads, qk_norm, eps)
 
     def forward(self, x: Tensor, plan, layer: int) -> tuple[Tensor, KV]:
         """x (B, L, dim) -> (output (B, L, dim), this call's un-rotated (k, v))."""
-        q = split_heads(self.num_heads, self.norm_q(self.q(x)))
+        q = self.query(x)
         k, v = self.project_kv(x)
         q_r, keys, values, mask = plan.assemble(layer, q, k, v)
         return self.o(attend(q_r, keys, values, mask)), (k, v)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Projections):
     """Wan text cross-attention (`t2v_cross_attn`), or with `image=True` Wan I2V's
     (`i2v_cross_attn`: extra k_img / v_img / norm_k_img for the CLIP image tokens)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, image: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        super().__init__(dim, dim, dim, num_heads, qk_norm, eps)
         self.image = image
         if image:
             self.k_img = nn.Linear(dim, dim)
@@ -268,7 +275,7 @@ class CrossAttention(nn.Module):
 
     def kv(self, text: Tensor, image: Tensor | None) -> tuple[KV, ...]:
         """text (B, Lt, dim), image (B, Li, dim) | None -> ((k, v) text[, (k, v) image])."""
-        out = [split_kv(self.num_heads, self.norm_k(self.k(text)), self.v(text))]
+        out = [self.project_kv(text)]
         if self.image:
             assert image is not None, "this cross-attention needs CLIP image tokens"
             out.append(
@@ -278,34 +285,22 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, kv: tuple[KV, ...]) -> Tensor:
         """x (B, L, dim), kv from `kv()` -> (B, L, dim); image and text results are summed."""
-        q = split_heads(self.num_heads, self.norm_q(self.q(x)))
+        q = self.query(x)
         out = sum(attend(q, k, v) for k, v in kv)
         return self.o(out)
 
 
-class AudioCrossAttention(nn.Module):
+class AudioCrossAttention(Projections):
     """Per-latent-frame audio cross-attention, masked to the face, zero-initialised output.
 
-    q: dim -> inner, k/v: audio_dim -> inner, o: inner -> dim (zeros at init).
+    `Projections(dim, audio_dim, inner, ...)`: q dim -> inner, k/v audio_dim -> inner, o
+    inner -> dim (zeros at init).
     """
-
-    def __init__(
-        self, dim: int, audio_dim: int, inner: int, num_heads: int, qk_norm: bool, eps: float
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, inner)
-        self.k = nn.Linear(audio_dim, inner)
-        self.v = nn.Linear(audio_dim, inner)
-        self.o = nn.Linear(inner, dim)
-        self.norm_q = RMSNorm(inner, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(inner, eps) if qk_norm else nn.Identity()
 
     def kv(self, audio: Tensor) -> KV:
         """audio tokens (B, T, N, audio_dim) -> k, v each (B * T, N, H, d)."""
         assert audio.ndim == 4, f"audio tokens must be (B, T, N, D), got {tuple(audio.shape)}"
-        flat = audio.flatten(0, 1)
-        return split_kv(self.num_heads, self.norm_k(self.k(flat)), self.v(flat))
+        return self.project_kv(audio.flatten(0, 1))
 
     def forward(self, x: Tensor, kv: KV, gate: Tensor | None) -> Tensor:
         """x (B, T, S, dim) -> (B, T, S, dim); frame j attends only to frame j's tokens.
@@ -314,6 +309,6 @@ class AudioCrossAttention(nn.Module):
         """
         b, t, s, _ = x.shape
         assert kv[0].shape[0] == b * t, f"audio for {kv[0].shape[0]} frames, x has {b}x{t}"
-        q = split_heads(self.num_heads, self.norm_q(self.q(x.flatten(0, 1))))
+        q = self.query(x.flatten(0, 1))
         out = self.o(attend(q, *kv)).unflatten(0, (b, t))
         return out if gate is None else out * gate.to(out.dtype)

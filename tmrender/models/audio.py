@@ -157,8 +157,7 @@ def audio_windows(
 class MouthHead(nn.Module):
     """Encoder features (B, F, L, D) -> the 7 mouth parameters per frame (B, F, 7), through
     one temporal convolution of width 2 * context + 1. Trained with the encoder by the
-    audio stage (which adds a phoneme readout), then frozen; with `AudioProjConfig.source`
-    "mouth" it is the DiT's narrow audio path (`TalkingModel.audio_head`)."""
+    audio stage (which adds a phoneme readout)."""
 
     def __init__(self, feature_dim: int, hidden: int = 128, context: int = 1) -> None:
         super().__init__()

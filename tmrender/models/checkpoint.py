@@ -1,5 +1,5 @@
 """Inference checkpoints: one safetensors file, config in the metadata (k-diffusion's
-`convert_for_inference.py` style), strict key/shape checks on load, and Wan2.1 key names.
+`convert_for_inference.py` style), strict key/shape checks on load.
 
 File: tensors of `TalkingModel.state_dict()` under the network prefixes (`vae.`, `dit.`,
 `audio_encoder.`, `audio_proj.`, `silence.`); metadata: ONE key, "tmrender", holding
@@ -8,10 +8,7 @@ File: tensors of `TalkingModel.state_dict()` under the network prefixes (`vae.`,
 One key because safetensors writes several metadata keys in random order, which would give
 the same weights a different SHA-256 at every save; one key makes exports reproducible.
 Training checkpoints (model, ema, optimizer, step) are a different thing (tmrender/train).
-
-Wan2.1 original keys (wan/modules/model.py) -> ours: our DiT uses Wan's names, so the map
-is the identity plus the `dit.` prefix; `WAN_RENAMES` is kept (empty) as the place for
-any future renames. A Wan state dict leaves only the audio layers missing (by design).
+Our DiT uses Wan2.1's key names (wan/modules/model.py); `tmrender.convert` maps releases in.
 """
 
 from __future__ import annotations
@@ -33,8 +30,6 @@ from tmrender.models.talking import TalkingModel
 FORMAT = "tmrender"
 FORMAT_VERSION = "2"
 METADATA_KEY = "tmrender"
-WAN_PREFIX = "dit."
-WAN_RENAMES: dict[str, str] = {}  # Wan2.1 key fragment -> ours; empty: names are Wan's
 
 
 class CheckpointError(UserInputError):
@@ -147,7 +142,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         )
     try:
         config = ModelConfig.from_json(json.dumps(record["config"]))
-    except (KeyError, ValueError, TypeError, AssertionError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable model config in metadata ({err})") from err
     return {
         "config": config,
@@ -183,31 +178,3 @@ def load_checkpoint(
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.to(dtype) if t.is_floating_point() else t
-
-
-def map_wan_state_dict(wan_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Wan2.1 original DiT keys -> TalkingModel keys (`dit.` prefix + WAN_RENAMES)."""
-    out = {}
-    for key, value in wan_state.items():
-        for old, new in WAN_RENAMES.items():
-            key = key.replace(old, new)
-        out[WAN_PREFIX + key] = value
-    return out
-
-
-def load_wan_dit(model: TalkingModel, wan_state: dict[str, Tensor]) -> KeyReport:
-    """Load a Wan2.1 DiT state dict into `model.dit`; the audio layers are allowed to be
-    missing (they start at zero output), anything else missing/unexpected/mis-shaped
-    raises CheckpointError. Returns the report (its `missing` = the audio layers)."""
-    mapped = map_wan_state_dict(wan_state)
-    expected = {
-        k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(WAN_PREFIX)
-    }
-    report = compare_keys(expected, {k: tuple(v.shape) for k, v in mapped.items()})
-    real_missing = [
-        k for k in report.missing if ".audio_cross_attn." not in k and ".norm_audio." not in k
-    ]
-    if real_missing or report.unexpected or report.mismatched:
-        raise CheckpointError(f"Wan state dict does not fit this DiT: {report.describe()}")
-    model.load_state_dict(mapped, strict=False)
-    return report

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from tmrender.config import ImageEncoderConfig, TextEncoderConfig
+from tmrender.errors import UserInputError
 
 DEFAULT_PROMPT = "a person talking to the camera"
 
@@ -145,7 +146,8 @@ class TextEncoder(nn.Module):
 
         key = (id(self.tokenizer), self.tokenizer.data_ptr())
         if self._parsed is None or self._parsed[0] != key:
-            assert self.tokenizer.numel() > 0, "this text encoder holds no tokenizer"
+            if self.tokenizer.numel() == 0:
+                raise UserInputError("this model's text encoder holds no tokenizer: no prompts")
             text = bytes(self.tokenizer.cpu().numpy()).decode("utf-8")
             backend = Tokenizer.from_str(text)
             backend.no_padding()

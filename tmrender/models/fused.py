@@ -1,13 +1,13 @@
 """Optional kernel fusion of the DiT's float32 elementwise chains, for GPUs.
 
 Wan computes its modulation, norms, gates and RoPE in float32 around bf16 matmuls; run
-eagerly, each is a chain of 3-8 memory-bound kernels over the whole token tensor (a third
-of a 14B denoising step on an H100). The pure functions below are marked `@fusable`;
-`enable_fusion()` makes every marked function run as its `torch.compile` version (one
-fused kernel each, compiled on first use per shape family). Fusion is off by default, so
-CPU renders and the tests run the eager functions exactly. Whole blocks are not compiled:
-their per-layer arguments (layer index, cache tuples) would make dynamo recompile per
-block and fall back to eager past its cache limit.
+eagerly, each is a chain of 3-8 memory-bound kernels over the whole token tensor (a large
+share of a 14B denoising step on a GPU; timings in docs/). The pure functions below are
+marked `@fusable`; `enable_fusion()` makes every marked function run as its
+`torch.compile` version (one fused kernel each, compiled on first use per shape family).
+Fusion is off by default, so CPU renders and the tests run the eager functions exactly.
+Whole blocks are not compiled: their per-layer arguments (layer index, cache tuples) would
+make dynamo recompile per block and fall back to eager past its cache limit.
 """
 
 from __future__ import annotations
@@ -27,10 +27,6 @@ _state = {"enabled": False}
 def enable_fusion(enabled: bool = True) -> None:
     """Switch the `@fusable` functions to their compiled versions (process-wide)."""
     _state["enabled"] = enabled
-
-
-def fusion_enabled() -> bool:
-    return _state["enabled"]
 
 
 def fusable(fn: Fn) -> Fn:

@@ -4,7 +4,7 @@
 - `tm-mini`: the shipped CPU model, 128x128 at 25 fps, latent 8 x 32 x 32 (stride-4 VAE),
   patch (1, 4, 4) -> 64 tokens per latent frame, a tiny wav2vec2 (narrow convolutions).
   Sized so that the DiT share of a render (2 student steps + 1 cache refresh per chunk)
-  stays near 0.12 s of 2-core CPU time per second of audio.
+  stays small on a 2-core CPU (timings: docs/).
 - `wan2.1-1.3b-audio`: the dimensions of Wan2.1 T2V-1.3B with Wan's I2V input channels
   (in_dim 36 = 16 noise + 4 mask + 16 reference latent), no CLIP branch, + audio layers.
 - `wan2.1-14b-audio`: Wan2.1 I2V-14B (CLIP `img_emb`, 257 image tokens of width 1280,
@@ -28,6 +28,7 @@ from tmrender.config import (
     ModelConfig,
     SamplerConfig,
     VAEConfig,
+    require,
 )
 
 # Wan2.1 dimensions shared by both Wan presets (wan/configs/*.py, shared_config.py).
@@ -53,7 +54,7 @@ _WAV2VEC2_BASE = AudioEncoderConfig(
     num_conv_pos_embedding_groups=16,
     layers=tuple(range(1, _WAV2VEC2_BASE_LAYERS + 1)),
 )
-_WAN_SAMPLER = SamplerConfig(shift=5.0, teacher_steps=40, cfg_scale=4.5)
+_WAN_SAMPLER = SamplerConfig(shift=5.0, cfg_scale=4.5)
 
 _TM_MINI_STRIDE8 = ModelConfig(  # the first tm-mini; its VAE could not carry the mouth
     name="tm-mini",
@@ -74,9 +75,7 @@ _TM_MINI_STRIDE8 = ModelConfig(  # the first tm-mini; its VAE could not carry th
     ),
     audio_encoder=AudioEncoderConfig(),
     audio_proj=AudioProjConfig(window=2, tokens=8, hidden_dim=256),
-    sampler=SamplerConfig(
-        shift=3.0, teacher_steps=24, cfg_scale=2.0, deflicker_taps=(1, 2, 2, 2, 1)
-    ),
+    sampler=SamplerConfig(shift=3.0, cfg_scale=2.0, deflicker_taps=(1, 2, 2, 2, 1)),
 )
 
 WAN_1_3B_AUDIO = ModelConfig(
@@ -124,10 +123,7 @@ WAN_14B_AUDIO = ModelConfig(
 
 
 def tm_mini_variant(
-    latent_channels: int = 8,
-    dec_blocks: tuple[int, ...] = (0, 0),
-    spatial_stride: int = 4,
-    temporal_stride: int = 4,
+    latent_channels: int = 8, spatial_stride: int = 4, temporal_stride: int = 4
 ) -> ModelConfig:
     """tm-mini with another VAE (the VAE stage's experiments); the defaults give TM_MINI.
 
@@ -139,11 +135,10 @@ def tm_mini_variant(
     same widths at the same resolutions. Temporal stride 2 (a latent frame per 2 video
     frames instead of 4) keeps 8 video frames per chunk, so the DiT reads twice the tokens
     per second of video."""
-    assert spatial_stride in (4, 8), "spatial_stride must be 4 or 8"
-    assert temporal_stride in (2, 4), "temporal_stride must be 2 or 4"
+    require(spatial_stride in (4, 8), f"spatial_stride must be 4 or 8, got {spatial_stride}")
+    require(temporal_stride in (2, 4), f"temporal_stride must be 2 or 4, got {temporal_stride}")
     first = _TM_MINI_STRIDE8
     levels = 3 if spatial_stride == 8 else 2
-    assert len(dec_blocks) == levels, f"dec_blocks needs {levels} values"
     vae = replace(
         first.vae,
         latent_channels=latent_channels,
@@ -151,7 +146,6 @@ def tm_mini_variant(
         enc_channels=first.vae.enc_channels[:levels],  # fine -> coarse: keep the fine ones
         enc_blocks=first.vae.enc_blocks[:levels],
         dec_channels=first.vae.dec_channels[-levels:],  # coarse -> fine: keep the fine ones
-        dec_blocks=dec_blocks,
         dec_expand_level=min(first.vae.dec_expand_level, levels - 1),
         temporal_stride=temporal_stride,
     )
@@ -166,9 +160,9 @@ def tm_mini_variant(
     return replace(first, vae=vae, dit=dit, chunk_latent_frames=chunk)
 
 
-# Stride-4 VAE with 8 latent channels: at equal steps of the VAE stage it read back the mouth
-# at r 0.90 where the stride-8 16-channel VAE reached 0.41 (docs/TRAINING.md), and it decodes
-# faster (2 levels, 0.38M parameters).
+# Stride-4 VAE with 8 latent channels: at equal steps of the VAE stage it carried the mouth
+# far better than the stride-8 16-channel VAE (docs/TRAINING.md), and it decodes faster
+# (2 levels).
 TM_MINI = tm_mini_variant()
 
 

@@ -1,8 +1,7 @@
 """The bundle of networks of one model: `TalkingModel(ModelConfig)`.
 
 Holds `vae` (CausalVAE, or WanVAE when `cfg.vae.kind == "wan"`), `dit` (WanDiT),
-`audio_encoder` (Wav2Vec2), `audio_head` (the frozen mouth head, only on the narrow audio
-path), `audio_proj` and `silence`, and for converted Wan models the
+`audio_encoder` (Wav2Vec2), `audio_proj` and `silence`, and for converted Wan models the
 conditioning encoders `image_encoder` (CLIP) and `text_encoder` (umT5) when the config
 names them (None otherwise; see `tmrender.models.conditioning`); their state-dict prefixes
 are the checkpoint's (`vae.`, `dit.`, ...). The renderer drives the parts directly (see
@@ -20,7 +19,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from tmrender.config import ModelConfig
-from tmrender.models.audio import AudioEncoder, AudioProjection, MouthHead, SilenceEmbedding
+from tmrender.models.audio import AudioEncoder, AudioProjection, SilenceEmbedding
 from tmrender.models.conditioning import ImageEncoder, TextEncoder
 from tmrender.models.dit import WanDiT
 from tmrender.models.vae import CausalVAE
@@ -36,15 +35,8 @@ class TalkingModel(nn.Module):
         self.vae = WanVAE(cfg.vae) if cfg.vae.kind == "wan" else CausalVAE(cfg.vae)
         self.dit = WanDiT(cfg.dit, cfg.chunk_latent_frames) if dit is None else dit
         self.audio_encoder = AudioEncoder(cfg.audio_encoder, cfg.samples_per_frame)
-        # the narrow audio path (`AudioProjConfig.source` "mouth"): frozen mouth head first
-        proj = cfg.audio_proj
-        self.audio_head = (
-            MouthHead(cfg.audio_feature_dim, proj.head_hidden, proj.head_context)
-            if proj.source == "mouth"
-            else None
-        )
         self.audio_proj = AudioProjection(
-            cfg.audio_proj, cfg.audio_window_frames, cfg.audio_proj_input_dim, cfg.dit.audio_dim
+            cfg.audio_proj, cfg.audio_window_frames, cfg.audio_feature_dim, cfg.dit.audio_dim
         )
         self.silence = SilenceEmbedding(cfg.audio_proj.tokens, cfg.dit.audio_dim)
         image, text = cfg.image_encoder, cfg.text_encoder
@@ -55,8 +47,5 @@ class TalkingModel(nn.Module):
         """windows (B, T, W, L, D) from `audio_windows` -> tokens (B, T, N, audio_dim);
         `speaking` (B,) or (B, T) bool puts the silence embedding where False. For a chunk
         that is silent throughout, `silence.expand(B, T)` skips the projection."""
-        if self.audio_head is not None:  # (B, T, W, L, D) -> (B, T, W, 1, 7)
-            b, t = windows.shape[:2]
-            windows = self.audio_head(windows.flatten(0, 1)).unflatten(0, (b, t)).unsqueeze(3)
         tokens = self.audio_proj(windows)
         return tokens if speaking is None else self.silence.mix(tokens, speaking)

@@ -13,10 +13,9 @@ Streaming: `frames, state = vae.decode_step(latents, state)` with `state = None`
 `vae.init_decode_state(...)`) at the start of a stream; the state is a `DecodeState` holding,
 for each causal block, only its last `temporal_kernel - 1` input frames, so its size does not
 depend on the length of the stream (cf. Wan's `feat_cache`, Self-Forcing's explicit caches).
-With `dec_lookahead = 1` the decoder reads latent j + 1 beside latent j, so the state also
-holds the last latent frame back until its successor arrives, and `decode_flush` decodes it
-at the end of the stream (beside itself). `StreamingDecoder` wraps that in
-`reset / decode / flush` for the renderer.
+Frame `i` depends on its own latent and the ones before it only, so any chunking of a clip
+decodes to the same frames. `StreamingDecoder` wraps that in `reset / decode / flush` for
+the renderer.
 
 Latent scale: `encode_dist` gives the raw posterior (mean, logvar); `encode` returns the
 posterior mean normalised per channel by the config's `latent_mean` / `latent_std` (what
@@ -46,6 +45,7 @@ from tmrender.models.vae_layers import (
 )
 
 LOGVAR_RANGE = (-30.0, 20.0)  # clamp of the posterior log-variance (numerical safety)
+DECODER_PREFIX = "dec_"  # state-dict prefix of the decoder: dec_in, dec_layers, dec_out
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,17 @@ class DecodeState:
 
     started: bool
     memory: tuple[Tensor, ...]
-    pending: Tensor | None = None  # look-ahead decoders: the latent held back, B, C, 1, h, w
 
     def numel(self) -> int:
         """Total number of elements held (the same after 5 or 5000 steps)."""
-        held = 0 if self.pending is None else self.pending.numel()
-        return sum(m.numel() for m in self.memory) + held
+        return sum(m.numel() for m in self.memory)
 
 
 class LatentShapes:
     """Frame counts, shape checks, the per-channel latent scale and the whole-clip
-    `decode` / `forward` shared by the autoencoders (`CausalVAE`,
-    `tmrender.models.wan_vae.WanVAE`); needs `self.cfg`, `encode` and `decode_step`."""
+    `decode` / `forward` and the fresh decode state shared by the autoencoders
+    (`CausalVAE`, `tmrender.models.wan_vae.WanVAE`); needs `self.cfg`, `encode`,
+    `decode_step` and `decoder_memory_shapes`."""
 
     cfg: VAEConfig
 
@@ -85,11 +84,6 @@ class LatentShapes:
             f"video must have 1 + {st}k frames, got {frames}"
         )
         return 1 + (frames - 1) // st
-
-    def video_frames(self, latents: int) -> int:
-        """Number of video frames decoded from `latents = 1 + k` latent frames: `1 + 4k`."""
-        assert latents >= 1, f"need at least one latent frame, got {latents}"
-        return 1 + (latents - 1) * self.cfg.temporal_stride
 
     def _check_video(self, video: Tensor) -> None:
         cfg = self.cfg
@@ -136,16 +130,34 @@ class LatentShapes:
         stats = self._latent_stats(latent)
         return latent if stats is None else latent * stats[1] + stats[0]
 
+    # ---- streaming ----------------------------------------------------------------------
+
+    def init_decode_state(
+        self,
+        batch: int,
+        latent_height: int,
+        latent_width: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> DecodeState:
+        """Fresh stream state for latents `batch, C, t, latent_height, latent_width`: zeros,
+        one `batch, C_l, P, s latent_height, s latent_width` tensor per causal block of the
+        decoder, (C_l, P, s) from `decoder_memory_shapes`."""
+        h, w = latent_height, latent_width
+        memory = tuple(
+            torch.zeros(batch, c, p, h * s, w * s, device=device, dtype=dtype)
+            for c, p, s in self.decoder_memory_shapes()
+        )
+        return DecodeState(started=False, memory=memory)
+
     def decode(self, latent: Tensor) -> Tensor:
         """Whole clip through `decode_step` from a fresh state. latent (normalised):
         `B, latent_channels, 1 + k, h, w` -> video `B, 3, 1 + 4k, s h, s w` (s the spatial
         stride; unclamped, ~[-1, 1])."""
         self._check_latent(latent)
         assert latent.shape[2] >= 1, "need at least one latent frame"
-        frames, state = self.decode_step(latent, None)
-        if state.pending is None:
-            return frames
-        return torch.cat((frames, self.decode_flush(state)), dim=2)
+        return self.decode_step(latent, None)[0]
 
     def forward(self, video: Tensor) -> Tensor:
         """Reconstruction through the posterior mean. video -> video, both `B, 3, T, H, W`."""
@@ -164,8 +176,7 @@ class CausalVAE(LatentShapes, nn.Module):
         self.enc_in = conv3x3(cfg.image_channels * self.enc_pixel**2, cfg.enc_channels[0])
         self.enc_layers = nn.ModuleList(_encoder_layers(cfg))
         self.enc_out = conv3x3(cfg.enc_channels[-1], 2 * cfg.latent_channels)
-        assert cfg.dec_lookahead in (0, 1), f"dec_lookahead is 0 or 1, got {cfg.dec_lookahead}"
-        self.dec_in = conv3x3(cfg.latent_channels * (1 + cfg.dec_lookahead), cfg.dec_channels[0])
+        self.dec_in = conv3x3(cfg.latent_channels, cfg.dec_channels[0])
         layers, scales = _decoder_layers(cfg)
         self.dec_layers = nn.ModuleList(layers)
         self._dec_scales = scales  # input size of each decoder layer, in latent pixels
@@ -208,24 +219,13 @@ class CausalVAE(LatentShapes, nn.Module):
         """The decoder's causal blocks, in the order of `DecodeState.memory`."""
         return [layer for layer in self.dec_layers if isinstance(layer, CausalMemBlock)]
 
-    def init_decode_state(
-        self,
-        batch: int,
-        latent_height: int,
-        latent_width: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> DecodeState:
-        """Fresh stream state for latents `batch, C, t, latent_height, latent_width`: zeros,
-        one `batch, C_l, temporal_kernel - 1, H_l, W_l` tensor per causal decoder block."""
-        memory = []
-        for layer, scale in zip(self.dec_layers, self._dec_scales, strict=True):
-            if isinstance(layer, CausalMemBlock):
-                size = (batch, layer.channels, layer.past_frames)
-                hw = (latent_height * scale, latent_width * scale)
-                memory.append(torch.zeros(*size, *hw, device=device, dtype=dtype))
-        return DecodeState(started=False, memory=tuple(memory))
+    def decoder_memory_shapes(self) -> list[tuple[int, int, int]]:
+        """(channels, past frames, size in latent pixels) of each causal decoder block."""
+        return [
+            (layer.channels, layer.past_frames, scale)
+            for layer, scale in zip(self.dec_layers, self._dec_scales, strict=True)
+            if isinstance(layer, CausalMemBlock)
+        ]
 
     def decode_step(
         self, latent: Tensor, state: DecodeState | None = None
@@ -234,53 +234,27 @@ class CausalVAE(LatentShapes, nn.Module):
 
         latent: normalised (`encode`'s scale) `B, latent_channels, t, h, w` (any `t >= 0`);
         state: from the previous call, or None / `init_decode_state(...)` at the start.
-        Returns frames `B, 3, n, 8h, 8w` (unclamped, ~[-1, 1]) and the new state. Without
-        look-ahead `n = 4t`, or `4t - 3` on the stream's first call. With look-ahead the
-        last latent received waits for its successor: the frames are those of the latents
-        before it (the stream's very first latent giving 1 frame), and `decode_flush` gives
-        the last ones. Frame `i` never depends on a latent more than `dec_lookahead` after
-        its own, so any chunking of a clip gives the same frames as `decode`.
+        Returns frames `B, 3, n, 8h, 8w` (unclamped, ~[-1, 1]), `n = 4t` (`4t - 3` on the
+        stream's first call), and the new state. Any chunking of a clip gives the same
+        frames as `decode`.
         """
         self._check_latent(latent)
         b, _, t, h, w = latent.shape
         if state is None:
             state = self.init_decode_state(b, h, w, device=latent.device, dtype=latent.dtype)
-        if not self.cfg.dec_lookahead:
-            frames, memory = self._decode_frames(self.denormalise_latent(latent), state)
-            return frames, DecodeState(started=state.started or t > 0, memory=memory)
-        held = latent if state.pending is None else torch.cat((state.pending, latent), dim=2)
-        ready = held[:, :, :-1]  # every latent whose successor is here
-        if held.shape[2] == 0:
-            return self._no_frames(latent), state
-        raw = self.denormalise_latent(held)
-        pairs = torch.cat((raw[:, :, :-1], raw[:, :, 1:]), dim=1)
-        frames, memory = self._decode_frames(pairs, state)
-        started = state.started or ready.shape[2] > 0
-        return frames, DecodeState(started=started, memory=memory, pending=held[:, :, -1:])
-
-    def decode_flush(self, state: DecodeState) -> Tensor | None:
-        """End a stream: the frames of the latent a look-ahead decoder holds back, decoded
-        beside itself (`B, 3, 4, 8h, 8w`, 1 frame if it was the stream's only latent);
-        None when nothing is held (always, without look-ahead)."""
-        if state.pending is None:
-            return None
-        raw = self.denormalise_latent(state.pending)
-        return self._decode_frames(torch.cat((raw, raw), dim=1), state)[0]
-
-    def _no_frames(self, latent: Tensor) -> Tensor:
-        """Zero frames `B, 3, 0, s h, s w` for latents `B, C, t, h, w`."""
-        b, _, _, h, w = latent.shape
-        out_hw = (h * self.cfg.spatial_stride, w * self.cfg.spatial_stride)
-        return latent.new_zeros(b, self.cfg.image_channels, 0, *out_hw)
+        frames, memory = self._decode_frames(self.denormalise_latent(latent), state)
+        return frames, DecodeState(started=state.started or t > 0, memory=memory)
 
     def _decode_frames(self, raw: Tensor, state: DecodeState) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """The causal decoder on denormalised inputs `B, C_in, t, h, w` (C_in: latent
-        channels, doubled with look-ahead) -> (frames, new block memories)."""
+        """The causal decoder on denormalised latents `B, C, t, h, w` -> (frames, new block
+        memories)."""
         b, t = raw.shape[0], raw.shape[2]
         blocks = self.decoder_blocks()
         assert len(state.memory) == len(blocks), "state does not belong to this decoder"
         if t == 0:
-            return self._no_frames(raw), state.memory
+            _, _, _, h, w = raw.shape
+            out_hw = (h * self.cfg.spatial_stride, w * self.cfg.spatial_stride)
+            return raw.new_zeros(b, self.cfg.image_channels, 0, *out_hw), state.memory
         memory = iter(state.memory)
         new_memory = []
         x = F.relu_(self.dec_in(video_to_frames(raw)))
@@ -310,21 +284,19 @@ def _encoder_layers(cfg: VAEConfig) -> list[nn.Module]:
 
 
 def _decoder_layers(cfg: VAEConfig) -> tuple[list[nn.Module], tuple[int, ...]]:
-    """Decoder after `dec_in`, coarse -> fine: latent blocks, then per level its x2 upsample
-    (level > 0), the time expansion (level `dec_expand_level`) and its causal blocks.
-    Also returns each layer's input size as a multiple of the latent size."""
+    """Decoder after `dec_in`, coarse -> fine: the causal latent blocks, then per level its
+    x2 upsample (level > 0) and the time expansion (level `dec_expand_level`). Also returns
+    each layer's input size as a multiple of the latent size."""
     past, dec = cfg.temporal_kernel - 1, cfg.dec_channels
     layers: list[nn.Module] = [CausalMemBlock(dec[0], past) for _ in range(cfg.dec_latent_blocks)]
     scales = [1] * len(layers)
-    for i, (width, blocks) in enumerate(zip(dec, cfg.dec_blocks, strict=True)):
+    for i, width in enumerate(dec):
         if i > 0:
             layers.append(Upsample2x(dec[i - 1], width))
             scales.append(2 ** (i - 1))
         if i == cfg.dec_expand_level:
             layers.append(TimeExpand(width, cfg.temporal_stride))
             scales.append(2**i)
-        layers += [CausalMemBlock(width, past) for _ in range(blocks)]
-        scales += [2**i] * blocks
     return layers, tuple(scales)
 
 
@@ -332,40 +304,27 @@ class StreamingDecoder:
     """Stateful wrapper for the renderer (cf. taehv's `StreamingTAEHV`).
 
     `reset()` starts a stream; `decode(latents B, C, t, h, w)` returns the frames those
-    latents complete, `B, 3, n, H, W` clamped to [-1, 1] (1 frame for the stream's first
-    latent, then 4 per latent): at once without look-ahead, one latent later with
-    (`VAEConfig.dec_lookahead`). `flush()` ends the stream and returns the frames still
-    held back (the last latent's with look-ahead, else `B, 3, 0, H, W`; None when nothing
-    was decoded), then resets. Runs under `torch.no_grad`, so no autograd graph grows
-    with the stream.
+    latents complete at once, `B, 3, n, H, W` clamped to [-1, 1] (1 frame for the stream's
+    first latent, then 4 per latent). `flush()` ends the stream; the decoder holds no
+    frame back, so it always returns None, and resets. Runs under `torch.no_grad`, so no
+    autograd graph grows with the stream.
     """
 
     def __init__(self, vae: CausalVAE, clamp: bool = True) -> None:
         self.vae = vae
         self.clamp = clamp
         self.state: DecodeState | None = None
-        self._empty: Tensor | None = None
 
     def reset(self) -> None:
         """Forget the stream; the next `decode` starts a new one."""
         self.state = None
-        self._empty = None
 
     def decode(self, latent: Tensor) -> Tensor:
         """latent `B, C, t, h, w` -> frames `B, 3, n, 8h, 8w` (see class docstring)."""
         with torch.no_grad():
             frames, self.state = self.vae.decode_step(latent, self.state)
-        self._empty = frames[:, :, :0]
         return frames.clamp_(-1.0, 1.0) if self.clamp else frames
 
-    def flush(self) -> Tensor | None:
-        """End the stream: the frames held back (the last latent's, with look-ahead; else
-        `B, 3, 0, H, W`), None if nothing was decoded; then reset."""
-        rest = None
-        if self.state is not None and self.state.pending is not None:
-            with torch.no_grad():
-                rest = self.vae.decode_flush(self.state)
-            rest = rest.clamp_(-1.0, 1.0) if self.clamp else rest
-        empty = self._empty
+    def flush(self) -> None:
+        """End the stream: nothing is held back (None); then reset."""
         self.reset()
-        return rest if rest is not None else empty

@@ -360,30 +360,10 @@ class WanVAE(LatentShapes, nn.Module):
 
     # ---- decoder ------------------------------------------------------------------------
 
-    def init_decode_state(
-        self,
-        batch: int,
-        latent_height: int,
-        latent_width: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> DecodeState:
-        """Fresh stream state for latents `batch, z_dim, t, latent_height, latent_width`:
-        zeros, one `batch, C, 2, h * s, w * s` tensor per causal convolution of the decoder."""
-        memory = tuple(
-            torch.zeros(
-                batch,
-                c,
-                CAUSAL_PAST,
-                latent_height * s,
-                latent_width * s,
-                device=device,
-                dtype=dtype,
-            )
-            for c, s in self.decoder.past_shapes()
-        )
-        return DecodeState(started=False, memory=memory)
+    def decoder_memory_shapes(self) -> list[tuple[int, int, int]]:
+        """(channels, past frames, size in latent pixels) of each causal convolution of the
+        decoder, in `DecodeState.memory` order."""
+        return [(c, CAUSAL_PAST, s) for c, s in self.decoder.past_shapes()]
 
     def decode_step(
         self, latent: Tensor, state: DecodeState | None = None

@@ -4,13 +4,14 @@ The paper uses a pretrained wav2vec2, frozen. tm-mini's encoder is tiny and star
 nothing, so this stage trains it on what the corpus gives exactly for every video frame:
 the phoneme sounding at the frame's centre (the corpus' phoneme events; a vocabulary
 built over the train split, rare names folded into one "other" class) and the 7 mouth
-parameters. Two small heads read the encoder's features; they live here and are
-discarded on export, where only the encoder changes in the model.
+parameters (`tmrender.train.audio_bank` holds them with the audio, padded into tensors).
+Two small heads read the encoder's features; they live here and are discarded on export,
+where only the encoder changes in the model.
 
 Framing is the renderer's (`tmrender.render.features`): the encoder sees frame-aligned
 windows of `FIRST_SEGMENT_FRAMES` or `SEGMENT_FRAMES` frames plus `MARGIN_FRAMES` on
 each side, zeros beyond the clip, and only the central frames count in the loss. Held-out
-figures run the renderer's own `FeatureProducer` over whole clips.
+figures run the renderer's own `FeatureProducer` over whole clips (`tmrender.train.framing`).
 
 Robustness to real recordings comes from augmentation (`tmrender.train.augment`): lossy
 codec round trips (a pool computed once per run folder), speed perturbation (resampling:
@@ -25,10 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tmrender.data import visemes
-from tmrender.data.corpus import list_clips, read_wav
+from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
 from tmrender.eval.metrics import pearson
 from tmrender.files import atomic_write
@@ -48,13 +46,20 @@ from tmrender.render.features import (
     FIRST_SEGMENT_FRAMES,
     MARGIN_FRAMES,
     SEGMENT_FRAMES,
-    FeatureProducer,
 )
 from tmrender.train import augment
+from tmrender.train.audio_bank import (
+    PAUSE,
+    ClipBank,
+    codec_pool,
+    load_clip_targets,
+    phoneme_vocabulary,
+    read_events,
+    stack_clips,
+)
+from tmrender.train.framing import renderer_features
 
 OPEN = visemes.PARAMS.index("open")
-PAUSE = "_"  # eSpeak's pause phoneme: silence before, between and after phrases
-OTHER = "<other>"  # rare phoneme names, and names the train split never uses
 CODEC_POOL = "codec-pool.pt"
 SPEED_MARGIN = 1600  # samples resampled beyond each end of a window (FFT wrap-around)
 
@@ -104,89 +109,7 @@ class AudioOptions:
     augment: AugmentOptions = field(default_factory=AugmentOptions)
 
 
-# -- targets ---------------------------------------------------------------------------------
-
-
-def read_events(clip: Path) -> list[tuple[str, int, int]]:
-    """Phoneme events (name, start sample, end sample) of a clip folder's meta.json."""
-    meta = json.loads((clip / "meta.json").read_text())
-    return [(str(name), int(start), int(end)) for name, start, end, _ in meta["phonemes"]]
-
-
-def phoneme_vocabulary(events: list[list[tuple[str, int, int]]], min_count: int) -> tuple[str, ...]:
-    """Phoneme names seen at least `min_count` times (sorted), PAUSE always, then OTHER."""
-    counts = Counter(name for clip in events for name, _, _ in clip)
-    names = {name for name, n in counts.items() if n >= min_count} | {PAUSE}
-    return (*sorted(names), OTHER)
-
-
-def frame_phonemes(
-    events: list[tuple[str, int, int]], frames: int, vocab: tuple[str, ...], samples_per_frame: int
-) -> np.ndarray:
-    """Vocabulary index of the phoneme sounding at each frame's centre, (frames,) int64;
-    frames outside every event are PAUSE, names outside the vocabulary OTHER."""
-    index = {name: i for i, name in enumerate(vocab)}
-    centres = np.arange(frames) * samples_per_frame + samples_per_frame // 2
-    out = np.full(frames, index[PAUSE], np.int64)
-    if not events:
-        return out
-    starts = np.array([e[1] for e in events])
-    ends = np.array([e[2] for e in events])
-    ids = np.array([index.get(e[0], index[OTHER]) for e in events])
-    k = np.searchsorted(starts, centres, side="right") - 1
-    inside = (k >= 0) & (centres < ends[np.maximum(k, 0)])
-    out[inside] = ids[k[inside]]
-    return out
-
-
-@dataclass
-class ClipTargets:
-    """One clip: wav (N,) float32, mouth (T, 7) float32, phonemes (T,) int64."""
-
-    wav: np.ndarray
-    mouth: np.ndarray
-    phonemes: np.ndarray
-
-
-def load_clip_targets(clip: Path, vocab: tuple[str, ...], samples_per_frame: int) -> ClipTargets:
-    """Audio and frame targets of one clip folder (frames are not decoded)."""
-    mouth = np.load(clip / "mouth.npy").astype(np.float32)
-    wav = read_wav(clip / "audio.wav")
-    frames = mouth.shape[0]
-    assert frames == -(-wav.size // samples_per_frame), f"{clip}: frames do not match audio"
-    return ClipTargets(
-        wav, mouth, frame_phonemes(read_events(clip), frames, vocab, samples_per_frame)
-    )
-
-
-# -- the training clips as padded tensors ----------------------------------------------------
-
-
-@dataclass
-class ClipBank:
-    """Training clips zero-padded into tensors, `pad` frames before each clip:
-
-    wav (V, C, S) float16: version v of clip c, sample `pad * spf + j` = the clip's sample j;
-        version 0 is the clean audio, version 1 (if any) the codec pool, which holds the
-        first `pooled` clips (the rows of the others are unused zeros)
-    mouth (C, T, 7) float32 and phonemes (C, T) int64: frame f of a clip is row `pad + f`;
-        the padding holds the rest pose and PAUSE
-    frames (C,) int64 frames per clip; power (C,) float32 mean power of each clean clip
-    """
-
-    wav: Tensor
-    mouth: Tensor
-    phonemes: Tensor
-    frames: Tensor
-    power: Tensor
-    pad: int
-    samples_per_frame: int
-    pooled: int = 0
-
-    def to(self, device: torch.device) -> ClipBank:
-        names = ("wav", "mouth", "phonemes", "frames", "power")
-        moved = {name: getattr(self, name).to(device) for name in names}
-        return replace(self, **moved)
+# -- how far batches reach into the bank -----------------------------------------------------
 
 
 def bank_padding(opts: AudioOptions, shortest_clip: int, samples_per_frame: int) -> int:
@@ -198,67 +121,6 @@ def bank_padding(opts: AudioOptions, shortest_clip: int, samples_per_frame: int)
     reach = math.ceil((fastest - 1.0) * longest) + margin + 1
     too_long = max(0, longest - shortest_clip - 2 * opts.edge_frames)
     return opts.edge_frames + reach + too_long
-
-
-def stack_clips(
-    clips: list[ClipTargets],
-    pad: int,
-    samples_per_frame: int,
-    pause_id: int,
-    codec: list[np.ndarray] | None = None,
-) -> ClipBank:
-    """Pad and stack clips into a ClipBank (`codec`: round-tripped wavs of the first
-    len(codec) clips)."""
-    spf = samples_per_frame
-    frames = max(c.mouth.shape[0] for c in clips) + 2 * pad
-    rest = torch.from_numpy(visemes.mouth_track([], 1)[0])
-    versions = [[c.wav for c in clips]] + ([codec] if codec else [])
-    wav = torch.zeros(len(versions), len(clips), frames * spf, dtype=torch.float16)
-    mouth = rest.repeat(len(clips), frames, 1)
-    phonemes = torch.full((len(clips), frames), pause_id, dtype=torch.int64)
-    for i, c in enumerate(clips):
-        n, t = c.wav.size, c.mouth.shape[0]
-        for v, version in enumerate(versions):
-            if i < len(version):
-                wav[v, i, pad * spf : pad * spf + n] = torch.from_numpy(version[i])
-        mouth[i, pad : pad + t] = torch.from_numpy(c.mouth)
-        phonemes[i, pad : pad + t] = torch.from_numpy(c.phonemes)
-    return ClipBank(
-        wav=wav,
-        mouth=mouth,
-        phonemes=phonemes,
-        frames=torch.tensor([c.mouth.shape[0] for c in clips]),
-        power=torch.tensor([float(np.mean(c.wav.astype(np.float64) ** 2)) for c in clips]),
-        pad=pad,
-        samples_per_frame=spf,
-        pooled=len(codec) if codec else 0,
-    )
-
-
-def codec_pool(
-    clips: list[Path], wavs: list[np.ndarray], cache: Path, sample_rate: int, seed: int
-) -> list[np.ndarray]:
-    """Each clip's wav after one lossy round trip (codec k drawn per clip from `seed`),
-    cached in `cache` (int16) and rebuilt when the clips or the codecs change."""
-    rng = np.random.default_rng(seed)
-    choice = [augment.CODECS[k] for k in rng.integers(len(augment.CODECS), size=len(clips))]
-    key = json.dumps({"clips": [p.name for p in clips], "codecs": [c.name for c in choice]})
-    if cache.exists():
-        state = torch.load(cache, weights_only=True)
-        if state["key"] == key:
-            return [w.float().numpy() / 32767.0 for w in state["wavs"]]
-
-    def one(k: int) -> np.ndarray:
-        return augment.codec_round_trip(wavs[k], choice[k], sample_rate)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        out = list(pool.map(one, range(len(clips))))
-    quantised = [
-        torch.from_numpy(np.round(np.clip(w, -1, 1) * 32767).astype(np.int16)) for w in out
-    ]
-    with atomic_write(cache) as partial:
-        torch.save({"key": key, "wavs": quantised}, partial)
-    return [w.float().numpy() / 32767.0 for w in quantised]
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -426,8 +288,7 @@ def unit_noise(
 
 class FrameHeads(MouthHead):
     """Readouts of encoder features (B, F, L, D): mouth parameters (B, F, 7) and phoneme
-    logits (B, F, P), from the mouth head's hidden layer (`MouthHead`, which the
-    narrow audio path keeps)."""
+    logits (B, F, P), both from the mouth head's hidden layer (`MouthHead`)."""
 
     def __init__(self, feature_dim: int, phonemes: int, hidden: int, context: int) -> None:
         super().__init__(feature_dim, hidden, context)
@@ -468,42 +329,7 @@ def frame_loss(
     return loss, {"mouth": mouth.detach(), "phoneme_ce": ce.detach()}
 
 
-# -- figures: the renderer's own framing over whole clips ------------------------------------
-
-
-class ArrayStream:
-    """A decoded waveform (N,) float32 posing as a `tmrender.render.audio.AudioStream`."""
-
-    def __init__(self, wav: np.ndarray, block_samples: int = 16_000) -> None:
-        self.wav = np.asarray(wav, np.float32)
-        self.block_samples = block_samples
-        self.samples_read = 0
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(0, self.wav.size, self.block_samples):
-            block = self.wav[i : i + self.block_samples]
-            self.samples_read += block.size
-            yield block
-
-
-@torch.no_grad()
-def renderer_features(model: TalkingModel, wav: np.ndarray) -> Tensor:
-    """Features (1, T, L, D) of wav (N,) exactly as the streaming renderer computes them
-    (its segments, margins and first-segment offset), T = ceil(N / samples_per_frame)."""
-    cfg = model.cfg
-    spf = cfg.samples_per_frame
-    start = -cfg.audio_proj.window  # as in tmrender.render.pipeline
-    frames = -(-wav.size // spf)
-    producer = FeatureProducer(
-        ArrayStream(wav),
-        model.audio_encoder,
-        spf,
-        needed_frames=lambda total: total,
-        device=next(model.audio_encoder.parameters()).device,
-        start=start,
-    )
-    feats = torch.cat([seg.features for seg in producer.segments()], dim=1)
-    return feats[:, -start : -start + frames]
+# -- figures: the renderer's own framing over whole clips (`tmrender.train.framing`) ---------
 
 
 def add_white_noise(wav: np.ndarray, snr_db: float, seed: int) -> np.ndarray:

@@ -79,7 +79,7 @@ from tmrender.train.latents import (
     window_starts,
 )
 from tmrender.train.ode import OdeOptions, Trajectories, load_or_sample_trajectories
-from tmrender.train.teacher import (
+from tmrender.train.windows import (
     GuidedVelocity,
     autocast_for,
     decode_windows,

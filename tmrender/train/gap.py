@@ -21,8 +21,9 @@ import torch
 from tmrender.diffusion.stream import StreamPlan, student_rollout
 from tmrender.errors import UserInputError
 from tmrender.models.talking import TalkingModel
+from tmrender.models.vae import DECODER_PREFIX
 from tmrender.train.latents import load_or_build_cache
-from tmrender.train.teacher import (
+from tmrender.train.windows import (
     decode_windows,
     device_noise,
     fixed_windows,
@@ -30,7 +31,6 @@ from tmrender.train.teacher import (
     sample_teacher,
     window_tokens,
 )
-from tmrender.train.vae import DECODER_PREFIX
 
 
 @dataclass(frozen=True)

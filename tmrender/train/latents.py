@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from tmrender.files import atomic_write
 from tmrender.models.audio import audio_windows
 from tmrender.models.talking import TalkingModel
 from tmrender.render.features import FeatureProducer
+from tmrender.train.framing import ArrayStream
 
 CACHE_VERSION = 1
 OPEN = PARAMS.index("open")
@@ -243,22 +244,6 @@ def encode_video(model: TalkingModel, frames: np.ndarray) -> Tensor:
     return model.vae.encode(video)
 
 
-class ArrayStream:
-    """Samples already in memory, read like a `tmrender.render.audio.AudioStream` (what
-    `FeatureProducer` reads): iterating yields blocks; `samples_read` counts them."""
-
-    def __init__(self, samples: np.ndarray, block: int = 8000) -> None:
-        self.samples = np.asarray(samples, np.float32)
-        self.block = block
-        self.samples_read = 0
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for start in range(0, self.samples.size, self.block):
-            chunk = self.samples[start : start + self.block]
-            self.samples_read += chunk.size
-            yield chunk
-
-
 def clip_audio_features(
     model: TalkingModel, samples: np.ndarray, n_latent: int
 ) -> tuple[Tensor, Tensor]:
@@ -381,14 +366,6 @@ class WindowBatch:
     def x0(self) -> Tensor:
         """(B, C, L, h, w) the window's clean latents."""
         return self.latents[:, :, 1:]
-
-    def select(self, rows: Tensor | slice) -> WindowBatch:
-        """The sub-batch of `rows`."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value[rows.to(value.device) if isinstance(rows, Tensor) else rows]
-        return WindowBatch(**out)
 
     def with_face(self, face: Tensor) -> WindowBatch:
         return replace(self, face=face)

@@ -57,7 +57,7 @@ from tmrender.train.latents import (
     split_clips,
     window_starts,
 )
-from tmrender.train.teacher import (
+from tmrender.train.windows import (
     autocast_for,
     decode_windows,
     device_noise,

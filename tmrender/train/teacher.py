@@ -22,18 +22,14 @@ latent frame (lip sync lives in ~2 latent cells). Trained: the DiT, the audio pr
 and the silence embedding; the VAE and the audio encoder are frozen (the cache holds
 their outputs).
 
-Starting point, "base" vs "direct": this stage trains the teacher in one go from the
-`--init` checkpoint's DiT, whose audio output projections are zero (Wan init, what
-`WanDiT.zero_audio_output` gives a converted model, so the conversion path's starting
-point is still what this stage starts from). An audio-free `base` stage first (this stage
-with `audio_drop=1`) sees the same corpus, so it can only learn what the teacher learns
-anyway, without the audio; measured on an H100 at equal steps (1500 direct vs 750 base +
-750 teacher, tm-mini, batch 64), direct ended with the lower held-out loss (0.226 vs
-0.233), mouth loss (0.380 vs 0.384) and the larger audio gain (0.020 vs 0.017).
+Starting point: this stage trains the teacher in one go from the `--init` checkpoint's
+DiT, whose audio output projections are zero (Wan init, what `WanDiT.zero_audio_output`
+gives a converted model, so the conversion path's starting point is still what this stage
+starts from). An audio-free "base" stage first (this stage with `audio_drop=1`) was
+measured and did no better (docs/TRAINING.md).
 
-Sampling (`sample_teacher`): Euler on the probability-flow ODE with audio CFG
-(`tmrender.diffusion.samplers.sample_euler_cfg`), 12 steps x 2 = 24 network evaluations,
-both branches in one forward of a doubled batch.
+Sampling (`tmrender.train.windows.sample_teacher`): Euler on the probability-flow ODE with
+audio CFG, both branches in one forward of a doubled batch.
 
 Validation on held-out train clips: the flow-matching loss at fixed timesteps with and
 without audio (whole frame and mouth region; `audio_gain` = how much the audio lowers the
@@ -44,32 +40,40 @@ windows as the ceiling). The mouth reader is an instrument: it never enters a lo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tmrender.diffusion.flow import interpolate, sampling_timesteps, shift_timesteps
-from tmrender.diffusion.samplers import sample_euler_cfg
-from tmrender.eval.metrics import pearson
+from tmrender.diffusion.flow import interpolate, shift_timesteps
 from tmrender.files import atomic_write
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
-from tmrender.models.dit import WanDiT
 from tmrender.models.talking import TalkingModel
 from tmrender.train.latents import (
     LatentCache,
     WindowBatch,
-    gather_windows,
     load_or_build_cache,
     sample_windows,
     split_clips,
     window_starts,
 )
-from tmrender.train.narrow import mouth_head_state, narrow_audio_path
+from tmrender.train.windows import (
+    autocast_for,
+    decode_windows,
+    device_noise,
+    diffusion_networks,
+    diffusion_parameters,
+    fixed_windows,
+    lip_sync_r,
+    load_reader,
+    mouth_weights,
+    sample_teacher,
+    weighted_mse,
+    window_tokens,
+    window_velocity,
+)
 
 # ---- options -------------------------------------------------------------------------------
 
@@ -93,46 +97,15 @@ class TeacherOptions:
     sample_windows: int = 8
     sample_steps: int = 12  # Euler steps; with CFG 2 evaluations each (24 NFE)
     reader: str = ""  # mouth reader weights ("" = the shipped ones, if present)
-    # the narrow audio path (`tmrender.train.narrow`): the file of the frozen mouth head
-    audio_heads: str = ""
 
 
 # ---- conditioning --------------------------------------------------------------------------
-
-
-def window_tokens(model: TalkingModel, windows: WindowBatch) -> Tensor:
-    """Audio tokens (B, L, N, audio_dim) of a window batch: projected audio, the silence
-    embedding on silent chunks (the renderer's rule)."""
-    return model.audio_tokens(windows.audio, windows.speaking)
 
 
 def drop_audio(face: Tensor, drop: Tensor) -> Tensor:
     """face (B, h, w) masks, drop (B,) bool -> masks with the dropped rows all zero (no
     audio term for those samples: the CFG-unconditional model)."""
     return face * (~drop).to(face.dtype)[:, None, None]
-
-
-def mouth_weights(windows: WindowBatch, mouth_weight: float) -> Tensor:
-    """Loss weights (B, 1, L, h, w): 1 everywhere plus `mouth_weight` in the mouth box."""
-    return 1.0 + mouth_weight * windows.mouth
-
-
-def weighted_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Weighted squared error, normalised per sample then averaged over the batch;
-    pred/target (B, C, L, h, w), weight broadcast to them: mean_b sum(w err) / sum(w).
-    A mean over samples, so a batch split across ranks averages back to the same loss."""
-    err = (pred.float() - target.float()).pow(2)
-    w = weight.float().expand_as(err).flatten(1)
-    return ((err.flatten(1) * w).sum(1) / w.sum(1)).mean()
-
-
-def window_velocity(
-    dit: WanDiT, anchor: Tensor, x_t: Tensor, t: Tensor, tokens: Tensor, face: Tensor | None
-) -> Tensor:
-    """Bidirectional DiT on [anchor | x_t]: anchor (B, C, 1, h, w), x_t (B, C, L, h, w),
-    t (B,), tokens (B, L, N, D), face (B, h, w) or None -> velocity (B, C, L, h, w)."""
-    x = torch.cat((anchor.to(x_t.dtype), x_t), dim=2)
-    return dit(x, t, tokens, face)[:, :, anchor.shape[2] :]
 
 
 # ---- loss ----------------------------------------------------------------------------------
@@ -175,174 +148,7 @@ def make_flow_batch(
     return FlowBatch(windows.with_face(drop_audio(windows.face, drop)), t, eps)
 
 
-def device_noise(shape: Sequence[int], gen: torch.Generator, device: torch.device) -> Tensor:
-    """Standard normal noise of `shape` on `device`, from a device generator seeded by the
-    CPU generator `gen` (deterministic, and no large CPU->GPU copy)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-    device_gen = torch.Generator(device).manual_seed(seed)
-    return torch.randn(tuple(shape), generator=device_gen, device=device)
-
-
-# ---- sampling ------------------------------------------------------------------------------
-
-
-class GuidedVelocity:
-    """`denoise_fn(x_t, t, conditional)` of `sample_euler_cfg` for the teacher on a window
-    batch. With guidance, the conditional call evaluates both branches in one forward of
-    a doubled batch (the unconditional with the face mask at zero: no audio term, as in
-    training's dropout) and the unconditional call that follows returns that half."""
-
-    def __init__(
-        self, dit: WanDiT, anchor: Tensor, tokens: Tensor, face: Tensor, guided: bool
-    ) -> None:
-        self.dit, self.guided = dit, guided
-        if guided:
-            self.anchor = torch.cat((anchor, anchor))
-            self.tokens = torch.cat((tokens, tokens))
-            self.face = torch.cat((face, torch.zeros_like(face)))
-        else:
-            self.anchor, self.tokens, self.face = anchor, tokens, face
-        self._uncond: tuple[Tensor, Tensor] | None = None
-
-    def __call__(self, x: Tensor, t: Tensor, conditional: bool) -> Tensor:
-        if not conditional:
-            assert self._uncond is not None and self._uncond[0] is x, "conditional call first"
-            v = self._uncond[1]
-            self._uncond = None
-            return v
-        if not self.guided:
-            return window_velocity(self.dit, self.anchor, x, t, self.tokens, self.face).float()
-        both = window_velocity(
-            self.dit, self.anchor, torch.cat((x, x)), torch.cat((t, t)), self.tokens, self.face
-        ).float()
-        v_cond, v_uncond = both.chunk(2)
-        self._uncond = (x, v_uncond)
-        return v_cond
-
-
-def teacher_timesteps(steps: int, shift: float, include: Sequence[float] = ()) -> list[float]:
-    """The Euler grid `flow.sampling_timesteps(steps, shift)` (1 -> 0) with the timesteps of
-    `include` added where missing (to record the trajectory there), decreasing."""
-    grid = [float(t) for t in sampling_timesteps(steps, shift)]
-    for t in include:
-        if min(abs(t - g) for g in grid) > 1e-9:
-            grid.append(float(t))
-    return sorted(grid, reverse=True)
-
-
-def sample_teacher(
-    model: TalkingModel,
-    windows: WindowBatch,
-    noise: Tensor,
-    steps: int,
-    cfg_scale: float | None = None,
-    record: Sequence[float] = (),
-) -> tuple[Tensor, dict[float, Tensor]]:
-    """Sample the window latents with the teacher (Euler + audio CFG, 2 x steps network
-    evaluations), from `noise` (B, C, L, h, w) at t = 1, conditioned on `windows`' anchor,
-    audio and face mask. Returns (x0 (B, C, L, h, w) float32, {t: x at t} for every t in
-    `record` (in (0, 1]), the probability-flow trajectory at those timesteps)."""
-    sampler = model.cfg.sampler
-    scale = sampler.cfg_scale if cfg_scale is None else cfg_scale
-    tokens = window_tokens(model, windows)
-    fn = GuidedVelocity(model.dit, windows.anchor, tokens, windows.face, scale != 1.0)
-    grid = teacher_timesteps(steps, sampler.shift, record)
-    x, trajectory, position = noise.float(), {}, 0
-    for t in sorted(record, reverse=True):
-        stop = min(range(len(grid)), key=lambda i: abs(grid[i] - t))
-        if stop > position:
-            x = sample_euler_cfg(fn, x, grid[position : stop + 1], scale)
-            position = stop
-        trajectory[t] = x
-    if position < len(grid) - 1:
-        x = sample_euler_cfg(fn, x, grid[position:], scale)
-    return x, trajectory
-
-
-def sample_clip(
-    model: TalkingModel,
-    cache: LatentCache,
-    clip: int,
-    ref: int,
-    chunks: int,
-    steps: int,
-    seed: int = 0,
-) -> Tensor:
-    """A whole cached clip sampled by the teacher from one of its references and its
-    audio: its latent frames 1.. cut into windows of `chunks` chunks (the last one
-    shorter, whole chunks only), each sampled bidirectionally on its own. Returns latents
-    (1, C, 1 + L, h, w), the reference first (`decode_windows` drops it)."""
-    c = model.cfg.chunk_latent_frames
-    lo, hi = int(cache.clip_start[clip]) + 1, int(cache.clip_start[clip + 1])
-    end = lo + (hi - lo) // c * c
-    gen = torch.Generator().manual_seed(seed)
-    pieces = []
-    for start in range(lo, end, chunks * c):
-        length = min(chunks * c, end - start)
-        w = gather_windows(cache, torch.tensor([start]), torch.tensor([ref]), length, c)
-        noise = device_noise(w.x0.shape, gen, w.x0.device)
-        pieces.append(sample_teacher(model, w, noise, steps)[0])
-    return torch.cat([w.anchor.float(), *pieces], dim=2)
-
-
-# ---- validation helpers --------------------------------------------------------------------
-
-
-def decode_windows(model: TalkingModel, anchor: Tensor, x0: Tensor) -> np.ndarray:
-    """Decode windows as the renderer does (the decoder primed with the anchor, which is
-    dropped): anchor (B, C, 1, h, w), x0 (B, C, L, h, w) -> uint8 (B, 4L, H, W, 3)."""
-    dtype = next(model.vae.parameters()).dtype
-    frames = model.vae.decode(torch.cat((anchor, x0), dim=2).to(dtype))[:, :, 1:]
-    pixels = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
-def lip_sync_r(reader, frames: np.ndarray, opening: Tensor) -> float:
-    """Pearson r of the reader's opening on frames (B, F, H, W, 3) with the truth (B, F)."""
-    from tmrender.eval.mouth import read_mouth
-
-    read = read_mouth(reader, frames.reshape(-1, *frames.shape[2:]))
-    column = reader.cfg.outputs.index("open")
-    return pearson(read[:, column], opening.float().cpu().numpy().ravel())
-
-
-def load_reader(path: str):
-    """The mouth reader (an instrument for validation only), or None when no weights."""
-    from tmrender.eval.mouth import DEFAULT_WEIGHTS, load_mouth_reader
-
-    weights = Path(path) if path else DEFAULT_WEIGHTS
-    return load_mouth_reader(weights) if weights.is_file() else None
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (as the loop trains), nothing on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def fixed_windows(
-    cache: LatentCache, clips: list[int], count: int, chunks: int, c: int, fpl: int, seed: int
-) -> WindowBatch:
-    """`count` windows of held-out `clips`, the same at every call (seeded)."""
-    gen = torch.Generator().manual_seed(seed)
-    starts = window_starts(cache, clips, chunks * c)
-    return sample_windows(cache, starts, count, chunks * c, c, fpl, gen)
-
-
 # ---- the stage -----------------------------------------------------------------------------
-
-
-def diffusion_networks(model: TalkingModel) -> dict[str, nn.Module]:
-    """What a DiT stage checkpoints: the trained DiT side and the frozen VAE."""
-    m = model
-    return {"dit": m.dit, "audio_proj": m.audio_proj, "silence": m.silence, "vae": m.vae}
-
-
-def diffusion_parameters(model: TalkingModel) -> list[nn.Parameter]:
-    """What a DiT stage trains: the DiT, the audio projection and the silence embedding."""
-    m = model
-    return [*m.dit.parameters(), *m.audio_proj.parameters(), *m.silence.parameters()]
 
 
 class TeacherStage:
@@ -365,8 +171,6 @@ class TeacherStage:
         self.opts = opts
         self.init = Path(init)
         self.model, self.init_meta = load_checkpoint(self.init, device=device)
-        if opts.audio_heads:  # a fresh projection of the mouth parameters (seeded)
-            narrow_audio_path(self.model, mouth_head_state(Path(opts.audio_heads)), seed=0)
         cfg = self.model.cfg
         self.c, self.fpl = cfg.chunk_latent_frames, cfg.frames_per_latent
         self.length = opts.chunks * self.c
@@ -443,7 +247,6 @@ class TeacherStage:
             "cache": self.cache.key[:16],
             "clips": self.cache.clips,
             "validation": self.last_val,
-            "audio_source": self.model.cfg.audio_proj.source,
         }
         with atomic_write(path) as partial:
             save_checkpoint(self.model, partial, trained=True, extra_meta=extra)

@@ -8,8 +8,8 @@ Curriculum (each part measured on CPU probes, see `docs/TRAINING.md`):
 1. short windows of `crop_frames = 1 + 4k` frames cut to random `crop` x `crop` squares
    (half of them on the mouth; the network is fully convolutional): many mouths per
    second of compute. Single frames (`crop_frames = 1`, encoded alone like the reference
-   image) train only the first-frame path of the time pooling and expansion: whole clips
-   then start from ~14 dB (CPU probe), so windows of 5 frames are the default;
+   image) train only the first-frame path of the time pooling and expansion, and whole
+   clips then start far behind, so windows of 5 frames are the default;
 2. a share `clip_share` of the steps, spread evenly among the others, on clips of
    `clip_frames` whole frames (the frame borders, longer time context). Interleaved
    rather than last, so that a run stopped by `--max-minutes` has seen both kinds.
@@ -52,11 +52,10 @@ from tmrender.errors import UserInputError
 from tmrender.eval.metrics import box_mask, frame_motion, masked_mse, pearson, psnr_from_mse
 from tmrender.files import atomic_write
 from tmrender.models.mouth_reader import MouthReader
-from tmrender.models.vae import CausalVAE
+from tmrender.models.vae import DECODER_PREFIX, CausalVAE
 from tmrender.train.loop import seeded
 
 FRAME_CACHE = "frames.pt"
-DECODER_PREFIX = "dec_"  # CausalVAE's decoder parameters: dec_in, dec_layers, dec_out
 
 
 @dataclass(frozen=True)
@@ -505,58 +504,6 @@ class VAEStage:
         if self._device_cache is None or self._device_cache.frames.device != device:
             self._device_cache = self.cache.to(device)
         return self._device_cache
-
-
-def add_lookahead(vae: CausalVAE) -> CausalVAE:
-    """The same VAE with a decoder that also reads the next latent frame (`dec_lookahead`
-    1). The new input weights of `dec_in` start at zero, so it decodes exactly as before
-    until trained; the encoder and the latent statistics are the same tensors' copies."""
-    if vae.cfg.dec_lookahead:
-        return vae
-    wider = CausalVAE(dataclasses.replace(vae.cfg, dec_lookahead=1))
-    state = {k: v.clone() for k, v in vae.state_dict().items()}
-    weight = state["dec_in.weight"]  # out, C, 3, 3 -> out, 2C, 3, 3: zeros for latent j + 1
-    state["dec_in.weight"] = torch.cat((weight, torch.zeros_like(weight)), dim=1)
-    wider.load_state_dict(state)
-    return wider.to(next(vae.parameters()).device)
-
-
-def add_decoder_blocks(vae: CausalVAE, dec_blocks: tuple[int, ...], seed: int) -> CausalVAE:
-    """The same VAE with more causal residual blocks in the decoder (`dec_blocks` per level,
-    at least the current ones). A new block's second convolution starts at zero, so the
-    block passes its (non-negative) input through and the decoder decodes exactly as
-    before until trained; the encoder and the latent statistics are unchanged."""
-    dec_blocks, old = tuple(dec_blocks), tuple(vae.cfg.dec_blocks)
-    if len(old) != len(dec_blocks) or any(n < o for o, n in zip(old, dec_blocks, strict=True)):
-        raise UserInputError(
-            f"--dec-blocks {','.join(map(str, dec_blocks))} must keep the levels of the "
-            f"--init decoder ({','.join(map(str, old))}) and add blocks only"
-        )
-    if dec_blocks == old:
-        return vae
-    with seeded(seed):
-        grown = CausalVAE(dataclasses.replace(vae.cfg, dec_blocks=dec_blocks))
-    # Walk both layer lists: an old layer takes the next new layer of its type. Extra
-    # blocks only lengthen runs of residual blocks, so every other layer lines up, and
-    # within a run the order of identical old blocks and identity blocks does not matter.
-    mapping, added = {}, []
-    for index, layer in enumerate(grown.dec_layers):
-        taken = len(mapping)
-        if taken < len(vae.dec_layers) and type(vae.dec_layers[taken]) is type(layer):
-            mapping[taken] = index
-        else:
-            added.append(index)
-    state = grown.state_dict()
-    for key, value in vae.state_dict().items():
-        if key.startswith("dec_layers."):
-            _, index, rest = key.split(".", 2)
-            key = f"dec_layers.{mapping[int(index)]}.{rest}"
-        state[key] = value.clone()
-    for index in added:
-        state[f"dec_layers.{index}.conv2.weight"].zero_()
-        state[f"dec_layers.{index}.conv2.bias"].zero_()
-    grown.load_state_dict(state)
-    return grown.to(next(vae.parameters()).device)
 
 
 def latent_noise_like(vae: CausalVAE, video: Tensor, gen: torch.Generator) -> Tensor:
