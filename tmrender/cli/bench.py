@@ -91,8 +91,8 @@ def bench(
     if trace is not None:
         rows = [_trace(preset, device, trace, compiled, context, seconds, graphs, vae)]
     elif suite == "render" and preset is not None and _is_cuda(device):
+        from tmrender.devices import resolve_device
         from tmrender.eval import bench_gpu
-        from tmrender.render.weights import resolve_device
 
         bench_gpu.bench_config(preset, context, vae)  # one clear line for bad options
         rows = bench_gpu.bench_gpu(
@@ -106,7 +106,8 @@ def bench(
 
                 spec = str(Path(tmp) / f"{preset}.safetensors")
                 init_checkpoint(preset, spec)
-            from tmrender.render.weights import resolve_device, resolve_model_path
+            from tmrender.devices import resolve_device
+            from tmrender.models.registry import resolve_model_path
 
             spec = str(resolve_model_path(spec))
             rows = bench_render.bench_render(spec, lengths, str(resolve_device(device)))
@@ -138,9 +139,9 @@ def _trace(
         raise UserInputError("--trace profiles CUDA kernels; it needs --device cuda")
     if not Path(prefix).resolve().parent.is_dir():
         raise UserInputError(f"--trace {prefix}: folder {Path(prefix).parent} does not exist")
+    from tmrender.devices import resolve_device
     from tmrender.eval.bench_gpu import bench_config
     from tmrender.eval.trace import trace_render
-    from tmrender.render.weights import resolve_device
 
     bench_config(preset, context, vae)  # one clear line for bad options
     length = seconds[0] if seconds else 4.0
@@ -151,7 +152,7 @@ def _trace(
 
 
 def _is_cuda(device: str) -> bool:
-    from tmrender.render.weights import resolve_device
+    from tmrender.devices import resolve_device
 
     return resolve_device(device).type == "cuda"
 

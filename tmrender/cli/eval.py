@@ -83,7 +83,7 @@ def eval_command(
     from tmrender.files import sha256_file
 
     # 1. Check the inputs: sources, clips, output folder, reader.
-    from tmrender.render.weights import DEFAULT_MODEL
+    from tmrender.models.registry import DEFAULT_MODEL
 
     models = model or [DEFAULT_MODEL]
     names = list(dict.fromkeys([*models, *(suite_baselines() if baselines else [])]))
@@ -137,7 +137,7 @@ def distillation_gap(model: str, teacher: Path, data: Path, split: str, out: Pat
     from tmrender.errors import UserInputError
     from tmrender.eval.sources import BASELINES
     from tmrender.eval.teacher_gap import teacher_gap
-    from tmrender.render.weights import load_model
+    from tmrender.models.registry import load_model
 
     if model in BASELINES:
         raise UserInputError("--teacher compares a model, not a baseline; give --model first")
@@ -179,8 +179,8 @@ def make_source(name: str, device: str, seed: int):
 
     if name in BASELINES:
         return baseline_source(name)
+    from tmrender.models.registry import load_model
     from tmrender.render.pipeline import RenderOptions
-    from tmrender.render.weights import load_model
 
     net, meta = load_model(name, device)
     if not meta.get("trained", True):

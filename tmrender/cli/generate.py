@@ -83,14 +83,15 @@ def generate(
     ] = False,
 ) -> None:
     """Render a talking-head video; by default written next to the audio as <stem>.mp4."""
+    from tmrender.devices import split_devices
     from tmrender.errors import UserInputError
     from tmrender.models.conditioning import DEFAULT_PROMPT
+    from tmrender.models.registry import load_model
     from tmrender.render.audio import open_audio
     from tmrender.render.image import CropBox, open_rgb
     from tmrender.render.pipeline import RenderOptions, render_video
     from tmrender.render.portrait import portrait_looks_like_avatar
     from tmrender.render.video import check_crf, check_writable_output
-    from tmrender.render.weights import load_model, split_devices
 
     if mode not in MODES:
         raise UserInputError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")

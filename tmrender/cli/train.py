@@ -137,7 +137,8 @@ def export_weights(model, data: Path, path: Path, val_clips: int = 10) -> str:
     import tempfile
 
     from tmrender.data.corpus import list_clips
-    from tmrender.eval.mouth import load_mouth_reader, record_checksum, save_mouth_reader
+    from tmrender.eval.mouth import load_mouth_reader, save_mouth_reader
+    from tmrender.files import record_checksum
     from tmrender.train.mouth_reader import evaluate_reader
 
     held_out = list_clips(data, "train")[-val_clips:]

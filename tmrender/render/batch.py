@@ -222,7 +222,7 @@ def prepare_batch(
     Raises UserInputError when the manifest, the model or the device cannot be used.
     `create_folders` makes missing output folders (off for a dry run)."""
     from tmrender.models.checkpoint import read_metadata
-    from tmrender.render.weights import resolve_model_path
+    from tmrender.models.registry import resolve_model_path
 
     # 1. The manifest and this shard's rows.
     manifest = Path(os.path.abspath(manifest))
@@ -297,7 +297,7 @@ def batch_device(name: str) -> str:
     """The device of this rank: under torchrun, cuda:LOCAL_RANK when CUDA is asked or auto."""
     import torch
 
-    from tmrender.render.weights import resolve_device
+    from tmrender.devices import resolve_device
 
     device = resolve_device(name)
     local_rank = os.environ.get("LOCAL_RANK")
@@ -487,7 +487,7 @@ def run_jobs(
 
 
 def _run_in_process(jobs, model_path, device, threads, on_event) -> None:
-    from tmrender.render.weights import load_model
+    from tmrender.models.registry import load_model
 
     model, _ = load_model(model_path, device)
     for job in jobs:
@@ -593,7 +593,7 @@ def worker_main(model_path: str, device: str, threads: int, tasks, events) -> No
     Stops (cleaning up its temporaries) on SIGTERM, and when its parent process dies."""
     import torch
 
-    from tmrender.render.weights import load_model
+    from tmrender.models.registry import load_model
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     pid, parent = os.getpid(), os.getppid()
