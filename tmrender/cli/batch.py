@@ -20,11 +20,11 @@ SHOWN_UNLIKE = 3  # rows named in the warning about portraits unlike the avatars
     epilog=(
         "The manifest is CSV with a header: image,audio required; output,seed,mode,crop "
         "optional. Relative paths are taken from the manifest's folder (outputs from "
-        "--out-dir); the default output is <audio stem>.mp4. A finished output has a "
+        "--out); the default output is <audio stem>.mp4. A finished output has a "
         "sidecar .<name>.tmrender.json beside it; a rerun renders only what is missing or "
         "changed. Exit code 0: all rows ok; 3: some rows failed; 2: unusable manifest.\n\n"
         "Examples:\n\n"
-        "  tmrender batch clips.csv --out-dir renders/ --workers 2\n\n"
+        "  tmrender batch clips.csv --out renders/ --workers 2\n\n"
         "  tmrender batch clips.csv --dry-run\n\n"
         "  tmrender batch clips.csv --shard 1/4 --report renders/report.json\n\n"
         "  torchrun --nproc-per-node 8 -m tmrender batch clips.csv --device cuda"
@@ -33,9 +33,12 @@ SHOWN_UNLIKE = 3  # rows named in the warning about portraits unlike the avatars
 def batch(
     manifest: Annotated[Path, typer.Argument(help="CSV manifest: image,audio[,output,...].")],
     model: ModelOpt = None,
-    out_dir: Annotated[
+    out: Annotated[
         Path | None,
-        typer.Option("--out-dir", "-d", help="Folder for outputs (default: the manifest's)."),
+        typer.Option("--out", "-d", help="Folder for outputs (default: the manifest's)."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", hidden=True, help="Old name of --out.")
     ] = None,
     overwrite: Annotated[
         bool,
@@ -56,7 +59,7 @@ def batch(
     ] = None,
     report: Annotated[
         Path | None,
-        typer.Option("--report", help="JSON report (default: <out-dir>/batch-report.json)."),
+        typer.Option("--report", help="JSON report (default: <out>/batch-report.json)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show the plan; render nothing.")
@@ -72,15 +75,18 @@ def batch(
 ) -> None:
     """Render a CSV manifest of portrait + audio pairs; resumable, shardable, fault tolerant."""
     from tmrender.errors import UserInputError
-    from tmrender.render.batch import BatchSettings, Shard, execute_batch, prepare_batch
+    from tmrender.render.batch.execute import execute_batch
+    from tmrender.render.batch.plan import BatchSettings, Shard, prepare_batch
     from tmrender.render.video import check_crf
 
+    if out is not None and out_dir is not None:
+        raise UserInputError("--out-dir is the old name of --out; give one of them")
     if workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {workers}")
     check_crf(crf)
     settings = BatchSettings(
         model=model,
-        out_dir=out_dir,
+        out_dir=out if out is not None else out_dir,
         crf=crf,
         overwrite=overwrite,
         workers=workers,
@@ -203,7 +209,7 @@ class BatchProgress:
         self.display.__exit__(*exc)
 
     def on_event(self, event) -> None:
-        from tmrender.render.batch import RowProgress, RowResult
+        from tmrender.render.batch.workers import RowProgress, RowResult
 
         if isinstance(event, RowProgress):
             self.partial[event.index] = event.audio_seconds
@@ -265,7 +271,7 @@ def print_summary(report: dict, plan) -> None:
         warn(f"no report from rank(s) {', '.join(map(str, missing))}: their rows count as failed")
     where = plan.report_path
     if plan.shard.count > 1 and plan.shard.index != 0:
-        from tmrender.render.batch import rank_report_path
+        from tmrender.render.batch.report import rank_report_path
 
         where = rank_report_path(plan.report_path, plan.shard.index)
     console.print(f"report: {where}", highlight=False)
