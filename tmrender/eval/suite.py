@@ -36,6 +36,7 @@ from tmrender.data.corpus import FPS, Clip, read_clip
 from tmrender.data.visemes import PARAMS, SAMPLES_PER_FRAME
 from tmrender.eval import metrics
 from tmrender.eval.mouth import read_mouth
+from tmrender.eval.options import EvalOptions
 from tmrender.eval.sources import FrameSource
 from tmrender.models.mouth_reader import MouthReader
 
@@ -47,21 +48,6 @@ DRIFT_METRICS = ("sync_r", "silence_open", "psnr", "ssim", "motion_ratio")
 ABSOLUTE_DRIFT = ("silence_open",)  # drift of these is last - first, not relative
 # DESIGN.md section 6 (the instrument figures the product must reach)
 TARGETS = {"sync_r": 0.9, "offset": 0, "psnr": 30.0, "drift": 0.02}
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How clips are measured."""
-
-    # lip sync
-    max_lag: int = 5  # frames searched either side for the A/V offset
-    pause_trim: int = 3  # frames ignored at each end of a pause (coarticulation)
-    # appearance
-    mask_dilate: int = 4  # pixels (at 128 x 128) around the mouth box left out
-    # drift
-    window_seconds: float = 60.0  # first / last window of long clips
-    # report
-    strip_frames: int = 8  # frames per strip image
 
 
 @dataclass

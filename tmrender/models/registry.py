@@ -4,6 +4,9 @@ Weights ship in the repository's `weights/` folder (or a folder named by the
 TMRENDER_WEIGHTS environment variable); nothing is ever downloaded. A model file whose
 folder has a SHA256SUMS line for it is used only if its SHA-256 matches that line (checked
 once per process and file version, see `tmrender.files.sha256_cached`).
+
+Torch and the checkpoint code are imported when a model is looked at, not with this module:
+commands import it for their defaults and `--help` stays quick.
 """
 
 from __future__ import annotations
@@ -11,10 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tmrender.devices import default_dtype, resolve_device
 from tmrender.errors import UserInputError
 from tmrender.files import verify_checksum
-from tmrender.models.checkpoint import CheckpointError, load_checkpoint, read_metadata
 
 WEIGHTS_ENV = "TMRENDER_WEIGHTS"
 DEFAULT_MODEL = "tm-mini"
@@ -29,6 +30,8 @@ def weights_dir() -> Path:
 
 def installed_models() -> list[str]:
     """Names of the tmrender checkpoints in weights_dir() (other weights excluded)."""
+    from tmrender.models.checkpoint import CheckpointError, read_metadata
+
     names = []
     for path in sorted(weights_dir().glob(f"*{SUFFIX}")):
         try:
@@ -71,6 +74,9 @@ def load_model(spec: str | Path | None, device: str = "auto", vae_device: str | 
 
     vae_device: put the VAE on another device (score/VAE disaggregation: the renderer then
     hands each latent chunk over to it and decodes there while the DiT goes on)."""
+    from tmrender.devices import default_dtype, resolve_device
+    from tmrender.models.checkpoint import load_checkpoint
+
     path = resolve_model_path(spec)
     target = resolve_device(device)
     model, meta = load_checkpoint(path, device=target, dtype=default_dtype(target))
