@@ -18,15 +18,16 @@ EXIT_SOME_SKIPPED = 3  # as `tmrender batch`
         "Every file under VIDEOS (sub-folders too) with a video and an audio track becomes a "
         "clip of OUT/SPLIT/ in the layout `tmrender synth` writes: 25 fps frames, 16 kHz mono "
         "audio.wav, boxes.npy, meta.json. The face box is read from a sidecar VIDEO.json "
-        '({"face": \\[x0, y0, x1, y1]} in source pixels), else from --crop, else it is the '
-        "whole frame; the centre square of it is scaled to SIZE. The mouth box is estimated "
+        '({"face": \\[x0, y0, x1, y1]} in source pixels), else from --crop (x,y,w,h, as in '
+        "generate), else it is the whole frame; the centre square of it is scaled to SIZE. "
+        "The mouth box is estimated "
         "(the lower-middle of the face box) and there is no mouth, pose or phoneme truth "
         "(mouth.npy and pose.npy hold NaN). Bad files are reported one line each and "
         "skipped. Exit code 0: all prepared; 3: some skipped; 2: none usable or bad options."
         "\n\nExamples:\n\n"
         "  tmrender prepare --videos talks/ --out corpus --workers 2\n\n"
         "  tmrender prepare --videos held-out/ --out corpus --split test --size 256\n\n"
-        "  tmrender prepare --videos studio/ --out corpus --crop 640,120,1280,760 --frames npy"
+        "  tmrender prepare --videos studio/ --out corpus --crop 640,120,640,640 --frames npy"
     )
 )
 def prepare(
@@ -40,7 +41,7 @@ def prepare(
     crop: Annotated[
         str | None,
         typer.Option(
-            help="Face box x0,y0,x1,y1 in source pixels for videos without a sidecar "
+            help="Face box x,y,w,h in source pixels for videos without a sidecar "
             "\\[default: the whole frame]."
         ),
     ] = None,
@@ -53,14 +54,15 @@ def prepare(
     """Turn a folder of real speaking videos into a training corpus; bad files are skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from tmrender.data.prepare import PrepareOptions, check_options, parse_crop, prepare_corpus
+    from tmrender.data.prepare import PrepareOptions, check_options, prepare_corpus
     from tmrender.errors import UserInputError
+    from tmrender.render.image import CropBox
 
     opts = PrepareOptions(
         out=out,
         split=split,
         size=size,
-        crop=parse_crop(crop) if crop is not None else None,
+        crop=CropBox.parse(crop) if crop is not None else None,
         frame_format=frames,
         workers=workers,
     )

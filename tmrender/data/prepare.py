@@ -15,7 +15,8 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   scaled to SIZE x SIZE with Lanczos filtering.
 - face box, source pixels x0, y0, x1, y1 (x1, y1 exclusive): from the sidecar
   `<video stem>.json` or `<video name>.json` (`{"face": [x0, y0, x1, y1]}`), else from
-  `--crop`, else the whole frame. It must lie inside the frame.
+  `--crop` (x, y, w, h like every command's `--crop`), else the whole frame. It must lie
+  inside the frame.
 - boxes.npy (T, 2, 4) int32: [mouth box, face box] in output pixels (clipped to the frame),
   the same on every frame. The mouth box is an estimate: the lower-middle part of the face
   box (`MOUTH_IN_FACE`), said so in meta.json.
@@ -116,11 +117,6 @@ def _is_whole(value) -> bool:
     if isinstance(value, str):
         return bool(re.fullmatch(r"\s*\d+\s*", value))
     return isinstance(value, int | float) and float(value).is_integer()
-
-
-def parse_crop(text: str) -> CropBox:
-    """`--crop x0,y0,x1,y1` (source pixels, x1 and y1 exclusive)."""
-    return box_from_corners(text.split(","), "--crop")
 
 
 def corners(box: CropBox) -> list[int]:
