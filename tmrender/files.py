@@ -42,6 +42,17 @@ def sha256_cached(path: Path | str) -> str:
     return _DIGESTS[key]
 
 
+def make_folder(folder: Path | str, what: str = "output folder") -> Path:
+    """Create `folder` and its parents if missing; a one-line UserInputError if it cannot be
+    (`what` names it in the message)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"cannot create the {what} {folder}: {err.strerror or err}") from err
+    return folder
+
+
 def listed_checksum(path: Path) -> str | None:
     """The SHA-256 that the SHA256SUMS beside `path` lists for it (sha256sum format), or
     None when there is no such file or line."""

@@ -40,6 +40,7 @@ import numpy as np
 
 from tmrender.data import avatar, speech, visemes
 from tmrender.errors import UserInputError
+from tmrender.files import make_folder
 from tmrender.render.audio import SAMPLE_RATE, frames_for_samples, write_wav
 
 FPS = visemes.FPS
@@ -244,12 +245,7 @@ def generate_corpus(
     """
     check_options(clips, seconds, size, workers, split, frame_format)
     split_dir = Path(out_dir) / split
-    try:
-        split_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserInputError(
-            f"cannot create the output folder {split_dir}: {err.strerror}"
-        ) from err
+    make_folder(split_dir)
     jobs = [
         (ClipSpec(split, seed, i, seconds, size), str(out_dir), frame_format) for i in range(clips)
     ]

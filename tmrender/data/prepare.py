@@ -25,7 +25,7 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   events.
 - meta.json: source file and streams, durations, the frame-rate conversion, the face box
   and where it came from, silence segments from the renderer's voice activity
-  (`tmrender.render.features.frame_rms_db` > `VOICE_RMS_DB`), and what is unknown.
+  (`tmrender.render.audio.frame_rms_db` > `VOICE_RMS_DB`), and what is unknown.
 
 Bad files (unreadable, no audio or video, zero length, bad sidecar, box outside the frame)
 come back as `PrepareResult.error`; they never stop the others. A clip folder is written
@@ -51,9 +51,15 @@ from tmrender.data.avatar import POSE
 from tmrender.data.corpus import CRF, FPS, FRAME_FORMATS, SPLIT_TAG
 from tmrender.data.visemes import PARAMS
 from tmrender.errors import MediaError, UserInputError
-from tmrender.files import atomic_write
-from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream, write_wav
-from tmrender.render.features import VOICE_RMS_DB, frame_rms_db
+from tmrender.files import atomic_write, make_folder
+from tmrender.render.audio import (
+    SAMPLE_RATE,
+    VOICE_RMS_DB,
+    AudioInfo,
+    AudioStream,
+    frame_rms_db,
+    write_wav,
+)
 from tmrender.render.ffmpeg import MediaInfo, probe
 from tmrender.render.image import CropBox
 from tmrender.render.video import VideoWriter, iter_video_frames
@@ -507,11 +513,7 @@ def prepare_corpus(
     if on_found is not None:
         on_found(len(found))
     split_dir = opts.out / opts.split
-    try:
-        split_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = err.strerror or err
-        raise UserInputError(f"cannot create the output folder {split_dir}: {reason}") from err
+    make_folder(split_dir)
     jobs = [(v, i, opts) for v, i in zip(found, clip_ids(found, Path(videos)), strict=True)]
     results = []
     try:

@@ -19,7 +19,7 @@ from tmrender.eval import suite
 from tmrender.eval.mouth import DEFAULT_WEIGHTS, load_mouth_reader
 from tmrender.eval.options import LONG_SECONDS, RunOptions
 from tmrender.eval.sources import BASELINES, FrameSource, baseline_source, model_source
-from tmrender.files import sha256_file
+from tmrender.files import make_folder, sha256_file
 from tmrender.models.mouth_reader import MouthReader
 from tmrender.models.registry import load_model
 from tmrender.render.pipeline import RenderOptions
@@ -82,10 +82,7 @@ def check_inputs(opts: RunOptions) -> list[Path]:
     if not paths:
         hint = f"; make some with `tmrender synth --seconds {LONG_SECONDS:g}`" if opts.long else ""
         raise UserInputError(f"no suitable clips in the {opts.split} split of {opts.data}{hint}")
-    try:
-        opts.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserInputError(f"cannot create the report folder {opts.out}: {err.strerror}") from err
+    make_folder(opts.out, "report folder")
     return paths
 
 
