@@ -181,3 +181,15 @@ def test_a_late_video_is_caught_by_the_offset(corpus):
     results, _ = suite.evaluate(paths, {"late": late}, load_mouth_reader(), EvalOptions())
     assert [row["all"]["offset"] for row in results["late"]["clips"]] == [2, 2]
     assert results["late"]["summary"]["sync_r"] < 0.95
+
+
+def test_a_reader_of_other_outputs_is_a_user_error(corpus):
+    from tmrender.data.corpus import list_clips, read_clip
+    from tmrender.errors import UserInputError
+    from tmrender.eval.suite import clip_metrics
+    from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig
+
+    clip = read_clip(list_clips(corpus, "test")[0])
+    reader = MouthReader(MouthReaderConfig(outputs=("width", "open", "round")))
+    with pytest.raises(UserInputError, match="needs a reader of open, width, round"):
+        clip_metrics(clip.frames, clip, reader, EvalOptions())
