@@ -58,6 +58,23 @@ def test_generate_without_the_deflicker_filter(capsys, checkpoint, inputs, tmp_p
     assert count_video_frames(out) == 25
 
 
+def test_python_callers_get_the_command_line_video(capsys, checkpoint, inputs, tmp_path):
+    from tmrender.render.generate import GenerateOptions, prepare_generate
+    from tmrender.render.video import iter_video_frames
+
+    image, audio = inputs
+    cli, lib = tmp_path / "cli.mp4", tmp_path / "lib.mp4"
+    code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio), "-m",
+                       str(checkpoint), "-o", str(cli), "--seed", "3")  # fmt: skip
+    assert code == 0, err
+    warnings = []
+    opts = GenerateOptions(image=image, audio=audio, output=lib, model=str(checkpoint), seed=3)
+    job = prepare_generate(opts, on_warning=warnings.append)
+    assert job.run().frames == 25 and any("untrained" in w for w in warnings)
+    frames = [np.concatenate(list(iter_video_frames(p, 32))) for p in (cli, lib)]
+    assert np.array_equal(*frames)
+
+
 def test_generate_without_installed_model_says_so(capsys, inputs, tmp_path, monkeypatch):
     monkeypatch.setenv("TMRENDER_WEIGHTS", str(tmp_path / "no-weights"))
     image, audio = inputs
