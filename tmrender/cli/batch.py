@@ -117,16 +117,9 @@ def batch(
 
 def warn_unlike_avatars(plan) -> None:
     """One warning line naming the rows to render whose portrait is not avatar-like."""
-    from tmrender.render.portrait import portrait_looks_like_avatar
+    from tmrender.render.batch.plan import unlike_avatars
 
-    verdicts: dict[tuple, bool] = {}  # (image, crop) -> avatar-like; rows often share one
-    flagged = []
-    for planned in plan.with_action("render"):
-        key = (planned.row.image, planned.checked.crop)
-        if key not in verdicts:
-            verdicts[key] = portrait_looks_like_avatar(*key)
-        if not verdicts[key]:
-            flagged.append(planned.row)
+    flagged = unlike_avatars(plan)
     if flagged:
         named = ", ".join(
             f"line {row.line} ({_short(row.image, plan.manifest.parent)})"

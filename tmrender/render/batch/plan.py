@@ -251,3 +251,19 @@ class HashCache:
         if path not in self._known:
             self._known[path] = sha256_file(path)
         return self._known[path]
+
+
+def unlike_avatars(plan: BatchPlan) -> list[ManifestRow]:
+    """The rows to render whose portrait (as cropped) does not look like the drawn avatars
+    the model learned from (`tmrender.render.portrait`); each image and crop judged once."""
+    from tmrender.render.portrait import portrait_looks_like_avatar
+
+    verdicts: dict[tuple, bool] = {}  # (image, crop) -> avatar-like; rows often share one
+    flagged = []
+    for planned in plan.with_action("render"):
+        key = (planned.row.image, planned.checked.crop)
+        if key not in verdicts:
+            verdicts[key] = portrait_looks_like_avatar(*key)
+        if not verdicts[key]:
+            flagged.append(planned.row)
+    return flagged
