@@ -10,6 +10,9 @@ import typer
 
 from tmrender.cli.app import app, console, warn
 from tmrender.cli.options import CrfOpt, DeviceOpt, ModelOpt
+from tmrender.render.batch.plan import BatchSettings
+
+DEFAULTS = BatchSettings()  # the command's defaults are the library's
 
 EXIT_SOME_FAILED = 3
 SHOWN_FAILURES = 20  # failed rows listed in the summary (all are in the JSON report)
@@ -32,7 +35,7 @@ SHOWN_UNLIKE = 3  # rows named in the warning about portraits unlike the avatars
 )
 def batch(
     manifest: Annotated[Path, typer.Argument(help="CSV manifest: image,audio[,output,...].")],
-    model: ModelOpt = None,
+    model: ModelOpt = DEFAULTS.model,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-d", help="Folder for outputs (default: the manifest's)."),
@@ -46,10 +49,10 @@ def batch(
             "--overwrite/--skip-existing",
             help="Render finished rows again, or skip them (resume).",
         ),
-    ] = False,
+    ] = DEFAULTS.overwrite,
     workers: Annotated[
         int, typer.Option("--workers", "-w", help="Worker processes, each loads the model once.")
-    ] = 1,
+    ] = DEFAULTS.workers,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -64,19 +67,19 @@ def batch(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show the plan; render nothing.")
     ] = False,
-    device: DeviceOpt = "auto",
-    crf: CrfOpt = 18,
+    device: DeviceOpt = DEFAULTS.device,
+    crf: CrfOpt = DEFAULTS.crf,
     merge_timeout: Annotated[
         float,
         typer.Option(
             "--merge-timeout", help="Rank 0 waits this long without news from other ranks."
         ),
-    ] = 600.0,
+    ] = DEFAULTS.merge_timeout,
 ) -> None:
     """Render a CSV manifest of portrait + audio pairs; resumable, shardable, fault tolerant."""
     from tmrender.errors import UserInputError
     from tmrender.render.batch.execute import execute_batch
-    from tmrender.render.batch.plan import BatchSettings, Shard, prepare_batch
+    from tmrender.render.batch.plan import Shard, prepare_batch
     from tmrender.render.video import check_crf
 
     if out is not None and out_dir is not None:

@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from tmrender.cli.app import app, console, warn
+from tmrender.data.prepare import PrepareOptions
+
+DEFAULTS = PrepareOptions  # the command's defaults are the library's (class attributes)
 
 EXIT_SOME_SKIPPED = 3  # as `tmrender batch`
 
@@ -37,7 +40,7 @@ def prepare(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Corpus folder; clips go to OUT/SPLIT/.")
     ],
-    size: Annotated[int, typer.Option(help="Frame size in pixels (square).")] = 128,
+    size: Annotated[int, typer.Option(help="Frame size in pixels (square).")] = DEFAULTS.size,
     crop: Annotated[
         str | None,
         typer.Option(
@@ -45,16 +48,18 @@ def prepare(
             "\\[default: the whole frame]."
         ),
     ] = None,
-    split: Annotated[str, typer.Option(help="train or test.")] = "train",
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes.")] = 1,
+    split: Annotated[str, typer.Option(help="train or test.")] = DEFAULTS.split,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", help="Worker processes.")
+    ] = DEFAULTS.workers,
     frames: Annotated[
         str, typer.Option(help="Frame storage: mp4 (H.264 crf 10, with audio) or npy (exact).")
-    ] = "mp4",
+    ] = DEFAULTS.frame_format,
 ) -> None:
     """Turn a folder of real speaking videos into a training corpus; bad files are skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from tmrender.data.prepare import PrepareOptions, check_options, prepare_corpus
+    from tmrender.data.prepare import check_options, prepare_corpus
     from tmrender.errors import UserInputError
     from tmrender.render.image import CropBox
 
