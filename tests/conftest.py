@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tmrender.render.audio import SAMPLE_RATE, write_wav
-from tmrender.render.ffmpeg import run_ffmpeg
+from tmrender.media.audio import SAMPLE_RATE, write_wav
+from tmrender.media.ffmpeg import run_ffmpeg
 
 TONE_HZ = 440
 TONE_AMPLITUDE = 0.125  # lavfi `sine` plays at 1/8 of full scale

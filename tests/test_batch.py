@@ -17,17 +17,13 @@ import pytest
 from PIL import Image
 
 from tmrender.cli import main
+from tmrender.media.audio import SAMPLE_RATE, write_wav
+from tmrender.media.ffmpeg import count_video_frames
 from tmrender.models.init import init_checkpoint
-from tmrender.render.audio import SAMPLE_RATE, write_wav
-from tmrender.render.batch import (
-    BatchSettings,
-    Shard,
-    execute_batch,
-    prepare_batch,
-    rank_report_path,
-    sidecar_path,
-)
-from tmrender.render.ffmpeg import count_video_frames
+from tmrender.render.batch.execute import execute_batch
+from tmrender.render.batch.plan import BatchSettings, Shard, prepare_batch
+from tmrender.render.batch.report import rank_report_path
+from tmrender.render.batch.sidecars import sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +93,7 @@ def test_bad_rows_fail_alone_and_a_rerun_skips_finished_rows(capsys, tmp_path, c
         ],
     )
     out = tmp_path / "out"
-    args = ("batch", str(manifest), "-m", str(checkpoint), "--out-dir", str(out))
+    args = ("batch", str(manifest), "-m", str(checkpoint), "--out", str(out))
     code, err = run_cli(capsys, *args)
     assert code == 3, err
     report = out / "batch-report.json"
@@ -115,14 +111,24 @@ def test_bad_rows_fail_alone_and_a_rerun_skips_finished_rows(capsys, tmp_path, c
     assert count_video_frames(out / "c0.mp4") == 15  # 0.6 s at 25 fps
     assert json.loads(sidecar_path(out / "c1.mp4").read_text())["key"]["seed"] == 5
     assert leftovers(tmp_path) == []
-    # A rerun renders nothing; a changed seed renders only that row again.
+    # A rerun (with --out's old name) renders nothing; a changed seed renders only that row.
     mtime = (out / "c0.mp4").stat().st_mtime_ns
-    code, _ = run_cli(capsys, *args)
+    code, _ = run_cli(capsys, *args[:-2], "--out-dir", str(out))
     assert code == 3 and statuses(report)[0::9] == ["skipped", "skipped"]
     manifest.write_text(manifest.read_text().replace("c1.wav,,5", "c1.wav,,6"))
     code, _ = run_cli(capsys, *args)
     assert statuses(report)[0::9] == ["skipped", "ok"]
     assert (out / "c0.mp4").stat().st_mtime_ns == mtime
+
+
+def test_out_dir_is_a_hidden_old_name_of_out(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["batch", "--help"])
+    shown = capsys.readouterr().out
+    assert "--out " in shown and "--out-dir" not in shown
+    both = ("batch", "m.csv", "--out", str(tmp_path), "--out-dir", str(tmp_path))
+    code, err = run_cli(capsys, *both)
+    assert code == 2 and "old name of --out" in err
 
 
 def test_dry_run_renders_nothing_and_a_bad_manifest_exits_2(capsys, tmp_path, checkpoint):

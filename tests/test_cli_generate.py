@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from tmrender.cli import main
-from tmrender.render.audio import write_wav
-from tmrender.render.ffmpeg import count_video_frames
+from tmrender.media.audio import write_wav
+from tmrender.media.ffmpeg import count_video_frames
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -56,6 +56,23 @@ def test_generate_without_the_deflicker_filter(capsys, checkpoint, inputs, tmp_p
     code, _, err = run(capsys, *args, "--no-deflicker")
     assert code == 0, err
     assert count_video_frames(out) == 25
+
+
+def test_python_callers_get_the_command_line_video(capsys, checkpoint, inputs, tmp_path):
+    from tmrender.media.video import iter_video_frames
+    from tmrender.render.generate import GenerateOptions, prepare_generate
+
+    image, audio = inputs
+    cli, lib = tmp_path / "cli.mp4", tmp_path / "lib.mp4"
+    code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio), "-m",
+                       str(checkpoint), "-o", str(cli), "--seed", "3")  # fmt: skip
+    assert code == 0, err
+    warnings = []
+    opts = GenerateOptions(image=image, audio=audio, output=lib, model=str(checkpoint), seed=3)
+    job = prepare_generate(opts, on_warning=warnings.append)
+    assert job.run().frames == 25 and any("untrained" in w for w in warnings)
+    frames = [np.concatenate(list(iter_video_frames(p, 32))) for p in (cli, lib)]
+    assert np.array_equal(*frames)
 
 
 def test_generate_without_installed_model_says_so(capsys, inputs, tmp_path, monkeypatch):

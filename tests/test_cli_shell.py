@@ -15,8 +15,8 @@ import tmrender.cli
 from tmrender.cli import main
 from tmrender.cli.app import State
 from tmrender.eval import bench_io
-from tmrender.render.audio import load_audio
-from tmrender.render.image import load_image
+from tmrender.media.audio import load_audio
+from tmrender.media.image import load_image
 
 
 @pytest.fixture(autouse=True)

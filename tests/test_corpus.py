@@ -7,7 +7,7 @@ import pytest
 
 from tmrender.data import corpus, speech, visemes
 from tmrender.errors import UserInputError
-from tmrender.render.audio import frames_for_samples
+from tmrender.media.audio import frames_for_samples
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 
 from tmrender.cli import main
 from tmrender.data.corpus import ClipSpec, make_clip, write_clip, write_index
+from tmrender.eval.options import EvalOptions
 from tmrender.eval.sources import loudness_mouth, loudness_source, still_source
 from tmrender.eval.suite import METRICS, SCHEMA
 
@@ -78,6 +79,21 @@ def test_still_image_scores_at_the_floor(baseline_report):
     assert still["psnr"] < 60
 
 
+def test_python_callers_get_the_command_line_run(baseline_report, corpus, tmp_path):
+    from tmrender.eval.options import RunOptions
+    from tmrender.eval.run import run_eval
+
+    opts = RunOptions(data=corpus, out=tmp_path, models=("gt", "still"), clips=2, plots=1)
+    steps = []
+    report = run_eval(opts, on_step=lambda *step: steps.append(step[:4]))
+    cli = baseline_report[1]
+    assert report["options"] == cli["options"] and report["reader"] == cli["reader"]
+    for name in ("gt", "still"):
+        mine, theirs = report["sources"][name]["clips"], cli["sources"][name]["clips"]
+        assert [row["all"] for row in mine] == [row["all"] for row in theirs]
+    assert [s[:3] for s in steps] == [(1, 4, "gt"), (2, 4, "still"), (3, 4, "gt"), (4, 4, "still")]
+
+
 def test_report_figures_and_page(baseline_report):
     out, _ = baseline_report
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -132,7 +148,7 @@ def test_long_mode_measures_first_and_last_windows(corpus, tmp_path):
     from tmrender.eval.mouth import load_mouth_reader
     from tmrender.eval.sources import truth_source
 
-    opts = suite.EvalOptions(window_seconds=1.0)  # 3 s clips: first and last second
+    opts = EvalOptions(window_seconds=1.0)  # 3 s clips: first and last second
     sources = {"gt": truth_source, "still": still_source}
     paths = list_clips(corpus, "test")
     results, traces = suite.evaluate(paths, sources, load_mouth_reader(), opts, long=True)
@@ -162,6 +178,18 @@ def test_a_late_video_is_caught_by_the_offset(corpus):
         return np.concatenate([np.repeat(clip.frames[:1], 2, axis=0), clip.frames[:-2]])
 
     paths = list_clips(corpus, "test")
-    results, _ = suite.evaluate(paths, {"late": late}, load_mouth_reader(), suite.EvalOptions())
+    results, _ = suite.evaluate(paths, {"late": late}, load_mouth_reader(), EvalOptions())
     assert [row["all"]["offset"] for row in results["late"]["clips"]] == [2, 2]
     assert results["late"]["summary"]["sync_r"] < 0.95
+
+
+def test_a_reader_of_other_outputs_is_a_user_error(corpus):
+    from tmrender.data.corpus import list_clips, read_clip
+    from tmrender.errors import UserInputError
+    from tmrender.eval.suite import clip_metrics
+    from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig
+
+    clip = read_clip(list_clips(corpus, "test")[0])
+    reader = MouthReader(MouthReaderConfig(outputs=("width", "open", "round")))
+    with pytest.raises(UserInputError, match="needs a reader of open, width, round"):
+        clip_metrics(clip.frames, clip, reader, EvalOptions())

@@ -15,10 +15,9 @@ from tmrender.eval.mouth import (
     load_mouth_reader,
     mouth_regions,
     read_mouth,
-    record_checksum,
     save_mouth_reader,
 )
-from tmrender.files import sha256_file
+from tmrender.files import record_checksum, sha256_file
 from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig
 from tmrender.train import mouth_reader as recipe
 

@@ -8,7 +8,14 @@ import stat
 
 import pytest
 
-from tmrender.files import atomic_write, sha256_file
+from tmrender.files import (
+    ChecksumError,
+    atomic_write,
+    listed_checksum,
+    record_checksum,
+    sha256_file,
+    verify_checksum,
+)
 
 
 def test_atomic_write_renames_into_place_with_normal_permissions(tmp_path):
@@ -41,3 +48,15 @@ def test_sha256_file_matches_hashlib(tmp_path):
     data = os.urandom(3 * (1 << 20) + 17)
     path.write_bytes(data)
     assert sha256_file(path, block=1 << 20) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_is_checked_against_its_sha256sums_line(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"weights")
+    verify_checksum(path)  # no SHA256SUMS: not checked
+    record_checksum(tmp_path / "SHA256SUMS", path, sha256_file(path))
+    assert listed_checksum(path) == sha256_file(path)
+    verify_checksum(path)
+    path.write_bytes(b"other weights")
+    with pytest.raises(ChecksumError, match="does not match its SHA-256"):
+        verify_checksum(path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tmrender.render.audio import SAMPLE_RATE, write_wav
+from tmrender.media.audio import SAMPLE_RATE, write_wav
 from tmrender.render.manifest import ManifestError, check_rows, read_manifest
 
 

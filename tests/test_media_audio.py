@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import TONE_AMPLITUDE, TONE_HZ
 from tmrender.errors import MediaError, UserInputError
-from tmrender.render.audio import (
+from tmrender.media.audio import (
     SAMPLE_RATE,
     AudioStream,
     audio_samples,
@@ -16,7 +16,7 @@ from tmrender.render.audio import (
     open_audio,
     write_wav,
 )
-from tmrender.render.ffmpeg import run_ffmpeg
+from tmrender.media.ffmpeg import run_ffmpeg
 
 SECONDS = 1.5
 EXPECTED = int(SECONDS * SAMPLE_RATE)  # 24000

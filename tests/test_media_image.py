@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tmrender.errors import UserInputError
-from tmrender.render.image import NEUTRAL_BACKGROUND, CropBox, load_image, open_rgb
+from tmrender.media.image import NEUTRAL_BACKGROUND, CropBox, load_image, open_rgb
 
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
 EXIF_ORIENTATION = 0x0112

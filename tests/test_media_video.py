@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tmrender.errors import MediaError, UserInputError
-from tmrender.render.audio import SAMPLE_RATE, AudioStream, frames_for_samples, write_wav
-from tmrender.render.ffmpeg import count_video_frames, ffmpeg_exe, probe
-from tmrender.render.video import VideoWriter, read_video_frames
+from tmrender.media.audio import SAMPLE_RATE, AudioStream, frames_for_samples, write_wav
+from tmrender.media.ffmpeg import count_video_frames, ffmpeg_exe, probe
+from tmrender.media.video import VideoWriter, read_video_frames
 
 FPS = 25
 SIZE = 64

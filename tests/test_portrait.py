@@ -9,8 +9,8 @@ from PIL import Image
 
 from tmrender.cli import main
 from tmrender.data.avatar import draw_avatar
+from tmrender.media.audio import SAMPLE_RATE, write_wav
 from tmrender.models.init import init_checkpoint
-from tmrender.render.audio import SAMPLE_RATE, write_wav
 from tmrender.render.portrait import (
     ANALYSIS_SIZE,
     PHOTO_SHARE,
@@ -73,7 +73,7 @@ def test_the_crop_decides_what_is_checked(tmp_path):
     left_avatar = np.concatenate([draw_avatar(2, 256), textured(256)], axis=1)
     path = tmp_path / "half.png"
     Image.fromarray(left_avatar).save(path)
-    from tmrender.render.image import CropBox
+    from tmrender.media.image import CropBox
 
     assert portrait_looks_like_avatar(path, CropBox(0, 0, 256, 256))
     assert not portrait_looks_like_avatar(path, CropBox(256, 0, 256, 256))

@@ -132,8 +132,8 @@ def test_tm_mini_variants_keep_the_dit_token_grid():
 
 
 def test_tm_mini_with_temporal_stride_2_renders_exact_frame_counts(tmp_path):
+    from tmrender.media.audio import write_wav
     from tmrender.models.presets import tm_mini_variant
-    from tmrender.render.audio import write_wav
     from tmrender.render.pipeline import render_frames
 
     cfg = tm_mini_variant(temporal_stride=2)

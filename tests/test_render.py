@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from tmrender.errors import UserInputError
+from tmrender.media.audio import audio_samples, frames_for_samples, write_wav
+from tmrender.media.ffmpeg import count_video_frames, probe
 from tmrender.models.presets import PRESETS
 from tmrender.models.talking import TalkingModel
-from tmrender.render.audio import audio_samples, frames_for_samples, write_wav
 from tmrender.render.features import (
     FIRST_SEGMENT_FRAMES,
     SEGMENT_FRAMES,
     FeatureProducer,
     FeatureTimeline,
 )
-from tmrender.render.ffmpeg import count_video_frames, probe
 from tmrender.render.pipeline import (
     RenderOptions,
     RenderStats,
@@ -175,7 +175,7 @@ def test_feature_timeline_windows_match_segments(model, tmp_path):
     import queue
     import threading
 
-    from tmrender.render.audio import AudioStream
+    from tmrender.media.audio import AudioStream
 
     audio = tone(tmp_path / "a.wav", 4.5)
     spf = model.cfg.samples_per_frame

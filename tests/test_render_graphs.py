@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from tmrender.media.audio import write_wav
 from tmrender.models.dit import StreamState
 from tmrender.models.presets import PRESETS
 from tmrender.models.talking import TalkingModel
 from tmrender.render import pipeline
-from tmrender.render.audio import write_wav
 from tmrender.render.graphs import WARMUP_CHUNKS, graph_ready
 
 

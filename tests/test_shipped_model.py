@@ -11,9 +11,9 @@ import torch
 
 from tmrender.cli import main
 from tmrender.files import sha256_file
-from tmrender.render.audio import write_wav
-from tmrender.render.ffmpeg import count_video_frames
-from tmrender.render.weights import WEIGHTS_ENV, load_model, weights_dir
+from tmrender.media.audio import write_wav
+from tmrender.media.ffmpeg import count_video_frames
+from tmrender.models.registry import WEIGHTS_ENV, load_model, weights_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -6,7 +6,7 @@ import pytest
 from tmrender.data import speech
 from tmrender.data.resample import resample
 from tmrender.data.visemes import is_vowel
-from tmrender.render.audio import SAMPLE_RATE
+from tmrender.media.audio import SAMPLE_RATE
 
 
 def test_resample_keeps_a_tone_and_the_length():

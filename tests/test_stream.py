@@ -11,9 +11,9 @@ import torch
 
 from tmrender.diffusion import stream
 from tmrender.diffusion.stream import StreamPlan, student_rollout
+from tmrender.media.audio import write_wav
 from tmrender.models.talking import TalkingModel
 from tmrender.render import pipeline
-from tmrender.render.audio import write_wav
 
 from .conftest import randomized_model, tiny_model_config
 

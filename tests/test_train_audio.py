@@ -17,9 +17,9 @@ from tests.tiny_model import TINY as BASE
 from tmrender.cli import main
 from tmrender.data import visemes
 from tmrender.data.corpus import generate_corpus, list_clips
+from tmrender.media.audio import write_wav
 from tmrender.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from tmrender.models.talking import TalkingModel
-from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import audio as recipe
 from tmrender.train import audio_bank as bank

@@ -13,8 +13,8 @@ import torch
 
 from tmrender.data.corpus import generate_corpus
 from tmrender.diffusion.stream import StreamPlan, student_rollout, teacher_forced_x0
+from tmrender.media.audio import write_wav
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
-from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import dmd as recipe
 from tmrender.train.loop import LoopOptions, load_training_networks, run_stage

@@ -15,12 +15,13 @@ from safetensors import safe_open
 from tmrender.cli import main
 from tmrender.data.avatar import draw_avatar
 from tmrender.data.corpus import generate_corpus
-from tmrender.models.checkpoint import CheckpointError, read_metadata, save_checkpoint
+from tmrender.files import ChecksumError
+from tmrender.media.audio import write_wav
+from tmrender.media.ffmpeg import count_video_frames
+from tmrender.models.checkpoint import read_metadata, save_checkpoint
+from tmrender.models.registry import WEIGHTS_ENV, load_model, resolve_model_path
 from tmrender.models.talking import TalkingModel
-from tmrender.render.audio import write_wav
-from tmrender.render.ffmpeg import count_video_frames
 from tmrender.render.portrait import looks_like_avatar
-from tmrender.render.weights import WEIGHTS_ENV, load_model, resolve_model_path
 from tmrender.train import export as recipe
 
 from .tiny_model import tiny_model
@@ -201,7 +202,7 @@ def test_a_damaged_shipped_file_is_refused_with_exit_2(shipped, inputs, capsys):
     data = bytearray(shipped.read_bytes())
     data[-1] ^= 0xFF  # a tensor byte: still a loadable safetensors file
     shipped.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="SHA-256"):
+    with pytest.raises(ChecksumError, match="SHA-256"):
         resolve_model_path("tm-mini")
     image, audio = inputs
     code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio))
@@ -222,7 +223,7 @@ def test_checksum_is_read_once_per_file_version(shipped, monkeypatch):
     assert len(calls) == 1
     data = shipped.read_bytes()
     shipped.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # another version of the file
-    with pytest.raises(CheckpointError):
+    with pytest.raises(ChecksumError):
         resolve_model_path(None)
     assert len(calls) == 2
 

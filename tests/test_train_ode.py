@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from tmrender.cli import main
 from tmrender.data.corpus import list_clips, read_clip
 from tmrender.diffusion.stream import StreamPlan, student_rollout, teacher_forced_x0
+from tmrender.media.audio import frames_for_samples, write_wav
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
 from tmrender.models.talking import TalkingModel
-from tmrender.render.audio import frames_for_samples, write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import latents as L
 from tmrender.train import ode as O

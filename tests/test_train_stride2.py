@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tmrender.cli import main
+from tmrender.media.audio import write_wav
 from tmrender.models.checkpoint import load_checkpoint, save_checkpoint
 from tmrender.models.talking import TalkingModel
-from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 
 from .conftest import tiny_model_config

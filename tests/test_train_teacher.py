@@ -17,9 +17,9 @@ from tmrender.cli import main
 from tmrender.data.corpus import list_clips, read_clip
 from tmrender.diffusion.flow import sampling_timesteps
 from tmrender.diffusion.samplers import sample_euler_cfg
+from tmrender.media.audio import frames_for_samples, write_wav
 from tmrender.models.checkpoint import load_checkpoint
 from tmrender.models.talking import TalkingModel
-from tmrender.render.audio import frames_for_samples, write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import latents as L
 from tmrender.train import teacher as T

@@ -15,8 +15,8 @@ from tests.tiny_model import TINY as BASE
 from tmrender.cli import main
 from tmrender.data.corpus import generate_corpus
 from tmrender.errors import UserInputError
+from tmrender.media.audio import write_wav
 from tmrender.models.checkpoint import load_checkpoint, read_metadata
-from tmrender.render.audio import write_wav
 from tmrender.render.pipeline import render_frames
 from tmrender.train import vae as recipe
 from tmrender.train.loop import LoopOptions, run_stage

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from tmrender.cli import main
+from tmrender.media.audio import write_wav
+from tmrender.media.ffmpeg import count_video_frames
 from tmrender.models.checkpoint import load_checkpoint
-from tmrender.render.audio import write_wav
-from tmrender.render.ffmpeg import count_video_frames
 from tmrender.render.pipeline import RenderOptions, render_frames
 
 from .tiny_wan import write_tiny_wan

@@ -27,7 +27,7 @@ def avatar(
 
     from tmrender.data.avatar import draw_avatar
     from tmrender.errors import UserInputError
-    from tmrender.render.video import check_writable_output
+    from tmrender.media.video import check_writable_output
 
     if not 32 <= size <= 4096:
         raise UserInputError(f"--size must be between 32 and 4096 pixels, got {size}")

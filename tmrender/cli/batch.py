@@ -10,6 +10,9 @@ import typer
 
 from tmrender.cli.app import app, console, warn
 from tmrender.cli.options import CrfOpt, DeviceOpt, ModelOpt
+from tmrender.render.batch.plan import BatchSettings
+
+DEFAULTS = BatchSettings()  # the command's defaults are the library's
 
 EXIT_SOME_FAILED = 3
 SHOWN_FAILURES = 20  # failed rows listed in the summary (all are in the JSON report)
@@ -20,11 +23,11 @@ SHOWN_UNLIKE = 3  # rows named in the warning about portraits unlike the avatars
     epilog=(
         "The manifest is CSV with a header: image,audio required; output,seed,mode,crop "
         "optional. Relative paths are taken from the manifest's folder (outputs from "
-        "--out-dir); the default output is <audio stem>.mp4. A finished output has a "
+        "--out); the default output is <audio stem>.mp4. A finished output has a "
         "sidecar .<name>.tmrender.json beside it; a rerun renders only what is missing or "
         "changed. Exit code 0: all rows ok; 3: some rows failed; 2: unusable manifest.\n\n"
         "Examples:\n\n"
-        "  tmrender batch clips.csv --out-dir renders/ --workers 2\n\n"
+        "  tmrender batch clips.csv --out renders/ --workers 2\n\n"
         "  tmrender batch clips.csv --dry-run\n\n"
         "  tmrender batch clips.csv --shard 1/4 --report renders/report.json\n\n"
         "  torchrun --nproc-per-node 8 -m tmrender batch clips.csv --device cuda"
@@ -32,10 +35,13 @@ SHOWN_UNLIKE = 3  # rows named in the warning about portraits unlike the avatars
 )
 def batch(
     manifest: Annotated[Path, typer.Argument(help="CSV manifest: image,audio[,output,...].")],
-    model: ModelOpt = None,
-    out_dir: Annotated[
+    model: ModelOpt = DEFAULTS.model,
+    out: Annotated[
         Path | None,
-        typer.Option("--out-dir", "-d", help="Folder for outputs (default: the manifest's)."),
+        typer.Option("--out", "-d", help="Folder for outputs (default: the manifest's)."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", hidden=True, help="Old name of --out.")
     ] = None,
     overwrite: Annotated[
         bool,
@@ -43,10 +49,10 @@ def batch(
             "--overwrite/--skip-existing",
             help="Render finished rows again, or skip them (resume).",
         ),
-    ] = False,
+    ] = DEFAULTS.overwrite,
     workers: Annotated[
         int, typer.Option("--workers", "-w", help="Worker processes, each loads the model once.")
-    ] = 1,
+    ] = DEFAULTS.workers,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -56,31 +62,34 @@ def batch(
     ] = None,
     report: Annotated[
         Path | None,
-        typer.Option("--report", help="JSON report (default: <out-dir>/batch-report.json)."),
+        typer.Option("--report", help="JSON report (default: <out>/batch-report.json)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show the plan; render nothing.")
     ] = False,
-    device: DeviceOpt = "auto",
-    crf: CrfOpt = 18,
+    device: DeviceOpt = DEFAULTS.device,
+    crf: CrfOpt = DEFAULTS.crf,
     merge_timeout: Annotated[
         float,
         typer.Option(
             "--merge-timeout", help="Rank 0 waits this long without news from other ranks."
         ),
-    ] = 600.0,
+    ] = DEFAULTS.merge_timeout,
 ) -> None:
     """Render a CSV manifest of portrait + audio pairs; resumable, shardable, fault tolerant."""
     from tmrender.errors import UserInputError
-    from tmrender.render.batch import BatchSettings, Shard, execute_batch, prepare_batch
-    from tmrender.render.video import check_crf
+    from tmrender.media.video import check_crf
+    from tmrender.render.batch.execute import execute_batch
+    from tmrender.render.batch.plan import Shard, prepare_batch
 
+    if out is not None and out_dir is not None:
+        raise UserInputError("--out-dir is the old name of --out; give one of them")
     if workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {workers}")
     check_crf(crf)
     settings = BatchSettings(
         model=model,
-        out_dir=out_dir,
+        out_dir=out if out is not None else out_dir,
         crf=crf,
         overwrite=overwrite,
         workers=workers,
@@ -111,16 +120,9 @@ def batch(
 
 def warn_unlike_avatars(plan) -> None:
     """One warning line naming the rows to render whose portrait is not avatar-like."""
-    from tmrender.render.portrait import portrait_looks_like_avatar
+    from tmrender.render.batch.plan import unlike_avatars
 
-    verdicts: dict[tuple, bool] = {}  # (image, crop) -> avatar-like; rows often share one
-    flagged = []
-    for planned in plan.with_action("render"):
-        key = (planned.row.image, planned.checked.crop)
-        if key not in verdicts:
-            verdicts[key] = portrait_looks_like_avatar(*key)
-        if not verdicts[key]:
-            flagged.append(planned.row)
+    flagged = unlike_avatars(plan)
     if flagged:
         named = ", ".join(
             f"line {row.line} ({_short(row.image, plan.manifest.parent)})"
@@ -203,7 +205,7 @@ class BatchProgress:
         self.display.__exit__(*exc)
 
     def on_event(self, event) -> None:
-        from tmrender.render.batch import RowProgress, RowResult
+        from tmrender.render.batch.workers import RowProgress, RowResult
 
         if isinstance(event, RowProgress):
             self.partial[event.index] = event.audio_seconds
@@ -265,7 +267,7 @@ def print_summary(report: dict, plan) -> None:
         warn(f"no report from rank(s) {', '.join(map(str, missing))}: their rows count as failed")
     where = plan.report_path
     if plan.shard.count > 1 and plan.shard.index != 0:
-        from tmrender.render.batch import rank_report_path
+        from tmrender.render.batch.report import rank_report_path
 
         where = rank_report_path(plan.report_path, plan.shard.index)
     console.print(f"report: {where}", highlight=False)

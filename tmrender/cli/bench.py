@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +11,9 @@ from rich.table import Table
 
 from tmrender.cli.app import app, stdout
 from tmrender.cli.options import DeviceOpt, JsonOpt, ModelOpt
+from tmrender.eval.bench import SUITES, BenchOptions
 
-SUITES = ("render", "decode", "write")
+DEFAULTS = BenchOptions()
 
 
 @app.command(
@@ -32,47 +32,51 @@ SUITES = ("render", "decode", "write")
     )
 )
 def bench(
-    suite: Annotated[str, typer.Option(help=f"What to measure: {', '.join(SUITES)}.")] = "render",
-    model: ModelOpt = None,
+    suite: Annotated[
+        str, typer.Option(help=f"What to measure: {', '.join(SUITES)}.")
+    ] = DEFAULTS.suite,
+    model: ModelOpt = DEFAULTS.model,
     preset: Annotated[
         str | None,
         typer.Option("--preset", help="render: bench a preset with random weights."),
-    ] = None,
+    ] = DEFAULTS.preset,
     seconds: Annotated[
         list[float] | None,
-        typer.Option("--seconds", "-s", help="Audio length(s) to measure; repeat for a table."),
+        typer.Option(
+            "--seconds", "-s", help="Audio length(s) to measure; repeat for a table [default: 60]."
+        ),
     ] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = DEFAULTS.device,
     audio: Annotated[
         Path | None, typer.Option(help="decode: measure this file instead of generated MP3s.")
-    ] = None,
-    size: Annotated[int, typer.Option(help="write: frame size in pixels.")] = 128,
+    ] = DEFAULTS.audio,
+    size: Annotated[int, typer.Option(help="write: frame size in pixels.")] = DEFAULTS.size,
     compiled: Annotated[
         bool,
         typer.Option(
             "--compile", help="render on CUDA: fuse the DiT's elementwise ops (torch.compile)."
         ),
-    ] = False,
+    ] = DEFAULTS.compiled,
     context: Annotated[
         str,
         typer.Option(
             help="render on CUDA: cache update per chunk, refresh (a forward) or last_step."
         ),
-    ] = "refresh",
+    ] = DEFAULTS.context,
     graphs: Annotated[
         bool,
         typer.Option(
             "--cuda-graphs",
             help="render on CUDA: replay the steady chunk step as a CUDA graph.",
         ),
-    ] = False,
+    ] = DEFAULTS.graphs,
     vae: Annotated[
         str,
         typer.Option(
             help="render on CUDA: the presets' light VAE (mini) or Wan2.1's own VAE (wan), "
             "random weights either way.",
         ),
-    ] = "mini",
+    ] = DEFAULTS.vae,
     trace: Annotated[
         str | None,
         typer.Option(
@@ -80,80 +84,18 @@ def bench(
             "(kernels per CUDA stream) and print the decode/DiT overlap.",
             metavar="PREFIX",
         ),
-    ] = None,
+    ] = DEFAULTS.trace,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure speed and peak memory; each case runs in a fresh process."""
-    from tmrender.errors import UserInputError
-    from tmrender.eval import bench_io, bench_render
+    from tmrender.eval.bench import run_bench
 
-    lengths = seconds or [60.0]
-    if trace is not None:
-        rows = [_trace(preset, device, trace, compiled, context, seconds, graphs, vae)]
-    elif suite == "render" and preset is not None and _is_cuda(device):
-        from tmrender.eval import bench_gpu
-        from tmrender.render.weights import resolve_device
-
-        bench_gpu.bench_config(preset, context, vae)  # one clear line for bad options
-        rows = bench_gpu.bench_gpu(
-            preset, lengths, str(resolve_device(device)), compiled, context, graphs, vae
-        )
-    elif suite == "render":
-        with tempfile.TemporaryDirectory() as tmp:
-            spec = model
-            if preset is not None:
-                from tmrender.models.init import init_checkpoint
-
-                spec = str(Path(tmp) / f"{preset}.safetensors")
-                init_checkpoint(preset, spec)
-            from tmrender.render.weights import resolve_device, resolve_model_path
-
-            spec = str(resolve_model_path(spec))
-            rows = bench_render.bench_render(spec, lengths, str(resolve_device(device)))
-    elif suite == "decode":
-        rows = bench_io.bench_decode(lengths, audio)
-    elif suite == "write":
-        rows = bench_io.bench_write(lengths, size)
-    else:
-        raise UserInputError(f"unknown --suite {suite!r}; choose one of {', '.join(SUITES)}")
-    print_rows(rows, as_json, title=f"tmrender bench --suite {suite}")
-
-
-def _trace(
-    preset: str | None,
-    device: str,
-    prefix: str,
-    compiled: bool,
-    context: str,
-    seconds: list[float] | None,
-    graphs: bool = False,
-    vae: str = "mini",
-) -> dict:
-    """`--trace`: check the options, then profile a render (tmrender.eval.trace)."""
-    from tmrender.errors import UserInputError
-
-    if preset is None:
-        raise UserInputError("--trace needs --preset (e.g. --preset wan2.1-1.3b-audio)")
-    if not _is_cuda(device):
-        raise UserInputError("--trace profiles CUDA kernels; it needs --device cuda")
-    if not Path(prefix).resolve().parent.is_dir():
-        raise UserInputError(f"--trace {prefix}: folder {Path(prefix).parent} does not exist")
-    from tmrender.eval.bench_gpu import bench_config
-    from tmrender.eval.trace import trace_render
-    from tmrender.render.weights import resolve_device
-
-    bench_config(preset, context, vae)  # one clear line for bad options
-    length = seconds[0] if seconds else 4.0
-    return trace_render(
-        preset, str(resolve_device(device)), prefix, length, compiled=compiled,
-        context=context, graphs=graphs, vae=vae,
+    opts = BenchOptions(
+        suite=suite, model=model, preset=preset, seconds=tuple(seconds or ()), device=device,
+        audio=audio, size=size, compiled=compiled, context=context, graphs=graphs, vae=vae,
+        trace=trace,
     )  # fmt: skip
-
-
-def _is_cuda(device: str) -> bool:
-    from tmrender.render.weights import resolve_device
-
-    return resolve_device(device).type == "cuda"
+    print_rows(run_bench(opts), as_json, title=f"tmrender bench --suite {suite}")
 
 
 def print_rows(rows: list[dict], as_json: bool, title: str) -> None:

@@ -9,8 +9,9 @@ import typer
 
 from tmrender.cli.app import app, console, stdout, warn
 from tmrender.cli.options import DeviceOpt, JsonOpt, SeedOpt
+from tmrender.eval.options import LONG_SECONDS, RunOptions
 
-LONG_SECONDS = 600.0  # --long measures clips at least this long (first vs last minute)
+DEFAULTS = RunOptions  # the command's defaults are the library's (class attributes)
 
 
 @app.command(
@@ -44,86 +45,54 @@ def eval_command(
     ] = None,  # fmt: skip
     baselines: Annotated[
         bool, typer.Option("--baselines", help="Also measure gt, still and loudness.")
-    ] = False,
-    clips: Annotated[int, typer.Option("--clips", "-n", help="Clips to evaluate (first N).")] = 10,
-    split: Annotated[str, typer.Option(help="Corpus split to evaluate.")] = "test",
+    ] = DEFAULTS.baselines,
+    clips: Annotated[
+        int, typer.Option("--clips", "-n", help="Clips to evaluate (first N).")
+    ] = DEFAULTS.clips,
+    split: Annotated[str, typer.Option(help="Corpus split to evaluate.")] = DEFAULTS.split,
     long: Annotated[
         bool,
         typer.Option(
             "--long",
             help=f"Use only clips of {LONG_SECONDS:g} s or more; add first/last-minute drift.",
         ),
-    ] = False,
-    plots: Annotated[int, typer.Option(help="Clips drawn in the report figures.")] = 3,
+    ] = DEFAULTS.long,
+    plots: Annotated[int, typer.Option(help="Clips drawn in the report figures.")] = DEFAULTS.plots,
     reader: Annotated[
         Path | None,
         typer.Option(
             help="Mouth reader weights (default: the shipped weights/mouth_reader.safetensors)."
         ),
-    ] = None,
-    device: DeviceOpt = "cpu",
-    seed: SeedOpt = 0,
+    ] = DEFAULTS.reader,
+    device: DeviceOpt = DEFAULTS.device,
+    seed: SeedOpt = DEFAULTS.seed,
     as_json: JsonOpt = False,
     teacher: Annotated[
         Path | None,
         typer.Option(
             help="A teacher stage file: also compare the first model with it on the same "
-            "windows of the split (lip-sync r of both and the gap)."
+            "windows of the split (lip-sync r of both and the gap).",
         ),
     ] = None,
 ) -> None:
     """Render test clips from their first frame and audio, and measure them against the truth."""
     import json
 
-    from tmrender.data.corpus import list_clips
-    from tmrender.errors import UserInputError
-    from tmrender.eval import report as report_mod
-    from tmrender.eval import suite
-    from tmrender.eval.mouth import DEFAULT_WEIGHTS, load_mouth_reader
-    from tmrender.files import sha256_file
+    from tmrender.eval.run import run_eval
 
-    # 1. Check the inputs: sources, clips, output folder, reader.
-    from tmrender.render.weights import DEFAULT_MODEL
-
-    models = model or [DEFAULT_MODEL]
-    names = list(dict.fromkeys([*models, *(suite_baselines() if baselines else [])]))
-    if clips < 1:
-        raise UserInputError(f"--clips must be at least 1, got {clips}")
-    paths = select_clips(list_clips(data, split), clips, LONG_SECONDS if long else None)
-    if not paths:
-        hint = f"; make some with `tmrender synth --seconds {LONG_SECONDS:g}`" if long else ""
-        raise UserInputError(f"no suitable clips in the {split} split of {data}{hint}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserInputError(f"cannot create the report folder {out}: {err.strerror}") from err
-    reader_path = reader or DEFAULT_WEIGHTS
-    mouth_reader = load_mouth_reader(reader_path)
-    # 2. Sources: baselines by name, anything else is a model to load.
-    labels = source_labels(names)
-    sources = {labels[name]: make_source(name, device, seed) for name in names}
-    # 3. Render and measure, with progress on stderr.
-    total = len(paths) * len(sources)
-    done = [0]
-
-    def progress(name: str, clip_id: str, seconds: float) -> None:
-        done[0] += 1
-        console.print(f"[{done[0]}/{total}] {name} {clip_id}: {seconds:.1f} s", highlight=False)
-
-    results, traces = suite.evaluate(
-        paths, sources, mouth_reader, suite.EvalOptions(), long=long, trace_clips=plots,
-        on_step=progress,
+    opts = RunOptions(
+        data=data, out=out, models=tuple(model) if model else DEFAULTS.models,
+        baselines=baselines, clips=clips, split=split, long=long, reader=reader,
+        device=device, seed=seed, plots=plots,
     )  # fmt: skip
-    # 4. Write the report.
-    meta = {
-        "data": str(data), "split": split, "clips": len(paths), "long": long,
-        "reader": {"path": str(reader_path), "sha256": sha256_file(reader_path)},
-        "options": {**suite.EvalOptions().__dict__, "device": device, "seed": seed},
-    }  # fmt: skip
+    gap = None if teacher is None else teacher_gap_of(opts.models[0], teacher, data, split, out)
+
+    def progress(done: int, total: int, name: str, clip_id: str, seconds: float) -> None:
+        console.print(f"[{done}/{total}] {name} {clip_id}: {seconds:.1f} s", highlight=False)
+
+    report = run_eval(opts, on_step=progress, on_warning=warn, teacher_gap=gap)
     if teacher is not None:
-        meta["teacher_gap"] = distillation_gap(models[0], teacher, data, split, out, mouth_reader)
-        console.print(f"student vs teacher, same windows: {meta['teacher_gap']}", highlight=False)
-    report = report_mod.write_report(out, results, traces, meta)
+        console.print(f"student vs teacher, same windows: {report['teacher_gap']}", highlight=False)
     if as_json:
         stdout.print_json(json.dumps({k: v["summary"] for k, v in report["sources"].items()}))
     else:
@@ -131,61 +100,24 @@ def eval_command(
     console.print(f"report: {out / 'index.html'}", highlight=False)
 
 
-def distillation_gap(model: str, teacher: Path, data: Path, split: str, out: Path, reader):
-    """`tmrender.eval.teacher_gap` of the model against the teacher file (CPU, float32);
-    the teacher's latent cache of the split is kept in OUT."""
+def teacher_gap_of(model: str, teacher: Path, data: Path, split: str, out: Path):
+    """-> reader -> figures: `tmrender.train.gap.teacher_gap` of the model against the teacher
+    file (CPU, float32); the teacher's latent cache of the split is kept in OUT."""
     from tmrender.errors import UserInputError
     from tmrender.eval.sources import BASELINES
-    from tmrender.eval.teacher_gap import teacher_gap
-    from tmrender.render.weights import load_model
 
     if model in BASELINES:
         raise UserInputError("--teacher compares a model, not a baseline; give --model first")
-    student, _ = load_model(model, "cpu")
-    taught, _ = load_model(str(teacher), "cpu")
-    return teacher_gap(student, taught, data, split, out / f"latents-{split}.pt", reader)
 
+    def measure(reader) -> dict:
+        from tmrender.models.registry import load_model
+        from tmrender.train.gap import teacher_gap
 
-def suite_baselines() -> tuple[str, ...]:
-    from tmrender.eval.sources import BASELINES
+        student, _ = load_model(model, "cpu")
+        taught, _ = load_model(str(teacher), "cpu")
+        return teacher_gap(student, taught, data, split, out / f"latents-{split}.pt", reader)
 
-    return BASELINES
-
-
-def source_labels(names: list[str]) -> dict[str, str]:
-    """Short report labels: a model file's stem instead of its path, unless two collide."""
-    short = {name: Path(name).stem if name.endswith(".safetensors") else name for name in names}
-    if len(set(short.values())) < len(short):
-        return {name: name for name in names}
-    return short
-
-
-def select_clips(paths: list[Path], limit: int, min_seconds: float | None) -> list[Path]:
-    """The first `limit` clips, only those of at least `min_seconds` when given."""
-    import json
-
-    if min_seconds is not None:
-        paths = [
-            p
-            for p in paths
-            if json.loads((p / "meta.json").read_text())["seconds"] >= min_seconds - 1e-6
-        ]
-    return paths[:limit]
-
-
-def make_source(name: str, device: str, seed: int):
-    """A frame source: a baseline by name, else a model (name or path) rendered on `device`."""
-    from tmrender.eval.sources import BASELINES, baseline_source, model_source
-
-    if name in BASELINES:
-        return baseline_source(name)
-    from tmrender.render.pipeline import RenderOptions
-    from tmrender.render.weights import load_model
-
-    net, meta = load_model(name, device)
-    if not meta.get("trained", True):
-        warn(f"{meta['path']} is an untrained model: expect its figures at the floor")
-    return model_source(net, RenderOptions(seed=seed))
+    return measure
 
 
 def print_summary(report: dict) -> None:

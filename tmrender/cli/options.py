@@ -32,4 +32,3 @@ CrfOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output .mp4 path.")]
-MODES = ("auto", "speaking", "silence")

@@ -36,8 +36,8 @@ def speak(
     from tmrender.data.speech import named_voice, speak_text
     from tmrender.errors import UserInputError
     from tmrender.files import atomic_write
-    from tmrender.render.audio import SAMPLE_RATE, write_wav
-    from tmrender.render.video import check_writable_output
+    from tmrender.media.audio import SAMPLE_RATE, write_wav
+    from tmrender.media.video import check_writable_output
 
     chosen = named_voice(voice, seed)
     path = check_writable_output(output)

@@ -40,7 +40,8 @@ import numpy as np
 
 from tmrender.data import avatar, speech, visemes
 from tmrender.errors import UserInputError
-from tmrender.render.audio import SAMPLE_RATE, frames_for_samples, write_wav
+from tmrender.files import make_folder
+from tmrender.media.audio import SAMPLE_RATE, frames_for_samples, write_wav
 
 FPS = visemes.FPS
 SPLIT_TAG = {"train": 0x7_2A1, "test": 0x7_E57}
@@ -181,7 +182,7 @@ def write_clip(clip: Clip, folder: Path, frame_format: str = "mp4") -> Path:
 
 
 def _write_mp4(path: Path, frames: np.ndarray, audio: Path) -> None:
-    from tmrender.render.video import VideoWriter
+    from tmrender.media.video import VideoWriter
 
     height, width = frames.shape[1:3]
     with VideoWriter(path, width=width, height=height, fps=FPS, audio=audio, crf=CRF) as writer:
@@ -244,12 +245,7 @@ def generate_corpus(
     """
     check_options(clips, seconds, size, workers, split, frame_format)
     split_dir = Path(out_dir) / split
-    try:
-        split_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserInputError(
-            f"cannot create the output folder {split_dir}: {err.strerror}"
-        ) from err
+    make_folder(split_dir)
     jobs = [
         (ClipSpec(split, seed, i, seconds, size), str(out_dir), frame_format) for i in range(clips)
     ]
@@ -312,7 +308,7 @@ def read_clip(path: Path | str) -> Clip:
     if frames_file.suffix == ".npy":
         frames = np.load(frames_file)
     else:
-        from tmrender.render.video import read_video_frames
+        from tmrender.media.video import read_video_frames
 
         frames = read_video_frames(frames_file)
     return Clip(

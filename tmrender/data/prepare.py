@@ -6,7 +6,7 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
     OUT/<split>/<clip_id>/frames.mp4 | frames.npy, audio.wav, boxes.npy, mouth.npy,
                          pose.npy, meta.json        (and OUT/<split>/index.json)
 
-- audio.wav: the first audio stream as 16 kHz mono (`tmrender.render.audio.AudioStream`),
+- audio.wav: the first audio stream as 16 kHz mono (`tmrender.media.audio.AudioStream`),
   N samples; T = ceil(N * 25 / 16000) frames exactly. When the video stream ends first,
   the clip ends with it (the audio is cut to T * 640 samples).
 - frames: output frame i shows the source frame on screen at (i + 0.5) / 25 s, assuming
@@ -15,7 +15,8 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   scaled to SIZE x SIZE with Lanczos filtering.
 - face box, source pixels x0, y0, x1, y1 (x1, y1 exclusive): from the sidecar
   `<video stem>.json` or `<video name>.json` (`{"face": [x0, y0, x1, y1]}`), else from
-  `--crop`, else the whole frame. It must lie inside the frame.
+  `--crop` (x, y, w, h like every command's `--crop`), else the whole frame. It must lie
+  inside the frame.
 - boxes.npy (T, 2, 4) int32: [mouth box, face box] in output pixels (clipped to the frame),
   the same on every frame. The mouth box is an estimate: the lower-middle part of the face
   box (`MOUTH_IN_FACE`), said so in meta.json.
@@ -24,7 +25,7 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   events.
 - meta.json: source file and streams, durations, the frame-rate conversion, the face box
   and where it came from, silence segments from the renderer's voice activity
-  (`tmrender.render.features.frame_rms_db` > `VOICE_RMS_DB`), and what is unknown.
+  (`tmrender.media.audio.frame_rms_db` > `VOICE_RMS_DB`), and what is unknown.
 
 Bad files (unreadable, no audio or video, zero length, bad sidecar, box outside the frame)
 come back as `PrepareResult.error`; they never stop the others. A clip folder is written
@@ -50,12 +51,18 @@ from tmrender.data.avatar import POSE
 from tmrender.data.corpus import CRF, FPS, FRAME_FORMATS, SPLIT_TAG
 from tmrender.data.visemes import PARAMS
 from tmrender.errors import MediaError, UserInputError
-from tmrender.files import atomic_write
-from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream, write_wav
-from tmrender.render.features import VOICE_RMS_DB, frame_rms_db
-from tmrender.render.ffmpeg import MediaInfo, probe
-from tmrender.render.image import CropBox
-from tmrender.render.video import VideoWriter, iter_video_frames
+from tmrender.files import atomic_write, make_folder
+from tmrender.media.audio import (
+    SAMPLE_RATE,
+    VOICE_RMS_DB,
+    AudioInfo,
+    AudioStream,
+    frame_rms_db,
+    write_wav,
+)
+from tmrender.media.ffmpeg import MediaInfo, probe
+from tmrender.media.image import CropBox
+from tmrender.media.video import VideoWriter, iter_video_frames
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MOUTH_IN_FACE = (0.28, 0.62, 0.72, 0.90)  # estimated mouth box: x0, y0, x1, y1 of the face box
@@ -116,11 +123,6 @@ def _is_whole(value) -> bool:
     if isinstance(value, str):
         return bool(re.fullmatch(r"\s*\d+\s*", value))
     return isinstance(value, int | float) and float(value).is_integer()
-
-
-def parse_crop(text: str) -> CropBox:
-    """`--crop x0,y0,x1,y1` (source pixels, x1 and y1 exclusive)."""
-    return box_from_corners(text.split(","), "--crop")
 
 
 def corners(box: CropBox) -> list[int]:
@@ -511,11 +513,7 @@ def prepare_corpus(
     if on_found is not None:
         on_found(len(found))
     split_dir = opts.out / opts.split
-    try:
-        split_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = err.strerror or err
-        raise UserInputError(f"cannot create the output folder {split_dir}: {reason}") from err
+    make_folder(split_dir)
     jobs = [(v, i, opts) for v, i in zip(found, clip_ids(found, Path(videos)), strict=True)]
     results = []
     try:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tmrender.data import avatar, speech, visemes
-from tmrender.render.audio import SAMPLE_RATE, frames_for_samples
+from tmrender.media.audio import SAMPLE_RATE, frames_for_samples
 
 SHEET_SEEDS = range(100, 116)
 STRIP_TEXT = "Mama buys five blue shoes, with fresh peaches."

@@ -29,7 +29,7 @@ import numpy as np
 
 from tmrender.data.resample import resample
 from tmrender.errors import UserInputError
-from tmrender.render.audio import SAMPLE_RATE
+from tmrender.media.audio import SAMPLE_RATE
 
 # eSpeak NG API constants (speak_lib.h).
 AUDIO_OUTPUT_SYNCHRONOUS = 2

@@ -34,7 +34,7 @@ import functools
 import numpy as np
 
 from tmrender.data.speech import Phoneme
-from tmrender.render.audio import SAMPLE_RATE
+from tmrender.media.audio import SAMPLE_RATE
 
 FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS

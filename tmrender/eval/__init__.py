@@ -3,7 +3,10 @@
 - `metrics`: pure metric functions (Pearson, A/V offset, masked PSNR/SSIM, motion, pauses);
 - `mouth`: the mouth reader's weights and reading mouth parameters off frames;
 - `sources`: frame sources (ground truth, still image, loudness cheat, a model);
-- `suite`: rendering test clips with sources and measuring them (`tmrender eval`);
+- `options`: what an evaluation measures (`EvalOptions`) and what one run does (`RunOptions`);
+- `suite`: rendering test clips with sources and measuring them;
 - `report`: report.json, figures and index.html;
-- `bench_io`, `bench_render`, `peak`: speed and memory benchmarks (`tmrender bench`).
+- `run`: one whole run, `run_eval` (what `tmrender eval` calls);
+- `bench`: `run_bench`, which picks and runs a benchmark (what `tmrender bench` calls);
+- `bench_io`, `bench_render`, `bench_gpu`, `trace`, `peak`: the speed and memory benchmarks.
 """

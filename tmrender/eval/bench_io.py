@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.eval.peak import peak_rss_mb, run_case
-from tmrender.render.audio import AudioStream, open_audio
-from tmrender.render.ffmpeg import run_ffmpeg
-from tmrender.render.video import VideoWriter
+from tmrender.media.audio import AudioStream, open_audio
+from tmrender.media.ffmpeg import run_ffmpeg
+from tmrender.media.video import VideoWriter
 
 FPS = 25
 

@@ -20,8 +20,8 @@ from tmrender.eval.peak import peak_rss_mb, run_case
 def render_case(model_spec: str, seconds: float, device: str, folder: str) -> dict:
     """Load the model, render `seconds` of test audio, report the figures."""
     from tmrender.data.avatar import draw_avatar
+    from tmrender.models.registry import load_model
     from tmrender.render.pipeline import RenderStats, render_video
-    from tmrender.render.weights import load_model
 
     folder = Path(folder)
     audio = make_test_audio(folder / f"speech-{seconds:g}.m4a", seconds)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tmrender.errors import UserInputError
-from tmrender.files import atomic_write, sha256_file
+from tmrender.files import atomic_write, sha256_file, verify_checksum
 from tmrender.models.mouth_reader import MouthReader, MouthReaderConfig, normalise
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
@@ -90,8 +90,6 @@ def load_mouth_reader(path: Path | str | None = None) -> MouthReader:
     lip-sync figure rests on)."""
     from safetensors import SafetensorError, safe_open
 
-    from tmrender.render.weights import verify_checksum
-
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise UserInputError(
@@ -112,11 +110,3 @@ def load_mouth_reader(path: Path | str | None = None) -> MouthReader:
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     reader.load_state_dict(state, strict=True)
     return reader.eval()
-
-
-def record_checksum(sums_file: Path | str, path: Path | str, digest: str) -> None:
-    """Set the `<sha256>  <filename>` line of `path` in `sums_file` (sha256sum format)."""
-    sums_file, name = Path(sums_file), Path(path).name
-    lines = sums_file.read_text().splitlines() if sums_file.exists() else []
-    kept = [ln for ln in lines if ln.split("  ", 1)[-1] != name]
-    sums_file.write_text("\n".join([*kept, f"{digest}  {name}"]) + "\n")

@@ -84,7 +84,7 @@ def loudness_source(clip: Clip) -> np.ndarray:
 def model_source(model, options=None) -> FrameSource:
     """A source that renders with `model` (a TalkingModel) from the clip's first frame and
     its audio through `tmrender.render.pipeline.render_frames`."""
-    from tmrender.render.audio import write_wav
+    from tmrender.media.audio import write_wav
     from tmrender.render.pipeline import render_frames
 
     def render(clip: Clip) -> np.ndarray:

@@ -34,8 +34,10 @@ import numpy as np
 
 from tmrender.data.corpus import FPS, Clip, read_clip
 from tmrender.data.visemes import PARAMS, SAMPLES_PER_FRAME
+from tmrender.errors import UserInputError
 from tmrender.eval import metrics
 from tmrender.eval.mouth import read_mouth
+from tmrender.eval.options import EvalOptions
 from tmrender.eval.sources import FrameSource
 from tmrender.models.mouth_reader import MouthReader
 
@@ -43,25 +45,11 @@ SCHEMA = "tmrender-eval/1"
 METRICS = (
     "sync_r", "width_r", "round_r", "offset", "silence_open", "psnr", "ssim", "motion_ratio",
 )  # fmt: skip
+READER_OUTPUTS = ("open", "width", "round")  # the reader's first columns, in this order
 DRIFT_METRICS = ("sync_r", "silence_open", "psnr", "ssim", "motion_ratio")
 ABSOLUTE_DRIFT = ("silence_open",)  # drift of these is last - first, not relative
 # DESIGN.md section 6 (the instrument figures the product must reach)
 TARGETS = {"sync_r": 0.9, "offset": 0, "psnr": 30.0, "drift": 0.02}
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How clips are measured."""
-
-    # lip sync
-    max_lag: int = 5  # frames searched either side for the A/V offset
-    pause_trim: int = 3  # frames ignored at each end of a pause (coarticulation)
-    # appearance
-    mask_dilate: int = 4  # pixels (at 128 x 128) around the mouth box left out
-    # drift
-    window_seconds: float = 60.0  # first / last window of long clips
-    # report
-    strip_frames: int = 8  # frames per strip image
 
 
 @dataclass
@@ -105,9 +93,9 @@ def window_metrics(
     names = list(PARAMS)
     out = {}
     for column, key in (("open", "sync_r"), ("width", "width_r"), ("round", "round_r")):
-        j = _reader_column(read, column)
+        j = READER_OUTPUTS.index(column)
         out[key] = metrics.pearson(read[start:stop, j], truth[:, names.index(column)])
-    j_open = _reader_column(read, "open")
+    j_open = READER_OUTPUTS.index("open")
     out["offset"] = metrics.av_offset(
         read[start:stop, j_open], truth[:, names.index("open")], opts.max_lag
     )
@@ -123,10 +111,6 @@ def window_metrics(
     out["ssim"] = float(np.concatenate(ssim).mean())
     out["motion_ratio"] = metrics.motion_ratio(generated[start:stop], clip.frames[start:stop])
     return {k: _round(v) for k, v in out.items()}
-
-
-def _reader_column(read: np.ndarray, name: str, outputs=("open", "width", "round")) -> int:
-    return list(outputs).index(name)
 
 
 def _round(value):
@@ -184,7 +168,11 @@ def clip_metrics(
     assert generated.shape == clip.frames.shape, (
         f"generated {generated.shape} vs true {clip.frames.shape}"
     )
-    assert tuple(reader.cfg.outputs[:3]) == ("open", "width", "round"), reader.cfg.outputs
+    if tuple(reader.cfg.outputs[:3]) != READER_OUTPUTS:
+        raise UserInputError(
+            f"the mouth reader reads {', '.join(reader.cfg.outputs)}; the evaluation needs a "
+            f"reader of {', '.join(READER_OUTPUTS)} first (--reader)"
+        )
     n = len(clip.frames)
     read = read_mouth(reader, generated)
     pauses = metrics.pause_frames(clip.meta["phonemes"], n, SAMPLES_PER_FRAME, opts.pause_trim)

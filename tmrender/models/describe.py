@@ -44,7 +44,7 @@ def describe_preset(name: str) -> dict:
 def describe_checkpoint(spec: str | None) -> dict:
     """-> {name, path, trained, dtype, sha256, size, parameters, config} of a checkpoint."""
     from tmrender.files import sha256_file
-    from tmrender.render.weights import resolve_model_path
+    from tmrender.models.registry import resolve_model_path
 
     path = resolve_model_path(spec)
     meta = read_metadata(path)

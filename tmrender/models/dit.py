@@ -8,8 +8,8 @@ Parameter names are Wan2.1's (wan/modules/model.py): patch_embedding, text_embed
 time_embedding, time_projection, blocks.N.{norm1, self_attn.{q,k,v,o,norm_q,norm_k}, norm3,
 cross_attn.{..., k_img, v_img, norm_k_img}, norm2, ffn.{0,2}, modulation}, head.{head,
 modulation}, img_emb.proj.{0,1,3,4}. Added: blocks.N.{norm_audio, audio_cross_attn.{q, k, v,
-o, norm_q, norm_k}}. A Wan2.1 state dict therefore maps in with a trivial rename (see
-`tmrender.models.checkpoint.WAN_RENAMES`), leaving only the audio layers missing.
+o, norm_q, norm_k}}. A Wan2.1 state dict therefore maps in by name (`tmrender.convert`),
+leaving only the audio layers missing.
 
 Image conditioning (Wan I2V): the input is `[x | mask | reference]` along channels; the
 first `anchor_frames` latent frames of a clip are the anchor (the clean reference-image

@@ -161,7 +161,7 @@ def tm_mini_variant(
 
 
 # Stride-4 VAE with 8 latent channels: at equal steps of the VAE stage it carried the mouth
-# far better than the stride-8 16-channel VAE (docs/TRAINING.md), and it decodes faster
+# far better than the stride-8 16-channel VAE (docs/EXPERIMENTS.md), and it decodes faster
 # (2 levels).
 TM_MINI = tm_mini_variant()
 

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tmrender.render.audio import AudioStream
+from tmrender.media.audio import VOICE_RMS_DB, AudioStream, frame_rms_db
 
 SEGMENT_FRAMES = 50  # S: 2 s at 25 fps per encoder call
 FIRST_SEGMENT_FRAMES = 16  # the first, short segment: enough for the first chunk
 MARGIN_FRAMES = 10  # M: context on each side of a segment, 0.4 s
-VOICE_RMS_DB = -45.0  # frames louder than this (dBFS RMS) count as voice
 
 
 @dataclass(frozen=True)
@@ -78,13 +77,6 @@ class SampleWindow:
         drop = min(max(0, position - self._start), self._buffer.size)
         self._buffer = self._buffer[drop:]
         self._start += drop
-
-
-def frame_rms_db(samples: np.ndarray, samples_per_frame: int) -> np.ndarray:
-    """Per-frame RMS level in dBFS: samples (F * spf,) -> (F,)."""
-    frames = samples.reshape(-1, samples_per_frame).astype(np.float64)
-    rms = np.sqrt(np.mean(frames**2, axis=1))
-    return 20.0 * np.log10(np.maximum(rms, 1e-10))
 
 
 class FeatureProducer:

@@ -1,10 +1,11 @@
 """CUDA-graph replay of the renderer's steady chunk step, for GPUs.
 
-A 2-step student is launch-bound on a fast GPU: the 1.3B-shaped DiT issues ~43K kernels in
-1.5 s of video, and its stream is busy only 39% of the time (`docs/PERFORMANCE.md`). After the
-first chunk everything in a chunk step has a fixed shape and a fixed place: the RoPE slots
-are window-relative (chunk 1000 looks exactly like chunk 2), the KV window is preallocated,
-and `commit_kv` / `commit_chunk` write the previous chunk into it in place. So one capture
+A 2-step student is launch-bound on a fast GPU: the 1.3B-shaped DiT issues tens of thousands
+of small kernels per second of video and its stream is often idle (figures in
+`docs/PERFORMANCE.md`). After the first chunk everything in a chunk step has a fixed shape
+and a fixed place: the RoPE slots are window-relative (chunk 1000 looks exactly like chunk
+2), the KV window is preallocated, and `commit_kv` / `commit_chunk` write the previous
+chunk into it in place. So one capture
 of "denoising steps + commit" replays for every later chunk, with the new noise and audio
 tokens copied into the captured input buffers first.
 

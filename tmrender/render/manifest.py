@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tmrender.errors import UserInputError
-from tmrender.render.audio import AudioStream
-from tmrender.render.image import CropBox, open_rgb
-from tmrender.render.video import check_writable_output
+from tmrender.files import make_folder
+from tmrender.media.audio import AudioStream
+from tmrender.media.image import CropBox, open_rgb
+from tmrender.media.video import check_writable_output
 
 REQUIRED_COLUMNS = ("image", "audio")
 OPTIONAL_COLUMNS = ("output", "seed", "mode", "crop")
@@ -294,12 +295,7 @@ def check_output(path: Path, create_folders: bool = False) -> None:
     """A file can be created at `path`: its folder is writable, or can be made."""
     folder = path.parent
     if not folder.exists() and create_folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserInputError(
-                f"output folder cannot be created: {folder} ({err.strerror})"
-            ) from err
+        make_folder(folder)
     if folder.exists():
         check_writable_output(path)
         return

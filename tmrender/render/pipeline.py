@@ -28,17 +28,17 @@ import torch
 from torch import Tensor
 
 from tmrender.diffusion.stream import ChunkInput, ChunkOutput, StreamPlan, Student, rollout
+from tmrender.media.audio import SAMPLE_RATE, AudioInfo, AudioStream
+from tmrender.media.image import CropBox, load_image
+from tmrender.media.video import DEFAULT_CRF, VideoWriter
 from tmrender.models.audio import audio_windows
 from tmrender.models.conditioning import DEFAULT_PROMPT
 from tmrender.models.dit import StreamState, WanDiT
 from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
-from tmrender.render.audio import SAMPLE_RATE, AudioInfo, AudioStream
 from tmrender.render.features import FeatureProducer, FeatureTimeline
 from tmrender.render.graphs import ChunkGraph, graph_ready
-from tmrender.render.image import CropBox, load_image
 from tmrender.render.temporal import Retimer, TemporalFilter
-from tmrender.render.video import DEFAULT_CRF, VideoWriter
 
 Mode = Literal["auto", "speaking", "silence"]
 QUEUE_DEPTH = 4  # items in flight between two stages

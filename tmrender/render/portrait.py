@@ -4,7 +4,7 @@ The corpus avatars (`tmrender.data.avatar`) are flat fills and smooth gradients 
 anti-aliased edges: most pixels have no local contrast at all, and edges are lines, so
 their share of the pixels halves each time the image doubles in size. A photograph has
 texture nearly everywhere (skin, hair, fabric, sensor noise). The test measures, on the
-image scaled (and cropped) to `ANALYSIS_SIZE` square as `tmrender.render.image.load_image`
+image scaled (and cropped) to `ANALYSIS_SIZE` square as `tmrender.media.image.load_image`
 scales it for a model, the share of pixels whose grey-level Laplacian
 |4 p - (4 neighbours)| exceeds `TEXTURE_LEVEL`. A portrait is avatar-like when that share
 is at most `PHOTO_SHARE` and its grey levels vary at all (standard deviation at least
@@ -65,6 +65,6 @@ def looks_like_avatar(rgb: np.ndarray) -> bool:
 def portrait_looks_like_avatar(path: Path | str, crop=None) -> bool:
     """`looks_like_avatar` of an image file as a model would see it (`crop`: a CropBox or
     None for the centre crop), at ANALYSIS_SIZE."""
-    from tmrender.render.image import load_image
+    from tmrender.media.image import load_image
 
     return looks_like_avatar(load_image(path, (ANALYSIS_SIZE, ANALYSIS_SIZE), crop))

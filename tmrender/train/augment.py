@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from tmrender.errors import MediaError
-from tmrender.render.ffmpeg import ffmpeg_command, last_error_line
+from tmrender.media.ffmpeg import ffmpeg_command, last_error_line
 
 MAX_REVERB_S = 0.6  # impulse responses are cut here (-45 dB at rt60 0.8 s)
 

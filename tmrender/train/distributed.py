@@ -66,11 +66,11 @@ from torch.distributed.fsdp import (
 )
 from torch.utils.checkpoint import checkpoint
 
+from tmrender.devices import resolve_device
 from tmrender.errors import UserInputError
 from tmrender.models.attention import AudioCrossAttention, CrossAttention
 from tmrender.models.audio import SilenceEmbedding
 from tmrender.models.dit import WanBlock, WanDiT
-from tmrender.render.weights import resolve_device
 
 # FSDP2 gathers a unit's parameters around its forward only. The models also call a few
 # methods outside forward: the DiT's streaming API; the audio / text K/V of every block,

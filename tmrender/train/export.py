@@ -28,14 +28,12 @@ import numpy as np
 
 from tmrender.config import SamplerConfig
 from tmrender.errors import UserInputError
-from tmrender.eval.mouth import record_checksum
-from tmrender.files import atomic_write, sha256_file
+from tmrender.files import SUMS_FILE, atomic_write, record_checksum, sha256_file
 from tmrender.models.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from tmrender.models.checkpoint import save_checkpoint as write_checkpoint
 from tmrender.models.talking import TalkingModel
 
 NETWORKS = ("vae", "audio_encoder", "audio_proj", "silence", "dit")
-SUMS_FILE = "SHA256SUMS"
 DTYPES = ("auto", "float16", "float32")
 
 ScoreFn = Callable[[TalkingModel], float]

@@ -15,7 +15,7 @@ from tmrender.render.features import FeatureProducer
 
 
 class ArrayStream:
-    """Samples already in memory (N,) float32, read like a `tmrender.render.audio.AudioStream`
+    """Samples already in memory (N,) float32, read like a `tmrender.media.audio.AudioStream`
     (what `FeatureProducer` reads): iterating yields blocks; `samples_read` counts them. The
     block size does not change the features, only when the producer learns the length."""
 

@@ -52,9 +52,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from tmrender.devices import resolve_device
 from tmrender.errors import UserInputError
 from tmrender.files import atomic_write
-from tmrender.render.weights import resolve_device
 from tmrender.train import distributed
 from tmrender.train.distributed import Parallel
 

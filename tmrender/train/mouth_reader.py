@@ -310,7 +310,8 @@ def export_weights(model: MouthReader, data: Path, path: Path, val_clips: int = 
     records the SHA-256 in the folder's SHA256SUMS and returns it."""
     import tempfile
 
-    from tmrender.eval.mouth import load_mouth_reader, record_checksum, save_mouth_reader
+    from tmrender.eval.mouth import load_mouth_reader, save_mouth_reader
+    from tmrender.files import SUMS_FILE, record_checksum
 
     held_out = list_clips(data, "train")[-val_clips:]
     reference = evaluate_reader(model, held_out)
@@ -321,7 +322,7 @@ def export_weights(model: MouthReader, data: Path, path: Path, val_clips: int = 
     half = all(abs(halved[k]["r"] - reference[k]["r"]) < 1e-3 for k in model.cfg.outputs)
     extra = {"dtype": "float16" if half else "float32", "held_out_figures": reference}
     digest = save_mouth_reader(model, path, half=half, extra=extra)
-    record_checksum(path.parent / "SHA256SUMS", path, digest)
+    record_checksum(path.parent / SUMS_FILE, path, digest)
     return digest
 
 

@@ -26,7 +26,7 @@ Starting point: this stage trains the teacher in one go from the `--init` checkp
 DiT, whose audio output projections are zero (Wan init, what `WanDiT.zero_audio_output`
 gives a converted model, so the conversion path's starting point is still what this stage
 starts from). An audio-free "base" stage first (this stage with `audio_drop=1`) was
-measured and did no better (docs/TRAINING.md).
+measured and did no better (docs/RECIPE.md, "(base)").
 
 Sampling (`tmrender.train.windows.sample_teacher`): Euler on the probability-flow ODE with
 audio CFG, both branches in one forward of a doubled batch.

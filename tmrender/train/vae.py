@@ -4,7 +4,7 @@ Data: the frames of the train split, decoded once into `frames.pt` in the run fo
 (uint8, moved to the training device as a whole). The last `val_clips` clips are held out
 for validation; the test split is never read here.
 
-Curriculum (each part measured on CPU probes, see `docs/TRAINING.md`):
+Curriculum (each part measured on CPU probes, see `docs/EXPERIMENTS.md`):
 1. short windows of `crop_frames = 1 + 4k` frames cut to random `crop` x `crop` squares
    (half of them on the mouth; the network is fully convolutional): many mouths per
    second of compute. Single frames (`crop_frames = 1`, encoded alone like the reference

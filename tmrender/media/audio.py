@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.errors import MediaError, UserInputError
-from tmrender.render.ffmpeg import ffmpeg_command, last_error_line, probe
+from tmrender.media.ffmpeg import ffmpeg_command, last_error_line, probe
 
 SAMPLE_RATE = 16_000
 BYTES_PER_SAMPLE = 4  # float32
+VOICE_RMS_DB = -45.0  # frames louder than this (dBFS RMS) count as voice
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,13 @@ def audio_samples(path: Path | str) -> int:
 def frames_for_samples(samples: int, fps: int, sample_rate: int = SAMPLE_RATE) -> int:
     """Video frames that cover `samples` audio samples: ceil(samples * fps / sample_rate)."""
     return -(-samples * fps // sample_rate)
+
+
+def frame_rms_db(samples: np.ndarray, samples_per_frame: int) -> np.ndarray:
+    """Per-frame RMS level in dBFS: samples (F * spf,) -> (F,)."""
+    frames = samples.reshape(-1, samples_per_frame).astype(np.float64)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    return 20.0 * np.log10(np.maximum(rms, 1e-10))
 
 
 def write_wav(path: Path | str, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

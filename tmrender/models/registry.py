@@ -1,9 +1,12 @@
-"""Finding and loading models: `--model NAME|PATH`, the default model, the device.
+"""Finding and loading models: `--model NAME|PATH`, the default model, installed models.
 
 Weights ship in the repository's `weights/` folder (or a folder named by the
 TMRENDER_WEIGHTS environment variable); nothing is ever downloaded. A model file whose
 folder has a SHA256SUMS line for it is used only if its SHA-256 matches that line (checked
 once per process and file version, see `tmrender.files.sha256_cached`).
+
+Torch and the checkpoint code are imported when a model is looked at, not with this module:
+commands import it for their defaults and `--help` stays quick.
 """
 
 from __future__ import annotations
@@ -11,14 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from tmrender.errors import UserInputError
+from tmrender.files import verify_checksum
 
 WEIGHTS_ENV = "TMRENDER_WEIGHTS"
 DEFAULT_MODEL = "tm-mini"
 SUFFIX = ".safetensors"
-SUMS_FILE = "SHA256SUMS"
 
 
 def weights_dir() -> Path:
@@ -41,37 +42,9 @@ def installed_models() -> list[str]:
     return names
 
 
-def listed_checksum(path: Path) -> str | None:
-    """The SHA-256 that the SHA256SUMS beside `path` lists for it (sha256sum format), or
-    None when there is no such file or line."""
-    sums = path.parent / SUMS_FILE
-    if not sums.is_file():
-        return None
-    for line in sums.read_text().splitlines():
-        digest, _, name = line.strip().partition("  ")
-        if name.lstrip("*") == path.name:
-            return digest.lower()
-    return None
-
-
-def verify_checksum(path: Path) -> None:
-    """Refuse (CheckpointError, one line) a file whose SHA-256 differs from its SHA256SUMS
-    line; files without a line are not checked."""
-    from tmrender.files import sha256_cached
-    from tmrender.models.checkpoint import CheckpointError
-
-    expected = listed_checksum(path)
-    if expected is not None and sha256_cached(path) != expected:
-        raise CheckpointError(
-            f"{path} does not match its SHA-256 in {path.parent / SUMS_FILE}: the file is "
-            "damaged or was replaced; restore it (git checkout weights/) or, if you replaced "
-            "it on purpose, update its line"
-        )
-
-
 def resolve_model_path(spec: str | Path | None) -> Path:
     """A model file from a path, an installed name, or None for the default model;
-    checked against the SHA256SUMS of its folder (`verify_checksum`)."""
+    checked against the SHA256SUMS of its folder (`tmrender.files.verify_checksum`)."""
     path = _find_model(spec)
     verify_checksum(path)
     return path
@@ -96,31 +69,12 @@ def _find_model(spec: str | Path | None) -> Path:
     raise UserInputError(f"unknown model {name!r} (installed: {available}; or give a path)")
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserInputError(f"unknown device {name!r}; use auto, cpu or cuda") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda was asked for but no CUDA GPU is available")
-    if device.type not in ("cpu", "cuda"):
-        raise UserInputError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """float32 on the CPU (fast enough for tm-mini and exact), bfloat16 on GPUs."""
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
-
-
 def load_model(spec: str | Path | None, device: str = "auto", vae_device: str | None = None):
     """-> (TalkingModel in eval mode on the device, checkpoint metadata with 'path').
 
     vae_device: put the VAE on another device (score/VAE disaggregation: the renderer then
     hands each latent chunk over to it and decodes there while the DiT goes on)."""
+    from tmrender.devices import default_dtype, resolve_device
     from tmrender.models.checkpoint import load_checkpoint
 
     path = resolve_model_path(spec)
@@ -130,13 +84,3 @@ def load_model(spec: str | Path | None, device: str = "auto", vae_device: str | 
         other = resolve_device(vae_device)
         model.vae.to(device=other, dtype=default_dtype(other))
     return model, {**meta, "path": path}
-
-
-def split_devices(devices: str) -> tuple[str, str]:
-    """'cuda:0,cuda:1' -> ('cuda:0', 'cuda:1'): the DiT's device, then the VAE's."""
-    parts = [p.strip() for p in devices.split(",")]
-    if len(parts) != 2 or not all(parts):
-        raise UserInputError(
-            f"--devices takes two devices, DIT,VAE (e.g. cuda:0,cuda:1); got {devices!r}"
-        )
-    return parts[0], parts[1]

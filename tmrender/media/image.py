@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tmrender.errors import UserInputError
-from tmrender.render.ffmpeg import check_readable_file
+from tmrender.media.ffmpeg import check_readable_file
 
 NEUTRAL_BACKGROUND = (128, 128, 128)
 

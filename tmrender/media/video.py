@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.errors import MediaError, UserInputError
-from tmrender.render.ffmpeg import ffmpeg_command, last_error_line, run_ffmpeg
+from tmrender.media.ffmpeg import ffmpeg_command, last_error_line, run_ffmpeg
 
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"
@@ -190,7 +190,7 @@ def iter_video_frames(path: Path | str, block_frames: int = 64):
 
     Streams through a pipe, so a long video is never held whole.
     """
-    from tmrender.render.ffmpeg import probe
+    from tmrender.media.ffmpeg import probe
 
     info = probe(Path(path))
     if not info.video:
