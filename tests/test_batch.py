@@ -67,6 +67,7 @@ def leftovers(folder: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_bad_rows_fail_alone_and_a_rerun_skips_finished_rows(capsys, tmp_path, checkpoint):
     make_inputs(tmp_path, 2)
     (tmp_path / "noise.wav").write_bytes(np.random.default_rng(1).bytes(5000))
@@ -142,6 +143,7 @@ def test_dry_run_renders_nothing_and_a_bad_manifest_exits_2(capsys, tmp_path, ch
     assert code == 2 and "unknown column(s) 'voice'" in err
 
 
+@pytest.mark.slow
 def test_sigkill_mid_batch_then_rerun_finishes_the_rest(capsys, tmp_path, checkpoint):
     clips = 5
     make_inputs(tmp_path, clips, seconds=1.5)
@@ -179,6 +181,7 @@ def test_sigkill_mid_batch_then_rerun_finishes_the_rest(capsys, tmp_path, checkp
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_shards_cover_every_row_once_and_rank_0_merges(tmp_path, checkpoint, monkeypatch):
     make_inputs(tmp_path, 5, seconds=0.4)
     manifest = write_manifest(tmp_path, ["image,audio"] + [f"face.png,c{i}.wav" for i in range(5)])
@@ -197,6 +200,7 @@ def test_shards_cover_every_row_once_and_rank_0_merges(tmp_path, checkpoint, mon
     assert len(list(tmp_path.glob("c*.mp4"))) == 5
 
 
+@pytest.mark.slow
 def test_two_worker_processes(tmp_path, checkpoint):
     make_inputs(tmp_path, 3, seconds=0.4)
     lines = ["image,audio"] + [f"face.png,c{i}.wav" for i in range(3)] + ["face.png,gone.wav"]

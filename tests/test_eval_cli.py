@@ -50,6 +50,7 @@ def baseline_report(corpus, tmp_path_factory):
     return out, json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_schema(baseline_report):
     _, report = baseline_report
     assert report["schema"] == SCHEMA and report["clips"] == 2 and report["split"] == "test"
@@ -63,6 +64,7 @@ def test_report_schema(baseline_report):
     assert {"path", "sha256"} <= set(report["reader"])
 
 
+@pytest.mark.slow
 def test_ground_truth_scores_as_a_perfect_model(baseline_report):
     gt = baseline_report[1]["sources"]["gt"]["summary"]
     assert gt["sync_r"] >= 0.95 and gt["offset_zero_share"] == 1.0
@@ -71,6 +73,7 @@ def test_ground_truth_scores_as_a_perfect_model(baseline_report):
     assert gt["silence_open"] < 0.1
 
 
+@pytest.mark.slow
 def test_still_image_scores_at_the_floor(baseline_report):
     still = baseline_report[1]["sources"]["still"]["summary"]
     assert abs(still["sync_r"]) < 0.1
@@ -79,6 +82,7 @@ def test_still_image_scores_at_the_floor(baseline_report):
     assert still["psnr"] < 60
 
 
+@pytest.mark.slow
 def test_python_callers_get_the_command_line_run(baseline_report, corpus, tmp_path):
     from tmrender.eval.options import RunOptions
     from tmrender.eval.run import run_eval
@@ -94,6 +98,7 @@ def test_python_callers_get_the_command_line_run(baseline_report, corpus, tmp_pa
     assert [s[:3] for s in steps] == [(1, 4, "gt"), (2, 4, "still"), (3, 4, "gt"), (4, 4, "still")]
 
 
+@pytest.mark.slow
 def test_report_figures_and_page(baseline_report):
     out, _ = baseline_report
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -114,6 +119,7 @@ def test_loudness_baseline_is_a_partial_cheat(corpus):
     assert np.array_equal(still_source(clip)[-1], clip.frames[0])
 
 
+@pytest.mark.slow
 def test_eval_with_an_untrained_model_through_the_pipeline(corpus, tmp_path):
     from tmrender.models.init import init_checkpoint
 
@@ -142,6 +148,7 @@ def test_bad_input_is_one_line_exit_2(corpus, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_long_mode_measures_first_and_last_windows(corpus, tmp_path):
     from tmrender.data.corpus import list_clips
     from tmrender.eval import report, suite

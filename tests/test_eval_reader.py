@@ -92,6 +92,7 @@ def tiny_corpus(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_training_checkpoints_logs_plots_and_resumes(tiny_corpus, tmp_path):
     opts = recipe.TrainOptions(steps=4, batch=4, checkpoint_every=2, log_every=1, val_clips=1)
     recipe.train(tiny_corpus, tmp_path, opts, cfg=TINY)

@@ -323,6 +323,7 @@ def test_renderer_features_cover_every_frame(corpus, init_file):
 # -- the stage on the training loop ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_exports_the_encoder(corpus, init_file, tmp_path):
     s = stage(corpus, init_file, tmp_path)
     probe = s.batch(torch.Generator().manual_seed(123), torch.device("cpu"))
@@ -364,6 +365,7 @@ def test_training_lowers_the_loss_and_exports_the_encoder(corpus, init_file, tmp
     assert frames.shape == (25, SIZE, SIZE, 3)
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically(corpus, init_file, tmp_path):
     opts = loop_options(steps=8, checkpoint_every=4, val_every=0)
     full = stage(corpus, init_file, tmp_path / "full")
@@ -387,6 +389,7 @@ def test_resume_continues_bit_identically(corpus, init_file, tmp_path):
     assert read_metadata(tmp_path / "cut" / "export.safetensors")["extra"]["audio_steps"] == 8
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_cleanly(corpus, init_file, tmp_path):
     s = stage(corpus, init_file, tmp_path)
     result = run_stage(s, tmp_path, loop_options(steps=50, max_minutes=1e-9), on_log=None)
@@ -415,6 +418,7 @@ def run_cli(*args: str) -> int:
     return stop.value.code
 
 
+@pytest.mark.slow
 def test_cli_trains_exports_and_reports_test_figures(corpus, init_file, tmp_path, capsys):
     out, export = tmp_path / "run", tmp_path / "stages" / "audio.safetensors"
     common = ["--data", str(corpus), "--init", str(init_file), "--out", str(out),

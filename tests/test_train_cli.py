@@ -96,6 +96,7 @@ def test_removed_and_renamed_options_are_refused(capsys, args):
     assert code == 2 and "No such option" in err and args[1] in err
 
 
+@pytest.mark.slow
 def test_teacher_trains_with_device_auto(tmp_path, tiny_corpus, tiny_init, capsys):
     threads = torch.get_num_threads()
     out = tmp_path / "run"

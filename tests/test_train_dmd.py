@@ -165,6 +165,7 @@ def test_only_the_exit_step_carries_gradient(setup):
 # -- the stage through the loop ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_losses_are_finite_and_the_regression_goes_down(setup, tmp_path):
     stage = make_stage(setup)
     probe = fixed_batch(stage, seed=99)
@@ -184,6 +185,7 @@ def test_losses_are_finite_and_the_regression_goes_down(setup, tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(setup, tmp_path):
     straight = make_stage(setup)
     run_stage(straight, tmp_path / "a", loop(4), on_log=None)
@@ -210,6 +212,7 @@ def test_resume_equals_an_uninterrupted_run(setup, tmp_path):
             assert torch.equal(value, b[net][key]), f"{net}.{key}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("context", ["refresh", "last_step"])
 def test_export_loads_and_renders(setup, tmp_path, context):
     opts = replace(OPTS, context=context)
@@ -244,6 +247,7 @@ def test_a_student_of_another_family_is_refused(setup, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_the_command_line_trains_and_exports(setup, tmp_path):
     from tmrender.cli import main
 

@@ -112,6 +112,7 @@ def rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_the_run_folder_is_complete(tmp_path):
     result = run_stage(Regression(), tmp_path, options(), on_log=None)
     losses = [r["loss"] for r in rows(tmp_path) if "loss" in r]
@@ -125,6 +126,7 @@ def test_loss_goes_down_and_the_run_folder_is_complete(tmp_path):
     assert "model" in load_training_networks(tmp_path / "checkpoint.pt")
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     full = Regression()
     run_stage(full, tmp_path / "full", options(), on_log=None)
@@ -140,6 +142,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert steps == [r["step"] for r in rows(tmp_path / "full")]  # rows past 20 dropped
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_with_checkpoint_and_export(tmp_path):
     result = run_stage(Regression(), tmp_path, options(max_minutes=1e-9), on_log=None)
     assert result["stopped_early"] and result["step"] == 1
@@ -149,6 +152,7 @@ def test_max_minutes_stops_with_checkpoint_and_export(tmp_path):
     assert resumed["step"] == 3 and not resumed["stopped_early"]
 
 
+@pytest.mark.slow
 def test_several_optimizers_and_updates_per_step(tmp_path):
     stage = CriticGenerator()
     printed: list[dict] = []

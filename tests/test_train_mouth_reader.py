@@ -33,6 +33,7 @@ def run(tmp_path_factory):
     return root, model
 
 
+@pytest.mark.slow
 def test_run_model_is_the_checkpoint_s_reader(run, tmp_path):
     root, model = run
     loaded = recipe.run_model(root / "run")
@@ -44,6 +45,7 @@ def test_run_model_is_the_checkpoint_s_reader(run, tmp_path):
         recipe.run_model(tmp_path)
 
 
+@pytest.mark.slow
 def test_export_records_its_dtype_and_checksum(run, tmp_path):
     root, model = run
     path = tmp_path / "weights" / "reader.safetensors"

@@ -117,6 +117,7 @@ def test_context_is_clean_and_causal(teacher, cache):
     assert not torch.allclose(changed[:, :, 2:4], base[:, :, 2:4], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_export_renders(tmp_path, tiny_corpus, teacher_file):
     stage = O.OdeStage(tiny_corpus, tmp_path, teacher_file, OPTS)
     assert len(stage.train_pairs) == 12 and len(stage.val_pairs) == 4
@@ -153,6 +154,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_corpus, teacher_file):
     opts = loop_options()
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
@@ -176,6 +178,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_corpus, teacher_fil
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
+@pytest.mark.slow
 def test_cli_trains_and_exports(tmp_path, tiny_corpus, teacher_file, capsys):
     export = tmp_path / "ode.safetensors"
     args = ["train", "ode", "--data", str(tiny_corpus), "--init", str(teacher_file), "--out",

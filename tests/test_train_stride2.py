@@ -39,6 +39,7 @@ def run(*args: str) -> None:
     assert exit_info.value.code == 0
 
 
+@pytest.mark.slow
 def test_teacher_ode_and_dmd_run_on_stride_2_latents_and_the_student_renders(tmp_path, tiny_corpus):
     torch.manual_seed(0)
     init = tmp_path / "init.safetensors"

@@ -207,6 +207,7 @@ def test_teacher_timesteps_insert_recorded_points():
 # ---- the stage -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_export_renders(tmp_path, corpus, init):
     stage = T.TeacherStage(corpus, tmp_path, init, OPTS)
     fixed = stage.batch(torch.Generator().manual_seed(5), torch.device("cpu"))
@@ -233,6 +234,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path, corpus, init):
     opts = loop_options()
     run_stage(T.TeacherStage(corpus, tmp_path / "full", init, OPTS), tmp_path / "full", opts,
@@ -262,6 +264,7 @@ def test_options_are_frozen():
         OPTS.batch = 3  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_cli_trains_and_exports(tmp_path, corpus, init, capsys):
     export = tmp_path / "stages" / "teacher.safetensors"
     args = ["train", "teacher", "--data", str(corpus), "--init", str(init), "--out",

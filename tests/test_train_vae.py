@@ -143,6 +143,7 @@ def test_options_are_checked(corpus, tmp_path):
 # -- the stage on the loop ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_exports_a_normalised_vae(corpus, tmp_path):
     s = stage(corpus, tmp_path, clip_share=0.0)  # one phase: comparable losses
     result = run_stage(s, tmp_path, loop_options(steps=40, lr=1e-2), on_log=None)
@@ -182,6 +183,7 @@ def test_exported_checkpoint_renders(corpus, tmp_path):
     assert frames.shape == (25, SIZE, SIZE, 3)
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically(corpus, tmp_path):
     full = stage(corpus, tmp_path / "full")
     run_stage(full, tmp_path / "full", loop_options(steps=12, checkpoint_every=6), on_log=None)
@@ -208,6 +210,7 @@ def _dies_at(s: recipe.VAEStage, step: int):
     return batch
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_cleanly(corpus, tmp_path):
     s = stage(corpus, tmp_path)
     result = run_stage(s, tmp_path, loop_options(steps=50, max_minutes=1e-9), on_log=None)
@@ -218,6 +221,7 @@ def test_max_minutes_stops_cleanly(corpus, tmp_path):
 # -- command line ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_trains_exports_and_reports_test_figures(corpus, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("tmrender.models.presets.tm_mini_variant", lambda *args, **kw: TINY)
     out, export = tmp_path / "run", tmp_path / "stages" / "vae.safetensors"
@@ -242,6 +246,7 @@ def test_cli_refuses_bad_options(corpus, tmp_path, capsys):
     assert "multiples of 8" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_decoder_only_keeps_the_encoder_and_its_statistics(corpus, tmp_path):
     first = tmp_path / "first"
     run_stage(stage(corpus, first), first, loop_options(steps=4), on_log=None)
@@ -261,6 +266,7 @@ def test_decoder_only_keeps_the_encoder_and_its_statistics(corpus, tmp_path):
     assert model.cfg.vae.latent_std == start.cfg.vae.latent_std
 
 
+@pytest.mark.slow
 def test_decoder_only_with_latent_noise_and_temporal_loss(corpus, tmp_path):
     first = tmp_path / "first"
     run_stage(stage(corpus, first), first, loop_options(steps=2), on_log=None)

@@ -53,6 +53,7 @@ def inputs(tmp_path) -> tuple[Path, Path]:
     return image, audio
 
 
+@pytest.mark.slow
 def test_converted_model_renders_with_generate_on_cpu(capsys, converted, inputs, tmp_path):
     image, audio = inputs
     out = tmp_path / "talk.mp4"
