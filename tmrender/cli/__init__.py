@@ -3,6 +3,11 @@ parses arguments and calls the library; `main` turns errors into one line and an
 
 Exit codes: 0 success, 1 internal error, 2 bad input or usage, 3 some batch rows failed,
 130 interrupted.
+
+Modules: `app` (the Typer app and consoles), `options` (options shared by commands), one
+module per command (`generate`, `batch`, `eval`, `bench`, `synth`, `avatar`, `speak`,
+`prepare`, `convert`, `init`, `info`), and `train` (the group) with `train_commands` (its
+subcommands, loaded only when `tmrender train` runs).
 """
 
 import sys

@@ -8,5 +8,6 @@
 - `prepare`: real speaking videos -> the same clip layout (`tmrender prepare`);
 - `sheets`: the corpus's picture pages in docs/.
 
-May import config, errors, files, devices, models, diffusion and media I/O; nothing above.
+Layer 3: may import config, errors, files, devices, diffusion, models, convert and media
+(README.md, "Module map").
 """

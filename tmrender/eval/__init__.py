@@ -9,4 +9,7 @@
 - `run`: one whole run, `run_eval` (what `tmrender eval` calls);
 - `bench`: `run_bench`, which picks and runs a benchmark (what `tmrender bench` calls);
 - `bench_io`, `bench_render`, `bench_gpu`, `trace`, `peak`: the speed and memory benchmarks.
+
+Layer 5: may import every layer up to render (README.md, "Module map"); the training stages
+import eval (its metrics and mouth reader), never the other way.
 """

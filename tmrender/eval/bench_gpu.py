@@ -36,8 +36,8 @@ PROFILE_REPEATS = 5
 
 def bench_config(preset: str, context: str = "refresh", vae: str = "mini"):
     """The ModelConfig a GPU bench builds: PRESET with the sampler's cache update `context`
-    and, for vae="wan", Wan2.1's own VAE (same latent shape, ~40x the decode work of the
-    presets' light VAE: what a converted checkpoint decodes with)."""
+    and, for vae="wan", Wan2.1's own VAE (same latent shape, far more decode work than the
+    presets' light VAE, docs/PERFORMANCE.md: what a converted checkpoint decodes with)."""
     from tmrender.config import VAEConfig
     from tmrender.errors import UserInputError
     from tmrender.models.init import preset_config

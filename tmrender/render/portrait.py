@@ -10,14 +10,9 @@ scales it for a model, the share of pixels whose grey-level Laplacian
 is at most `PHOTO_SHARE` and its grey levels vary at all (standard deviation at least
 `MIN_CONTRAST`: a flat single colour is no portrait).
 
-Calibration at 256 x 256 (`load_image` of the file; 200 seeds of `draw_avatar` at sizes
-128 to 1024 px, half saved as PNG, half as JPEG of quality 60 to 95):
-- avatars: share 0.11-0.40 as PNG (median 0.23), 0.13-0.64 as JPEG (median 0.35, the
-  blocking of quality 60 adds texture); grey standard deviation at least 10;
-- photographs of scikit-image's and matplotlib's samples: grace_hopper 0.94, chelsea 0.92,
-  astronaut 0.82, coffee 0.86, camera 0.76, moon 0.82, motorcycle 0.93, brick 0.78,
-  rocket 0.68 (a soft sky over most of it), a fluorescence micrograph (cell) 0.49;
-- uniform noise about 1.0, a flat colour 0 with standard deviation 0.
+Calibrated at 256 x 256 on 200 seeds of `draw_avatar` (PNG and JPEG) and on the sample
+photographs of scikit-image and matplotlib; the figures are in docs/EXPERIMENTS.md ("The
+portrait check's calibration").
 `PHOTO_SHARE` sits between the avatars and the photographs; very soft or tiny upscaled
 photographs (a 25 px face) pass unflagged. The test is a hint for a warning, not a gate.
 """

@@ -1,9 +1,9 @@
 """A zero-lag filter over the time axis of a stream of rendered frames.
 
 A 2-step student makes each latent frame a little apart from its neighbours, so the
-decoded picture steps at every latent boundary (every 4 frames): a flicker at 6.25 Hz that
-the eye sees and that the motion figure counts. A symmetric FIR over time smooths those
-steps without delaying anything (a causal filter would lag the mouth behind the audio);
+decoded picture steps at every latent boundary (every `frames_per_latent` frames): a
+flicker that the eye sees and that the motion figure counts. A symmetric FIR over time
+smooths those steps without delaying anything (a causal filter would lag the mouth behind the audio);
 the price is `radius` frames held back until the frames after them arrive, and edge
 frames repeated at both ends of the video. The taps (1, 2, 2, 2, 1) have zeros at periods
 4 and 2, the latent boundary's pattern, and pass slow motion as it is.
@@ -16,7 +16,7 @@ keeps the raw value, one within lo levels (flicker) takes the filtered one.
 `Retimer` comes before the filter. The student's latent frames each cover
 `frames_per_latent` video frames, and the decoder shows nearly the same mouth on all of
 them: a sample-and-hold, so the first frame of a latent shows the mouth a little early
-and the last a little late (about -0.4 and +0.5 frame at stride 2). Leaning the first frame
+and the last a little late (docs/EXPERIMENTS.md has the measured lags). Leaning the first frame
 back towards the frame before it and the last forward towards the frame after it
 interpolates between the latents' centres and puts each frame back at its own time.
 """
