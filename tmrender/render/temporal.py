@@ -3,9 +3,9 @@
 A 2-step student makes each latent frame a little apart from its neighbours, so the
 decoded picture steps at every latent boundary (every `frames_per_latent` frames): a
 flicker that the eye sees and that the motion figure counts. A symmetric FIR over time
-smooths those steps without delaying anything (a causal filter would lag the mouth behind the audio);
-the price is `radius` frames held back until the frames after them arrive, and edge
-frames repeated at both ends of the video. The taps (1, 2, 2, 2, 1) have zeros at periods
+smooths those steps without delaying anything (a causal filter would lag the mouth behind
+the audio); the price is `radius` frames held back until the frames after them arrive,
+and edge frames repeated at both ends of the video. The taps (1, 2, 2, 2, 1) have zeros at periods
 4 and 2, the latent boundary's pattern, and pass slow motion as it is.
 
 A linear filter also rounds off the mouth's fast turns, which blurs its timing: the A/V

@@ -40,7 +40,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tmrender.diffusion.stream import StreamPlan, student_rollout, teacher_forced_x0
 from tmrender.errors import UserInputError
@@ -58,11 +58,11 @@ from tmrender.train.latents import (
     window_starts,
 )
 from tmrender.train.windows import (
+    DiffusionStage,
     autocast_for,
     decode_windows,
     device_noise,
     diffusion_networks,
-    diffusion_parameters,
     lip_sync_r,
     load_reader,
     mouth_weights,
@@ -297,7 +297,7 @@ def start_student_from(model: TalkingModel, path: Path, device: str) -> None:
         mine[name].load_state_dict(theirs[name].state_dict())
 
 
-class OdeStage:
+class OdeStage(DiffusionStage):
     """`tmrender train ode`: see the module docstring. `init`: the teacher's export."""
 
     name = "ode"
@@ -354,16 +354,7 @@ class OdeStage:
         self.rounds = 0
         self.last_val: dict[str, float] = {}
 
-    # -- Stage protocol
-    def networks(self) -> dict[str, nn.Module]:
-        return diffusion_networks(self.model)
-
-    def optimizers(self) -> dict[str, list[nn.Parameter]]:
-        return {"main": diffusion_parameters(self.model)}
-
-    def updates(self, step: int) -> list[str]:
-        return ["main"]
-
+    # -- Stage protocol (networks, optimizers, updates: DiffusionStage)
     def batch(self, gen: torch.Generator, device: torch.device) -> OdeBatch:
         self._to(device)
         b = self.opts.batch

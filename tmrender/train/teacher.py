@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tmrender.diffusion.flow import interpolate, shift_timesteps
 from tmrender.files import atomic_write
@@ -60,11 +60,10 @@ from tmrender.train.latents import (
     window_starts,
 )
 from tmrender.train.windows import (
+    DiffusionStage,
     autocast_for,
     decode_windows,
     device_noise,
-    diffusion_networks,
-    diffusion_parameters,
     fixed_windows,
     lip_sync_r,
     load_reader,
@@ -151,7 +150,7 @@ def make_flow_batch(
 # ---- the stage -----------------------------------------------------------------------------
 
 
-class TeacherStage:
+class TeacherStage(DiffusionStage):
     """`tmrender train teacher`: see the module docstring. `init`: a tmrender checkpoint
     holding the trained VAE and audio encoder (the audio stage's export)."""
 
@@ -184,16 +183,7 @@ class TeacherStage:
         self.rounds = 0
         self.last_val: dict[str, float] = {}
 
-    # -- Stage protocol
-    def networks(self) -> dict[str, nn.Module]:
-        return diffusion_networks(self.model)
-
-    def optimizers(self) -> dict[str, list[nn.Parameter]]:
-        return {"main": diffusion_parameters(self.model)}
-
-    def updates(self, step: int) -> list[str]:
-        return ["main"]
-
+    # -- Stage protocol (networks, optimizers, updates: DiffusionStage)
     def batch(self, gen: torch.Generator, device: torch.device) -> FlowBatch:
         cache = self._cache_on(device)
         w = sample_windows(

@@ -202,3 +202,19 @@ def diffusion_parameters(model: TalkingModel) -> list[nn.Parameter]:
     """What a DiT stage trains: the DiT, the audio projection and the silence embedding."""
     m = model
     return [*m.dit.parameters(), *m.audio_proj.parameters(), *m.silence.parameters()]
+
+
+class DiffusionStage:
+    """The stage protocol's network side for a stage that trains one model's DiT side
+    (`diffusion_parameters` of `self.model`) with one optimizer, "main" (teacher, ode)."""
+
+    model: TalkingModel
+
+    def networks(self) -> dict[str, nn.Module]:
+        return diffusion_networks(self.model)
+
+    def optimizers(self) -> dict[str, list[nn.Parameter]]:
+        return {"main": diffusion_parameters(self.model)}
+
+    def updates(self, step: int) -> list[str]:
+        return ["main"]
