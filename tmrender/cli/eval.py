@@ -19,6 +19,7 @@ DEFAULTS = RunOptions  # the command's defaults are the library's (class attribu
     epilog=(
         "Examples:\n\n"
         "  tmrender eval --model tm-mini --data data --out out/eval --baselines\n\n"
+        "  tmrender eval --data data --out out/sync --baselines --syncnet syncnet_v2.model\n\n"
         "  tmrender eval --model gt --model still --data data --out out/floors --clips 5\n\n"
         "  tmrender synth --out data/long --clips 2 --seconds 600 --split test\n\n"
         "  tmrender eval --model tm-mini --data data/long --out out/drift --long\n\n"
@@ -64,6 +65,13 @@ def eval_command(
             help="Mouth reader weights (default: the shipped weights/mouth_reader.safetensors)."
         ),
     ] = DEFAULTS.reader,
+    syncnet: Annotated[
+        Path | None,
+        typer.Option(
+            help="syncnet_python's syncnet_v2.model: also measure Sync-C / Sync-D (LSE-C / "
+            "LSE-D) and SyncNet's A/V offset, as papers report them."
+        ),
+    ] = DEFAULTS.syncnet,
     device: DeviceOpt = DEFAULTS.device,
     seed: SeedOpt = DEFAULTS.seed,
     as_json: JsonOpt = False,
@@ -83,7 +91,7 @@ def eval_command(
     opts = RunOptions(
         data=data, out=out, models=tuple(model) if model else DEFAULTS.models,
         baselines=baselines, clips=clips, split=split, long=long, reader=reader,
-        device=device, seed=seed, plots=plots,
+        syncnet=syncnet, device=device, seed=seed, plots=plots,
     )  # fmt: skip
     gap = None if teacher is None else teacher_gap_of(opts.models[0], teacher, data, split, out)
 

@@ -44,6 +44,7 @@ class RunOptions:
     long: bool = False  # only clips of LONG_SECONDS or more, with first/last-minute drift
     # measuring
     reader: Path | None = None  # mouth reader weights; None: the shipped ones
+    syncnet: Path | None = None  # syncnet_v2.model: also LSE-C / LSE-D (tmrender.eval.syncnet)
     device: str = "cpu"  # where models render
     seed: int = 0  # of every model's render
     measure: EvalOptions = EvalOptions()

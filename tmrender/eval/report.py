@@ -1,6 +1,7 @@
 """The written report of `tmrender eval`: report.json, PNG figures and index.html.
 
-OUT/report.json                 schema SCHEMA: options, reader, per-source summary and clips
+OUT/report.json                 schema SCHEMA: options, reader (and syncnet), per-source
+                                summary and clips
 OUT/opening-<clip>.png          audio waveform, then per source the read opening vs truth
 OUT/strip-<source>-<clip>.png   sample frames, generated (top) above true (bottom)
 OUT/index.html                  the metrics table beside the targets, and the figures
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.data.corpus import FPS
-from tmrender.eval.suite import DRIFT_METRICS, METRICS, SCHEMA, TARGETS, ClipTrace
+from tmrender.eval.suite import DRIFT_METRICS, METRICS, SCHEMA, SYNCNET_METRICS, TARGETS, ClipTrace
 
 COLOURS = {"gt": "tab:green", "still": "tab:grey", "loudness": "tab:orange"}
 MODEL_COLOUR = "tab:blue"
@@ -43,6 +44,10 @@ METRIC_LABELS = {
     "ssim": "SSIM (mouth masked)",
     "motion_ratio": "motion / truth's",
     "realtime_factor": "render time / audio time",
+    "sync_c": "Sync-C (LSE-C)",
+    "sync_d": "Sync-D (LSE-D)",
+    "sync_offset": "SyncNet offset (frames)",
+    "sync_offset_zero_share": "clips at SyncNet offset 0",
 }
 
 
@@ -161,9 +166,11 @@ def _slug(name: str) -> str:
 
 
 def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the per-source summary, metrics as columns."""
+    """(header, rows) of the per-source summary, metrics as columns (SyncNet's when measured)."""
     keys = ["sync_r", "sync_r_min", *[k for k in METRICS if k != "sync_r"]]
     keys += ["offset_zero_share", "realtime_factor"]
+    if any("sync_c" in r["summary"] for r in results.values()):
+        keys += [*SYNCNET_METRICS, "sync_offset_zero_share"]
     header = ["source", *[METRIC_LABELS.get(k, k) for k in keys]]
     rows = [["target (DESIGN.md)", *[TARGET_CELLS.get(k, "") for k in keys]]]
     for name, result in results.items():
@@ -269,6 +276,12 @@ def write_html(path: Path, report: dict, figures: list[dict]) -> None:
         f"<p>Drift target: each metric of the last minute within "
         f"{report['targets']['drift']:.0%} of the first (long runs).</p>",
     ]
+    if "syncnet" in report:
+        parts.append(
+            f"<p>Sync-C / Sync-D: SyncNet ({html.escape(report['syncnet']['path'])}) confidence "
+            "(higher is better) and distance (lower is better) at its best A/V offset within "
+            "+-15 frames, as syncnet_python measures them (LSE-C / LSE-D).</p>"
+        )
     drift = drift_table(report["sources"])
     if drift:
         parts += [

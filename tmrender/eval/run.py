@@ -19,6 +19,7 @@ from tmrender.eval import suite
 from tmrender.eval.mouth import DEFAULT_WEIGHTS, load_mouth_reader
 from tmrender.eval.options import LONG_SECONDS, RunOptions
 from tmrender.eval.sources import BASELINES, FrameSource, baseline_source, model_source
+from tmrender.eval.syncnet import SyncNetScorer, load_syncnet
 from tmrender.files import make_folder, sha256_file
 from tmrender.models.mouth_reader import MouthReader
 from tmrender.models.registry import load_model
@@ -45,6 +46,9 @@ def run_eval(
     paths = check_inputs(opts)
     reader_path = opts.reader or DEFAULT_WEIGHTS
     reader = load_mouth_reader(reader_path)
+    syncnet = None
+    if opts.syncnet is not None:  # before any render: a wrong file stops the run at once
+        syncnet = SyncNetScorer(load_syncnet(opts.syncnet, opts.device))
     # 2. Sources: baselines by name, anything else is a model to load.
     names = source_names(opts)
     labels = source_labels(names)
@@ -59,7 +63,7 @@ def run_eval(
 
     results, traces = suite.evaluate(
         paths, sources, reader, opts.measure, long=opts.long, trace_clips=opts.plots,
-        on_step=step,
+        on_step=step, syncnet=syncnet,
     )  # fmt: skip
     # 4. Write the report.
     meta = {
@@ -67,6 +71,8 @@ def run_eval(
         "reader": {"path": str(reader_path), "sha256": sha256_file(reader_path)},
         "options": {**asdict(opts.measure), "device": opts.device, "seed": opts.seed},
     }  # fmt: skip
+    if opts.syncnet is not None:
+        meta["syncnet"] = {"path": str(opts.syncnet), "sha256": sha256_file(opts.syncnet)}
     if teacher_gap is not None:
         meta["teacher_gap"] = teacher_gap(reader)
     return report_mod.write_report(opts.out, results, traces, meta)

@@ -12,7 +12,10 @@ Per clip and source (`clip_metrics`), over a frame window:
 - `psnr`, `ssim`  against the true frames, the mouth region (mouth box grown by
                   `mask_dilate` px and extended down over the chin) masked out; PSNR of
                   the window's mean squared error, SSIM the mean of its frames';
-- `motion_ratio`  mean frame-to-frame change relative to the truth's.
+- `motion_ratio`  mean frame-to-frame change relative to the truth's;
+- with a SyncNet (`tmrender eval --syncnet FILE`, whole clip only, `tmrender.eval.syncnet`):
+  `sync_c` LSE-C (SyncNet's confidence, higher is better), `sync_d` LSE-D (its distance,
+  lower is better) and `sync_offset` (its A/V offset in frames), the figures papers report.
 
 Long clips (`window_seconds` or more, `tmrender eval --long`) are also measured over their
 first and last `window_seconds`; `drift` is (last - first) / |first| per metric
@@ -39,6 +42,7 @@ from tmrender.eval import metrics
 from tmrender.eval.mouth import read_mouth
 from tmrender.eval.options import EvalOptions
 from tmrender.eval.sources import FrameSource
+from tmrender.eval.syncnet import SyncNetScorer
 from tmrender.models.mouth_reader import MouthReader
 
 SCHEMA = "tmrender-eval/1"
@@ -46,6 +50,8 @@ METRICS = (
     "sync_r", "width_r", "round_r", "offset", "silence_open", "psnr", "ssim", "motion_ratio",
 )  # fmt: skip
 READER_OUTPUTS = ("open", "width", "round")  # the reader's first columns, in this order
+# with --syncnet, over the whole clip (tmrender.eval.syncnet): LSE-C, LSE-D, offset
+SYNCNET_METRICS = ("sync_c", "sync_d", "sync_offset")
 DRIFT_METRICS = ("sync_r", "silence_open", "psnr", "ssim", "motion_ratio")
 ABSOLUTE_DRIFT = ("silence_open",)  # drift of these is last - first, not relative
 # DESIGN.md section 6 (the instrument figures the product must reach)
@@ -210,11 +216,13 @@ def evaluate(
     long: bool = False,
     trace_clips: int = 3,
     on_step: Callable[[str, str, float], None] | None = None,
+    syncnet: SyncNetScorer | None = None,
 ) -> tuple[dict, list[dict[str, ClipTrace]]]:
     """Measure every source on every clip. Returns (per-source results
     {name: {"summary": ..., "clips": [...]}}, traces of the first `trace_clips` clips).
 
-    `on_step(source, clip_id, seconds)` is called after each render (progress)."""
+    `on_step(source, clip_id, seconds)` is called after each render (progress). With a
+    `syncnet`, each clip's "all" also has `SYNCNET_METRICS` (on the clip's face boxes)."""
     results = {name: {"clips": []} for name in sources}
     traces: list[dict[str, ClipTrace]] = []
     for k, path in enumerate(clips):
@@ -226,6 +234,8 @@ def evaluate(
             generated = source(clip)
             seconds = time.perf_counter() - tick
             measured, read = clip_metrics(generated, clip, reader, opts, long)
+            if syncnet is not None:
+                measured["all"].update(syncnet.score(generated, clip.boxes[:, 1], clip.audio))
             row = {"id": clip_id, "frames": len(clip.frames), "render_seconds": round(seconds, 3)}
             results[name]["clips"].append({**row, **measured})
             if k < trace_clips:
@@ -258,14 +268,18 @@ def _trace(clip: Clip, generated: np.ndarray, read: np.ndarray, measured: dict, 
 
 def summarise(rows: list[dict], long: bool) -> dict:
     """Means over clips of each metric, the worst clip's sync_r, the share of clips with
-    offset 0 and the render's real-time factor (render seconds / audio seconds); with
-    `long`, the means for the first/last windows and the drift too, the means window by
-    window over the windows every clip has, and their `trend`."""
+    offset 0 (and at SyncNet offset 0, when measured) and the render's real-time factor
+    (render seconds / audio seconds); with `long`, the means for the first/last windows and
+    the drift too, the means window by window over the windows every clip has, and their
+    `trend`."""
     out = {"clips": len(rows)}
     out.update(_mean_metrics([r["all"] for r in rows]))
     sync = [r["all"]["sync_r"] for r in rows if r["all"]["sync_r"] is not None]
     out["sync_r_min"] = _round(min(sync)) if sync else None
     out["offset_zero_share"] = _round(np.mean([r["all"]["offset"] == 0 for r in rows]))
+    if any("sync_offset" in r["all"] for r in rows):
+        zero = [r["all"].get("sync_offset") == 0 for r in rows]
+        out["sync_offset_zero_share"] = _round(np.mean(zero))
     seconds = sum(r["frames"] for r in rows) / FPS
     out["realtime_factor"] = _round(sum(r["render_seconds"] for r in rows) / max(seconds, 1e-9))
     if long:
@@ -278,7 +292,7 @@ def summarise(rows: list[dict], long: bool) -> dict:
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
-    keys = [k for k in METRICS if any(k in r for r in rows)]
+    keys = [k for k in (*METRICS, *SYNCNET_METRICS) if any(k in r for r in rows)]
     out = {}
     for key in keys:
         values = [r[key] for r in rows if r.get(key) is not None]
