@@ -249,7 +249,8 @@ class SyncScore:
 
     confidence: float  # LSE-C: median - min of the mean distance over shifts (higher: better)
     distance: float  # LSE-D: the min mean distance (lower: better)
-    offset: int  # frames, VSHIFT - argmin (syncnet_python's sign)
+    offset: int  # frames, VSHIFT - argmin: video frame i goes with audio window i - offset
+    # (positive: the video is late), syncnet_python's sign
     mean_distance: np.ndarray  # (2 * VSHIFT + 1,) mean distance per shift, -VSHIFT first
 
 
