@@ -123,7 +123,7 @@ def load_syncnet(path: Path | str, device: str = "cpu") -> SyncNet:
     """A SyncNet with the weights of a `syncnet_v2.model` file, in eval mode on `device`.
     UserInputError (one line) for a missing file, a file that is not a state dict, or one
     whose keys or shapes are not SyncNet's (batch norms' `num_batches_tracked` may be
-    absent: the original file predates them)."""
+    absent, as in files saved by older PyTorch)."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(
@@ -257,12 +257,14 @@ class SyncScore:
 def offset_search(video: torch.Tensor, audio: torch.Tensor, vshift: int = VSHIFT) -> SyncScore:
     """(W, D) video and audio embeddings -> the `SyncScore` of step 4 (module docstring)."""
     assert video.shape == audio.shape and video.ndim == 2, (video.shape, audio.shape)
-    count = len(video)
+    count, video = len(video), video.double()
     padded = F.pad(audio.double(), (0, 0, vshift, vshift))  # zero vectors outside the clip
-    shifts = torch.arange(2 * vshift + 1)
-    index = torch.arange(count)[:, None] + shifts[None, :]  # (W, S): audio row per shift
-    diff = video.double()[:, None, :] - padded[index] + PAIR_EPS
-    mean = diff.norm(dim=2).mean(dim=0)  # (S,)
+    mean = torch.stack(  # (S,), shift by shift: memory W x D, not W x S x D
+        [
+            (video - padded[s : s + count] + PAIR_EPS).norm(dim=1).mean()
+            for s in range(2 * vshift + 1)
+        ]
+    )
     best = int(torch.argmin(mean))
     return SyncScore(
         confidence=float(mean.median() - mean[best]),
