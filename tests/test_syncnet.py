@@ -402,13 +402,23 @@ def test_eval_with_syncnet_reports_the_figures(tiny_corpus, tmp_path):
         assert summary["sync_offset_zero_share"] in (0.0, 1.0)
     page = (out / "index.html").read_text()
     assert "Sync-C (LSE-C)" in page and "Sync-D (LSE-D)" in page
+    assert "SyncNet, clip by clip" in page and "still Sync-C / Sync-D / offset" in page
 
 
-def test_eval_without_syncnet_has_no_syncnet_columns():
-    from tmrender.eval.report import summary_table
+def test_syncnet_columns_only_when_measured():
+    from tmrender.eval.report import summary_table, syncnet_clip_table
 
     results = {"gt": {"summary": {"sync_r": 1.0}}}
     header, _ = summary_table(results)
     assert not any("Sync-C" in h for h in header)
-    header, _ = summary_table({"gt": {"summary": {"sync_r": 1.0, "sync_c": 7.0}}})
+    assert syncnet_clip_table(results) is None
+    figures = {"sync_c": 7.0, "sync_d": 6.5, "sync_offset": 1}
+    results = {
+        "gt": {"summary": {"sync_r": 1.0, **figures}, "clips": [{"id": "a", "all": figures}]}
+    }
+    header, _ = summary_table(results)
     assert "Sync-C (LSE-C)" in header
+    assert syncnet_clip_table(results) == (
+        ["clip", "gt Sync-C / Sync-D / offset"],
+        [["a", "7.000 / 6.500 / 1"]],
+    )

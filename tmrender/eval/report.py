@@ -201,6 +201,22 @@ def drift_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     return header, rows
 
 
+def syncnet_clip_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows): SyncNet's Sync-C / Sync-D / offset of each clip, a column per source,
+    or None (measured without --syncnet)."""
+    if not any("sync_c" in r["summary"] for r in results.values()):
+        return None
+    header = ["clip", *[f"{name} Sync-C / Sync-D / offset" for name in results]]
+    columns = [r["clips"] for r in results.values()]
+    rows = []
+    for i, row in enumerate(columns[0]):
+        cells = [
+            " / ".join(_fmt(clips[i]["all"].get(k)) for k in SYNCNET_METRICS) for clips in columns
+        ]
+        rows.append([row["id"], *cells])
+    return header, rows
+
+
 def window_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     """(header, rows): each drift metric of each source window by window (minute by minute
     by default), or None (not long)."""
@@ -276,12 +292,14 @@ def write_html(path: Path, report: dict, figures: list[dict]) -> None:
         f"<p>Drift target: each metric of the last minute within "
         f"{report['targets']['drift']:.0%} of the first (long runs).</p>",
     ]
-    if "syncnet" in report:
+    per_clip = syncnet_clip_table(report["sources"])
+    if "syncnet" in report and per_clip:
         parts.append(
             f"<p>Sync-C / Sync-D: SyncNet ({html.escape(report['syncnet']['path'])}) confidence "
             "(higher is better) and distance (lower is better) at its best A/V offset within "
-            "+-15 frames, as syncnet_python measures them (LSE-C / LSE-D).</p>"
+            "+-15 frames, as syncnet_python measures them (LSE-C / LSE-D).</p>",
         )
+        parts += ["<h2>SyncNet, clip by clip</h2>", _html_table(*per_clip)]
     drift = drift_table(report["sources"])
     if drift:
         parts += [
