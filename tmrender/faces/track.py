@@ -1,5 +1,6 @@
 """Face tracking through video: detect once, then place each frame's landmark box from the
-previous frame's landmarks (detection again only when the track is lost).
+previous frame's landmarks, refined by a second pass from this frame's own (detection again
+only when the track is lost).
 
 The landmark model was trained on the detector's boxes, so the tracker keeps the first
 detection's box in aligned-crop coordinates and maps it back through each frame's alignment:
@@ -17,6 +18,7 @@ from tmrender.faces.detect import Face, detect_faces
 from tmrender.faces.landmarks import key_points, landmarks
 
 MAX_SCALE_JUMP = 0.3  # eye distance changing more than this fraction in one frame = lost
+REFINE_PASSES = 2  # landmark passes per frame: box from the last frame, then from this one
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,18 @@ class FaceTracker:
     def _follow(self, frame: np.ndarray) -> TrackedFrame | None:
         """Landmarks inside the box predicted from the last frame; None when the track is lost."""
         assert self._last is not None and self._box_in_crop is not None
-        box = self._predicted_box(self._last.alignment, frame.shape[:2])
-        if box is None:
-            return None
-        points = landmarks(frame, box)
+        alignment = self._last.alignment
+        for _ in range(REFINE_PASSES):  # the box re-centres on this frame's face
+            box = self._predicted_box(alignment, frame.shape[:2])
+            if box is None:
+                return None
+            points = landmarks(frame, box)
+            alignment = align(points, self.crop_size)
         before = key_points(self._last.points).eye_distance
         now = key_points(points).eye_distance
         if abs(now - before) > MAX_SCALE_JUMP * before:
             return None
-        return TrackedFrame(points, box, align(points, self.crop_size), detected=False)
+        return TrackedFrame(points, box, alignment, detected=False)
 
     def _predicted_box(self, alignment: Alignment, shape: tuple[int, int]) -> Face | None:
         """The first detection's box, carried by `alignment` into this frame's pixels."""
