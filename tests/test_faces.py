@@ -15,6 +15,7 @@ from tmrender.errors import UserInputError
 from tmrender.faces import (
     FaceTracker,
     detect_faces,
+    face_crop,
     key_points,
     landmarks,
     main_face,
@@ -23,7 +24,7 @@ from tmrender.faces import (
     read_image,
 )
 from tmrender.faces import detect as detect_module
-from tmrender.faces.align import anchor_points
+from tmrender.faces.align import anchor_points, canonical_points
 
 # Grace Hopper's face in the 512x600 photo, read off the picture by eye: nose tip, pupils.
 NOSE = (267, 238)
@@ -168,3 +169,10 @@ def test_cli_errors_are_one_line_with_exit_code_2(capsys, tmp_path):
     Image.fromarray(texture()).save(plain)
     code, _, err = run(capsys, "faces", str(plain))
     assert code == 2 and f"no face found in {plain}" in err
+
+
+def test_face_crop_puts_the_eyes_and_mouth_at_the_model_framing(hopper):
+    result = face_crop(hopper)
+    assert result.pixels.shape == (128, 128, 3) and result.box == main_face(hopper)
+    anchors = result.alignment.to_crop(anchor_points(result.points))
+    assert np.abs(anchors - canonical_points()).max() < 3.0  # least squares over 3 anchors

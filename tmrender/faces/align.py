@@ -23,6 +23,7 @@ from tmrender.faces.landmarks import KeyPoints, key_points
 # left eye, right eye (image left and right), mouth-corner midpoint; fractions of the side
 CANONICAL = np.array([[0.409, 0.4335], [0.591, 0.4335], [0.5, 0.601]])
 MODEL_SIZE = 128  # the model's portraits are 128 x 128
+EDGE = 2  # pixels of edge padding around a crop warped back
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,14 @@ def warp_from_crop(
     """
     assert crop.shape == (alignment.size, alignment.size, 3), crop.shape
     height, width = shape
-    data = _pillow_data(alignment.matrix)
+    # the crop's edge pixels repeated twice, so bicubic sampling at its border stays unmixed
+    padded = np.pad(crop, ((EDGE, EDGE), (EDGE, EDGE), (0, 0)), mode="edge")
+    to_padded = alignment.matrix + np.array([[0, 0, EDGE], [0, 0, EDGE]])
     warp = dict(resample=Image.Resampling.BICUBIC)
-    pixels = Image.fromarray(crop).transform((width, height), Image.Transform.AFFINE, data, **warp)
+    pixels = Image.fromarray(padded).transform(
+        (width, height), Image.Transform.AFFINE, _pillow_data(to_padded), **warp
+    )
+    data = _pillow_data(alignment.matrix)
     inside = Image.new("L", crop.shape[1::-1], 255).transform(
         (width, height), Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR
     )
