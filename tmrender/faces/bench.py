@@ -5,9 +5,10 @@
 Frames are scaled to 512 x 512. The process is pinned to one CPU (dlib runs one thread);
 for each video it prints frames per second when tracking (detect once, then follow) and when
 detecting in every frame, how often the tracker fell back to detection, the mouth opening's
-range, and the correlation of the opening with the audio's per-frame loudness (dB), which
-is positive when the measure follows speech. Without videos it tracks a real photo
-(matplotlib's grace_hopper.jpg) gliding across the frame. Figures: docs/FACES.md.
+range, and the correlation of the opening with the audio's per-frame loudness (dB): only a
+rough sign, since loudness is a poor per-frame proxy for the lip opening. Without videos it
+tracks a real photo (matplotlib's grace_hopper.jpg) gliding across the frame. Figures:
+docs/FACES.md.
 """
 
 from __future__ import annotations
