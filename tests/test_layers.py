@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tmrender"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("tmrender", "tmrender.config", "tmrender.errors", "tmrender.files", "tmrender.devices"),
     ("tmrender.diffusion", "tmrender.models"),
-    ("tmrender.convert", "tmrender.media"),
+    ("tmrender.convert", "tmrender.media", "tmrender.faces"),
     ("tmrender.data",),
     ("tmrender.render",),
     ("tmrender.eval",),

@@ -22,6 +22,7 @@ from tmrender.cli import (  # noqa: F401
     bench,
     convert,
     eval,
+    faces,
     generate,
     info,
     init,
