@@ -32,6 +32,25 @@ MARGIN_FRAMES = 10  # M: context on each side of a segment, 0.4 s
 
 
 @dataclass(frozen=True)
+class Segmenting:
+    """How the audio is cut into segments (frames at the video's rate): the first segment's
+    length, the others', and the context each is encoded with before (`before`, free for
+    latency: the past) and after it (`after`: the look-ahead a segment waits for). The
+    defaults are the file renderer's; a live source uses short segments and look-ahead."""
+
+    first: int = FIRST_SEGMENT_FRAMES
+    frames: int = SEGMENT_FRAMES
+    before: int = MARGIN_FRAMES
+    after: int = MARGIN_FRAMES
+
+    @classmethod
+    def live(cls, frames_per_chunk: int, window: int, after: int) -> Segmenting:
+        """One segment per chunk, ending where the chunk's audio window ends: the first
+        covers frames [-window, frames_per_chunk + window), the others one chunk each."""
+        return cls(frames_per_chunk + 2 * window, frames_per_chunk, MARGIN_FRAMES, after)
+
+
+@dataclass(frozen=True)
 class FeatureSegment:
     """Features (1, S, L, D) and voice activity (S,) of frames [first, first + S).
 
@@ -86,8 +105,18 @@ class FeatureProducer:
     `encode` maps samples (1, n) to features (1, n / spf, L, D); `needed_frames(total)`
     gives the end frame (exclusive) the consumer will read once the total is known."""
 
-    def __init__(self, stream, encode, samples_per_frame, needed_frames, device, start=0):
+    def __init__(
+        self,
+        stream,
+        encode,
+        samples_per_frame,
+        needed_frames,
+        device,
+        start=0,
+        segmenting: Segmenting | None = None,
+    ):
         self.start = start
+        self.cut = segmenting or Segmenting()
         self.window = SampleWindow(stream)
         self.encode = encode
         self.spf = samples_per_frame
@@ -97,20 +126,21 @@ class FeatureProducer:
 
     def segments(self) -> Iterator[FeatureSegment]:
         """Yield segments in order; stops once the needed frames are covered."""
-        first, count = self.start, FIRST_SEGMENT_FRAMES
+        cut = self.cut
+        first, count = self.start, cut.first
         while True:
-            lo = (first - MARGIN_FRAMES) * self.spf
-            hi = (first + count + MARGIN_FRAMES) * self.spf
+            lo = (first - cut.before) * self.spf
+            hi = (first + count + cut.after) * self.spf
             samples = self.window.read(lo, hi)
-            centre = samples[MARGIN_FRAMES * self.spf : (MARGIN_FRAMES + count) * self.spf]
+            centre = samples[cut.before * self.spf : (cut.before + count) * self.spf]
             tick = time.perf_counter()
             wav = torch.from_numpy(samples)[None].to(self.device)
-            feats = self.encode(wav)[:, MARGIN_FRAMES : MARGIN_FRAMES + count]
+            feats = self.encode(wav)[:, cut.before : cut.before + count]
             self.seconds += time.perf_counter() - tick
             total = self._total_frames()
             yield FeatureSegment(first, feats, frame_rms_db(centre, self.spf) > VOICE_RMS_DB, total)
-            self.window.forget_before(hi - 2 * MARGIN_FRAMES * self.spf)
-            first, count = first + count, SEGMENT_FRAMES
+            self.window.forget_before(hi - (cut.before + cut.after) * self.spf)
+            first, count = first + count, cut.frames
             if total is not None and first >= self.needed_frames(total):
                 return
 
