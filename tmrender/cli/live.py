@@ -1,0 +1,90 @@
+"""`tmrender live`: talk with the avatar in a browser (WebRTC), in real time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tmrender.cli.app import app, console, warn
+from tmrender.cli.options import CropOpt, DeviceOpt, ModelOpt, SeedOpt
+from tmrender.errors import UserInputError
+
+MODES = ("mirror",)  # `say` and `reply` come later (issue 23)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  tmrender live --image examples/face.png        # then open http://127.0.0.1:8000\n\n"
+        "  tmrender live --image me.png --record session.mp4\n\n"
+        "Needs the live extra: pip install 'tmrender[live]'."
+    )
+)
+def live(
+    image: Annotated[Path, typer.Option("--image", "-i", help="Portrait: PNG, JPEG, WebP, BMP.")],
+    model: ModelOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; 0.0.0.0 opens it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of the page.")] = 8000,
+    mode: Annotated[
+        str, typer.Option("--mode", help="mirror: the avatar speaks with your voice.")
+    ] = "mirror",
+    record: Annotated[
+        Path | None,
+        typer.Option("--record", help="Write each session's video and audio as an MP4."),
+    ] = None,
+    seed: SeedOpt = 0,
+    crop: CropOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Serve a page that sends your microphone to the avatar and streams it back."""
+    # 1. Check every input before loading anything.
+    if mode not in MODES:
+        raise UserInputError(f"--mode {mode}: not available yet (modes: {', '.join(MODES)})")
+    if not 0 <= port <= 65535:
+        raise UserInputError(f"--port {port}: must be 0 to 65535")
+    try:
+        import aiortc  # noqa: F401
+    except ImportError:
+        raise UserInputError("tmrender live needs aiortc: pip install 'tmrender[live]'") from None
+    from tmrender.media.image import load_image
+    from tmrender.media.video import check_writable_output
+    from tmrender.models.registry import load_model
+    from tmrender.render.manifest import parse_crop
+    from tmrender.serve.server import LiveServer
+    from tmrender.serve.session import LiveOptions
+
+    if record is not None:
+        record = check_writable_output(record)
+    box = parse_crop(crop) if crop else None
+    loaded, _ = load_model(model, device)
+    reference = load_image(image, (loaded.cfg.height, loaded.cfg.width), box)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warn(
+            f"--host {host}: anyone who can reach this machine can open the page and drive "
+            "the avatar with their audio"
+        )
+    # 2. Serve until Ctrl-C.
+    options = LiveOptions(mode=mode, seed=seed, record=record)
+    server = LiveServer(loaded, reference, options, on_event=_event)
+    asyncio.run(_serve(server, host, port))
+
+
+async def _serve(server, host: str, port: int) -> None:
+    try:
+        bound = await server.start(host, port)
+    except OSError as err:
+        raise UserInputError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    console.print(f"tmrender live: open http://{host}:{bound} (Ctrl-C to stop)", highlight=False)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+def _event(message: str) -> None:
+    console.print(message, highlight=False)

@@ -1,0 +1,12 @@
+"""Live use (layer 7, just below the commands): `tmrender live` serves a page that sends the
+microphone over WebRTC and plays the avatar rendered from it, chunk by chunk, by the one
+streaming renderer (`tmrender.render.pipeline.render_frames` fed by a
+`tmrender.media.audio.PushAudioStream`).
+
+Modules: `session` (one live render: audio in, frames out at the video's rate, latency
+and skip statistics, the recording; no WebRTC), `webrtc` (aiortc tracks: the microphone
+into the session, the session's frames out), `server` (the local HTTP page, WebRTC
+signalling, one session at a time), `client` (a Python WebRTC client that plays samples as
+its microphone and timestamps the frames it gets back: tests and latency figures),
+`static/` (the page: HTML and JS, no build step). aiortc is the `live` extra.
+"""
