@@ -11,8 +11,7 @@ import typer
 from tmrender.cli.app import app, console, warn
 from tmrender.cli.options import CropOpt, DeviceOpt, ModelOpt, SeedOpt
 from tmrender.errors import UserInputError
-
-MODES = ("mirror",)  # `say` and `reply` come later (issue 23)
+from tmrender.serve import LOOKAHEAD_FRAMES, MODES
 
 
 @app.command(
@@ -20,7 +19,7 @@ MODES = ("mirror",)  # `say` and `reply` come later (issue 23)
         "Examples:\n\n"
         "  tmrender live --image examples/face.png        # then open http://127.0.0.1:8000\n\n"
         "  tmrender live --image me.png --record session.mp4\n\n"
-        "Needs the live extra: pip install 'tmrender[live]'."
+        "Needs the live extra (aiortc): pip install -e '.\\[live]'."
     )
 )
 def live(
@@ -37,9 +36,24 @@ def live(
         Path | None,
         typer.Option("--record", help="Write each session's video and audio as an MP4."),
     ] = None,
+    lookahead: Annotated[
+        int,
+        typer.Option(
+            "--lookahead",
+            help="Audio (frames, 40 ms each) the encoder waits for after each chunk: more "
+            "follows the file render's lips more closely, less answers sooner.",
+        ),
+    ] = LOOKAHEAD_FRAMES,
+    deflicker: Annotated[
+        bool,
+        typer.Option(
+            "--deflicker/--no-deflicker",
+            help="The model's temporal filter; it holds 3 frames back (about 120 ms).",
+        ),
+    ] = True,
     seed: SeedOpt = 0,
     crop: CropOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Serve a page that sends your microphone to the avatar and streams it back."""
     # 1. Check every input before loading anything.
@@ -47,6 +61,8 @@ def live(
         raise UserInputError(f"--mode {mode}: not available yet (modes: {', '.join(MODES)})")
     if not 0 <= port <= 65535:
         raise UserInputError(f"--port {port}: must be 0 to 65535")
+    if not 0 <= lookahead <= 10:
+        raise UserInputError(f"--lookahead {lookahead}: must be 0 to 10 frames")
     try:
         import aiortc  # noqa: F401
     except ImportError:
@@ -69,7 +85,9 @@ def live(
             "the avatar with their audio"
         )
     # 2. Serve until Ctrl-C.
-    options = LiveOptions(mode=mode, seed=seed, record=record)
+    options = LiveOptions(
+        mode=mode, seed=seed, lookahead_frames=lookahead, deflicker=deflicker, record=record
+    )
     server = LiveServer(loaded, reference, options, on_event=_event)
     asyncio.run(_serve(server, host, port))
 

@@ -10,3 +10,6 @@ signalling, one session at a time), `client` (a Python WebRTC client that plays 
 its microphone and timestamps the frames it gets back: tests and latency figures),
 `static/` (the page: HTML and JS, no build step). aiortc is the `live` extra.
 """
+
+MODES = ("mirror",)  # "say" and "reply" come later (issue 23)
+LOOKAHEAD_FRAMES = 2  # audio after a chunk's window its features wait for (80 ms at 25 fps)

@@ -31,9 +31,7 @@ from tmrender.media.video import VideoWriter
 from tmrender.models.talking import TalkingModel
 from tmrender.render.features import Segmenting
 from tmrender.render.pipeline import RenderOptions, RenderStats, render_frames
-
-MODES = ("mirror",)  # "say" and "reply" come later (issue 23)
-LOOKAHEAD_FRAMES = 2  # audio after a segment its features wait for (80 ms at 25 fps)
+from tmrender.serve import LOOKAHEAD_FRAMES
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,7 @@ class LiveOptions:
     mode: str = "mirror"
     seed: int = 0
     lookahead_frames: int = LOOKAHEAD_FRAMES
+    deflicker: bool = True  # the model's temporal filter: it holds frames for the next chunk
     # latency bounds: unread audio before the oldest is dropped; frames waiting to be sent
     # (None: a chunk's frames and 2 more, as a chunk's frames arrive at once)
     max_backlog_seconds: float = 0.5
@@ -53,7 +52,9 @@ class LiveOptions:
         """The renderer's options: one feature segment per chunk, one item in flight."""
         cfg = model.cfg
         cut = Segmenting.live(cfg.frames_per_chunk, cfg.audio_proj.window, self.lookahead_frames)
-        return RenderOptions(seed=self.seed, mode="auto", segmenting=cut, queue_depth=1)
+        return RenderOptions(
+            seed=self.seed, mode="auto", deflicker=self.deflicker, segmenting=cut, queue_depth=1
+        )
 
 
 class FrameBuffer:
@@ -185,11 +186,20 @@ class LiveSession:
             "frames_held": self.held,
             "frames_dropped": self.buffer.dropped,
             "audio_dropped_ms": round(1000 * self.audio.dropped_samples / SAMPLE_RATE),
+            "compute_ms_per_chunk": self._compute_ms(),
             "speaking_chunks": self.stats.speaking_chunks,
             "chunks": self.stats.chunks,
             "seconds": round(time.perf_counter() - self.started, 1),
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
         }
+
+    def _compute_ms(self) -> int | None:
+        """Mean time per chunk in the DiT (audio tokens, steps, cache update) and decoder."""
+        if not self.stats.chunks:
+            return None
+        stages = self.stats.stage_seconds
+        busy = stages["dit"] + stages["cache_update"] + stages["vae_decode"]
+        return round(1000 * busy / self.stats.chunks)
 
     def close(self, timeout: float = 10.0) -> Path | None:
         """End the audio, let the renderer finish, write the recording; returns its path."""
