@@ -66,7 +66,9 @@ def live(
     try:
         import aiortc  # noqa: F401
     except ImportError:
-        raise UserInputError("tmrender live needs aiortc: pip install 'tmrender[live]'") from None
+        raise UserInputError(
+            "tmrender live needs aiortc (the live extra): pip install aiortc"
+        ) from None
     from tmrender.media.image import load_image
     from tmrender.media.video import check_writable_output
     from tmrender.models.registry import load_model
