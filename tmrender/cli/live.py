@@ -91,7 +91,10 @@ def live(
         mode=mode, seed=seed, lookahead_frames=lookahead, deflicker=deflicker, record=record
     )
     server = LiveServer(loaded, reference, options, on_event=_event)
-    asyncio.run(_serve(server, host, port))
+    try:
+        asyncio.run(_serve(server, host, port))
+    except KeyboardInterrupt:  # the way to stop: the running session has been ended
+        console.print("stopped", highlight=False)
 
 
 async def _serve(server, host: str, port: int) -> None:
