@@ -103,7 +103,7 @@ def test_loopback_client_gets_frames_busy_and_reconnects(model, reference, tmp_p
             await asyncio.sleep(2.5)
             times = [t for t, _ in client.frames]
             assert {f.shape for _, f in client.frames} == {reference.shape}
-            assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(25, rel=0.1)
+            assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(25, rel=0.2)
             assert client.figures and client.figures[-1]["frames_rendered"] > 0
             # 3. A disconnect frees the session within seconds; the next client connects.
             await client.close()
