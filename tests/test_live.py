@@ -83,6 +83,8 @@ def test_live_refuses_unknown_modes_and_ports(capsys, tmp_path):
     assert code == 2 and "not available yet" in err
     code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--port", "70000")
     assert code == 2 and "--port 70000" in err
+    code, err = run(capsys, "live", "--image", str(tmp_path / "missing.png"))
+    assert code == 2 and "missing.png" in err
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def live(
         raise UserInputError(
             "tmrender live needs aiortc (the live extra): pip install aiortc"
         ) from None
-    from tmrender.media.image import load_image
+    from tmrender.media.image import load_image, open_rgb
     from tmrender.media.video import check_writable_output
     from tmrender.models.registry import load_model
     from tmrender.render.manifest import parse_crop
@@ -79,6 +79,7 @@ def live(
     if record is not None:
         record = check_writable_output(record)
     box = parse_crop(crop) if crop else None
+    open_rgb(image)  # a missing or unreadable portrait says so before the model loads
     loaded, _ = load_model(model, device)
     reference = load_image(image, (loaded.cfg.height, loaded.cfg.width), box)
     if host not in ("127.0.0.1", "localhost", "::1"):
