@@ -174,12 +174,10 @@ class LiveServer:
             while not ended.is_set() and session.running and loop.time() < deadline:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(ended.wait(), STATS_SECONDS)
-                figures = json.dumps(session.snapshot())
-                for channel in channels:
-                    if channel.readyState == "open":
-                        channel.send(figures)
+                _send(channels, session.snapshot())
         finally:
             figures = session.snapshot()
+            _send(channels, figures)  # the last figures: a render error reaches the page
             await pc.close()
             written = await asyncio.to_thread(session.close)
             if written is not None:
@@ -196,6 +194,14 @@ class LiveServer:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _send(channels, figures: dict) -> None:
+    """The session's figures to the page's open data channels."""
+    message = json.dumps(figures)
+    for channel in channels:
+        if channel.readyState == "open":
+            channel.send(message)
 
 
 def record_path(path: Path, session: int) -> Path:
