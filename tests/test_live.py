@@ -122,3 +122,32 @@ def test_loopback_client_gets_frames_busy_and_reconnects(model, reference, tmp_p
         assert server.recorded and server.recorded[0] == tmp_path / "s.mp4"
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.mark.slow
+def test_a_client_without_microphone_is_let_go(model, reference):
+    pytest.importorskip("aiortc")
+    from aiortc import RTCPeerConnection
+
+    from tmrender.serve.client import _post_json, get_json
+    from tmrender.serve.server import LiveServer
+    from tmrender.serve.webrtc import AUDIO_TIMEOUT
+
+    async def scenario() -> None:
+        server = LiveServer(model, reference)
+        url = f"http://127.0.0.1:{await server.start('127.0.0.1', 0)}"
+        pc = RTCPeerConnection()
+        try:
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+            await asyncio.to_thread(_post_json, url + "/offer", offer)
+            start = time.monotonic()
+            while (await asyncio.to_thread(get_json, url + "/status"))["busy"]:
+                assert time.monotonic() - start < AUDIO_TIMEOUT + 3, "the session was kept"
+                await asyncio.sleep(0.2)
+        finally:
+            await pc.close()
+            await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -27,7 +27,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from tmrender.models.talking import TalkingModel
 from tmrender.serve.session import LiveOptions, LiveSession
-from tmrender.serve.webrtc import AvatarTrack, pump_microphone
+from tmrender.serve.webrtc import AUDIO_TIMEOUT, AvatarTrack, pump_microphone
 
 MAX_BODY = 64 * 1024  # bytes of an offer
 STATS_SECONDS = 0.5  # how often the page gets the session's figures
@@ -138,10 +138,12 @@ class LiveServer:
         pc = RTCPeerConnection()
         ended = asyncio.Event()
         channels: list = []
+        microphones: list = []
 
         @pc.on("track")
         def on_track(track) -> None:
-            if track.kind == "audio":
+            if track.kind == "audio" and not microphones:
+                microphones.append(track)
                 self._spawn(_set_when_done(pump_microphone(track, session), ended, self.on_event))
 
         @pc.on("datachannel")
@@ -162,16 +164,22 @@ class LiveServer:
             session.close()
             self.session = None
             raise
-        self._spawn(self._run_session(pc, session, ended, channels))
+        self._spawn(self._run_session(pc, session, ended, channels, microphones))
         self.on_event(f"session {self.sessions}: connected")
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
-    async def _run_session(self, pc, session: LiveSession, ended: asyncio.Event, channels) -> None:
-        """Send figures to the page until the session ends, then free it."""
+    async def _run_session(
+        self, pc, session: LiveSession, ended: asyncio.Event, channels, microphones
+    ) -> None:
+        """Send figures to the page until the session ends (also: no microphone track
+        within AUDIO_TIMEOUT, or MAX_SESSION_SECONDS), then free it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + MAX_SESSION_SECONDS
+        start = loop.time()
         try:
-            while not ended.is_set() and session.running and loop.time() < deadline:
+            while not ended.is_set() and session.running:
+                elapsed = loop.time() - start
+                if elapsed > MAX_SESSION_SECONDS or (not microphones and elapsed > AUDIO_TIMEOUT):
+                    break
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(ended.wait(), STATS_SECONDS)
                 _send(channels, session.snapshot())
