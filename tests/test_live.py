@@ -151,3 +151,30 @@ def test_a_client_without_microphone_is_let_go(model, reference):
             await server.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.slow
+def test_the_shipped_model_opens_its_mouth_after_speech_onsets():
+    """tm-mini at 128 px on loopback: after each onset of speech the received avatar's
+    mouth opens (read by the mouth reader: a rise of its opening within 1.5 s)."""
+    pytest.importorskip("aiortc")
+    from tmrender.eval.mouth import load_mouth_reader, read_mouth
+    from tmrender.media.audio import SAMPLE_RATE, load_audio
+    from tmrender.media.image import load_image
+    from tmrender.models.registry import load_model
+    from tmrender.serve.measure import CLIENT_RATE, EXAMPLES, half_rise, live_run, onset_signal
+
+    model, _ = load_model(None, "cpu")
+    reference = load_image(EXAMPLES / "face.png", (model.cfg.height, model.cfg.width))
+    signal, onsets = onset_signal(load_audio(EXAMPLES / "speech.wav"), 3)
+    client, figures = asyncio.run(live_run(model, reference, signal, LiveOptions()))
+    assert figures["fps"] == pytest.approx(25, rel=0.2)
+    times = np.array([t for t, _ in client.frames])
+    opening = read_mouth(load_mouth_reader(), np.stack([f for _, f in client.frames]))[:, 0]
+    delays = []
+    for onset in onsets:
+        sent = client.sent_at(onset * CLIENT_RATE // SAMPLE_RATE)
+        rise = half_rise(times, opening, sent)
+        delays.append(None if rise is None else rise - sent)
+    read = [d for d in delays if d is not None]
+    assert len(read) >= 2, delays
