@@ -6,7 +6,9 @@ frames `[first - M, first + n + M)` (margin M each side) and only its central n 
 kept, so every frame's features see at least M frames of context whatever the segment
 boundaries. The first segment starts at `start` (negative: the audio window of the first
 latent frames reaches before frame 0) and is short, so that the first chunk need not wait
-for a whole segment; the others hold S frames.
+for a whole segment; the others hold S frames. `Segmenting` holds these lengths and the
+margins (before and after a segment apart); a live source (`tmrender.serve`) uses one
+segment per chunk and a short margin after it, which is what its latency waits for.
 
 Nothing here grows with the length of the audio: the sample buffer holds one encoding
 window and the consumer keeps only the segments its next window still needs.

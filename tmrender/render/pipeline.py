@@ -2,7 +2,8 @@
 
 Three stages run at once and talk through small bounded queues, so memory stays constant:
 
-    audio thread:   ffmpeg blocks -> audio encoder, segment by segment (runs ahead)
+    audio thread:   ffmpeg blocks (or a live PushAudioStream) -> audio encoder, segment
+                    by segment (runs ahead)
     DiT thread:     per chunk: audio tokens or silence -> 2 student steps -> KV cache update
     caller thread:  streaming VAE decode -> uint8 frames (-> ffmpeg pipe in `render_video`)
 
