@@ -8,6 +8,7 @@ and skip statistics, the recording; no WebRTC), `webrtc` (aiortc tracks: the mic
 into the session, the session's frames out), `server` (the local HTTP page, WebRTC
 signalling, one session at a time), `client` (a Python WebRTC client that plays samples as
 its microphone and timestamps the frames it gets back: tests and latency figures),
+`measure` (glass-to-glass latency and frame rate on loopback, read with the mouth reader),
 `static/` (the page: HTML and JS, no build step). aiortc is the `live` extra.
 """
 
