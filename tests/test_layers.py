@@ -17,6 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tmrender.render",),
     ("tmrender.eval",),
     ("tmrender.train",),
+    ("tmrender.serve",),
     ("tmrender.cli", "tmrender.__main__"),
 )
 

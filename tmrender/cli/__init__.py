@@ -6,7 +6,7 @@ Exit codes: 0 success, 1 internal error, 2 bad input or usage, 3 some batch rows
 
 Modules: `app` (the Typer app and consoles), `options` (options shared by commands), one
 module per command (`generate`, `batch`, `eval`, `bench`, `synth`, `avatar`, `speak`,
-`prepare`, `convert`, `init`, `info`), and `train` (the group) with `train_commands` (its
+`prepare`, `convert`, `init`, `info`, `live`), and `train` (the group) with `train_commands` (its
 subcommands, loaded only when `tmrender train` runs).
 """
 
@@ -26,6 +26,7 @@ from tmrender.cli import (  # noqa: F401
     generate,
     info,
     init,
+    live,
     prepare,
     speak,
     synth,

@@ -7,10 +7,14 @@ the decode path light.
 
 from __future__ import annotations
 
+import bisect
 import subprocess
 import tempfile
+import threading
+import time
 import wave
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +111,136 @@ class AudioStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PushAudioStream:
+    """A live source of 16 kHz mono float32 with AudioStream's small interface (iterate for
+    blocks, `samples_read`, `seconds_read`, `close`): `push` adds blocks from any thread;
+    iterating yields them in order, waits for the next one, and ends only after `close`.
+
+    Latency stays bounded: when more than `max_backlog` samples wait unread (the reader
+    fell behind), the oldest blocks are dropped and counted in `dropped_samples`, so the
+    reader skips ahead. The arrival time of the last `history` blocks read is kept for
+    `arrival_of` (how long a sample waited before its frame was shown); `on_read(block)`
+    sees every block read (what drove the frames, for a recording).
+    """
+
+    def __init__(
+        self,
+        max_backlog: int = SAMPLE_RATE,
+        history: int = 1000,
+        on_read: Callable[[np.ndarray], None] | None = None,
+    ):
+        if max_backlog <= 0:
+            raise ValueError("max_backlog must be positive")
+        self.max_backlog = max_backlog
+        self.on_read = on_read  # sees each block as it is read (a recording of the session)
+        self.samples_read = self.samples_pushed = self.dropped_samples = 0
+        self._blocks: deque[tuple[np.ndarray, float]] = deque()
+        self._pending = 0
+        self._closed = False
+        self._ready = threading.Condition()
+        self._ends: deque[int] = deque(maxlen=history)  # samples_read after each block
+        self._times: deque[float] = deque(maxlen=history)  # and its arrival time
+        self._sizes: deque[int] = deque(maxlen=history)  # and its size
+
+    @property
+    def seconds_read(self) -> float:
+        return self.samples_read / SAMPLE_RATE
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def push(self, samples: np.ndarray, arrival: float | None = None) -> None:
+        """Add samples (N,) float32 that arrived at `arrival` (perf_counter; default now);
+        ignored once closed."""
+        block = np.asarray(samples, np.float32).reshape(-1)
+        arrival = time.perf_counter() if arrival is None else arrival
+        with self._ready:
+            if self._closed or not block.size:
+                return
+            self._blocks.append((block, arrival))
+            self._pending += block.size
+            self.samples_pushed += block.size
+            while self._pending > self.max_backlog and len(self._blocks) > 1:
+                dropped, _ = self._blocks.popleft()
+                self._pending -= dropped.size
+                self.dropped_samples += dropped.size
+            self._ready.notify_all()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._blocks or self._closed)
+                if not self._blocks:
+                    return
+                block, arrival = self._blocks.popleft()
+                self._pending -= block.size
+                self.samples_read += block.size
+                self._ends.append(self.samples_read)
+                self._times.append(arrival)
+                self._sizes.append(block.size)
+            if self.on_read is not None:
+                self.on_read(block)
+            yield block
+
+    def arrival_of(self, sample: int) -> float | None:
+        """When the block holding read sample `sample` (0-based) arrived; None if it is
+        not read yet or too old to be remembered."""
+        with self._ready:
+            ends, times = list(self._ends), list(self._times)
+            oldest = self._oldest_start
+        i = bisect.bisect_right(ends, sample)
+        if i == len(ends) or sample < oldest(ends):
+            return None
+        return times[i]
+
+    def _oldest_start(self, ends: list[int]) -> int:
+        """The first sample of the oldest remembered block."""
+        return ends[0] - self._sizes[0] if self._sizes else 0
+
+    def close(self) -> None:
+        """End the stream: the reader gets what was pushed, then the end; safe to call twice."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def __enter__(self) -> PushAudioStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Downsampler:
+    """Stream resampling by an integer factor to 16 kHz (48 kHz WebRTC Opus -> 16 kHz):
+    a windowed-sinc low-pass FIR (cut at 0.45 x the output rate, Hann window, 24 taps per
+    output sample on each side) then decimation, with the filter's history carried from
+    block to block, so block boundaries leave no trace. Delay: (taps - 1) / 2 input samples.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE, half_width: int = 12):
+        if rate_in % rate_out:
+            raise MediaError(f"cannot resample {rate_in} Hz audio to {rate_out} Hz")
+        self.factor = q = rate_in // rate_out
+        n = 2 * half_width * q + 1
+        t = np.arange(n) - (n - 1) / 2
+        cutoff = 0.45 / q  # cycles per input sample
+        taps = 2 * cutoff * np.sinc(2 * cutoff * t) * np.hanning(n + 2)[1:-1]
+        self.taps = (taps / taps.sum()).astype(np.float32)
+        self._history = np.zeros(n - 1, np.float32)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """Input samples (N,) float -> output samples (M,) float32, M about N / factor."""
+        if self.factor == 1:
+            return np.asarray(samples, np.float32).reshape(-1)
+        buf = np.concatenate([self._history, np.asarray(samples, np.float32).reshape(-1)])
+        n, q = self.taps.size, self.factor
+        windows = np.lib.stride_tricks.sliding_window_view(buf, n)[::q]
+        out = windows @ self.taps[::-1]
+        self._history = buf[len(windows) * q :]
+        return out.astype(np.float32)
 
 
 def decode_command(path: Path) -> list[str]:

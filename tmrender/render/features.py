@@ -6,7 +6,9 @@ frames `[first - M, first + n + M)` (margin M each side) and only its central n 
 kept, so every frame's features see at least M frames of context whatever the segment
 boundaries. The first segment starts at `start` (negative: the audio window of the first
 latent frames reaches before frame 0) and is short, so that the first chunk need not wait
-for a whole segment; the others hold S frames.
+for a whole segment; the others hold S frames. `Segmenting` holds these lengths and the
+margins (before and after a segment apart); a live source (`tmrender.serve`) uses one
+segment per chunk and a short margin after it, which is what its latency waits for.
 
 Nothing here grows with the length of the audio: the sample buffer holds one encoding
 window and the consumer keeps only the segments its next window still needs.
@@ -29,6 +31,25 @@ from tmrender.media.audio import VOICE_RMS_DB, AudioStream, frame_rms_db
 SEGMENT_FRAMES = 50  # S: 2 s at 25 fps per encoder call
 FIRST_SEGMENT_FRAMES = 16  # the first, short segment: enough for the first chunk
 MARGIN_FRAMES = 10  # M: context on each side of a segment, 0.4 s
+
+
+@dataclass(frozen=True)
+class Segmenting:
+    """How the audio is cut into segments (frames at the video's rate): the first segment's
+    length, the others', and the context each is encoded with before (`before`, free for
+    latency: the past) and after it (`after`: the look-ahead a segment waits for). The
+    defaults are the file renderer's; a live source uses short segments and look-ahead."""
+
+    first: int = FIRST_SEGMENT_FRAMES
+    frames: int = SEGMENT_FRAMES
+    before: int = MARGIN_FRAMES
+    after: int = MARGIN_FRAMES
+
+    @classmethod
+    def live(cls, frames_per_chunk: int, window: int, after: int) -> Segmenting:
+        """One segment per chunk, ending where the chunk's audio window ends: the first
+        covers frames [-window, frames_per_chunk + window), the others one chunk each."""
+        return cls(frames_per_chunk + 2 * window, frames_per_chunk, MARGIN_FRAMES, after)
 
 
 @dataclass(frozen=True)
@@ -86,8 +107,18 @@ class FeatureProducer:
     `encode` maps samples (1, n) to features (1, n / spf, L, D); `needed_frames(total)`
     gives the end frame (exclusive) the consumer will read once the total is known."""
 
-    def __init__(self, stream, encode, samples_per_frame, needed_frames, device, start=0):
+    def __init__(
+        self,
+        stream,
+        encode,
+        samples_per_frame,
+        needed_frames,
+        device,
+        start=0,
+        segmenting: Segmenting | None = None,
+    ):
         self.start = start
+        self.cut = segmenting or Segmenting()
         self.window = SampleWindow(stream)
         self.encode = encode
         self.spf = samples_per_frame
@@ -97,20 +128,21 @@ class FeatureProducer:
 
     def segments(self) -> Iterator[FeatureSegment]:
         """Yield segments in order; stops once the needed frames are covered."""
-        first, count = self.start, FIRST_SEGMENT_FRAMES
+        cut = self.cut
+        first, count = self.start, cut.first
         while True:
-            lo = (first - MARGIN_FRAMES) * self.spf
-            hi = (first + count + MARGIN_FRAMES) * self.spf
+            lo = (first - cut.before) * self.spf
+            hi = (first + count + cut.after) * self.spf
             samples = self.window.read(lo, hi)
-            centre = samples[MARGIN_FRAMES * self.spf : (MARGIN_FRAMES + count) * self.spf]
+            centre = samples[cut.before * self.spf : (cut.before + count) * self.spf]
             tick = time.perf_counter()
             wav = torch.from_numpy(samples)[None].to(self.device)
-            feats = self.encode(wav)[:, MARGIN_FRAMES : MARGIN_FRAMES + count]
+            feats = self.encode(wav)[:, cut.before : cut.before + count]
             self.seconds += time.perf_counter() - tick
             total = self._total_frames()
             yield FeatureSegment(first, feats, frame_rms_db(centre, self.spf) > VOICE_RMS_DB, total)
-            self.window.forget_before(hi - 2 * MARGIN_FRAMES * self.spf)
-            first, count = first + count, SEGMENT_FRAMES
+            self.window.forget_before(hi - (cut.before + cut.after) * self.spf)
+            first, count = first + count, cut.frames
             if total is not None and first >= self.needed_frames(total):
                 return
 

@@ -2,7 +2,8 @@
 
 Three stages run at once and talk through small bounded queues, so memory stays constant:
 
-    audio thread:   ffmpeg blocks -> audio encoder, segment by segment (runs ahead)
+    audio thread:   ffmpeg blocks (or a live PushAudioStream) -> audio encoder, segment
+                    by segment (runs ahead)
     DiT thread:     per chunk: audio tokens or silence -> 2 student steps -> KV cache update
     caller thread:  streaming VAE decode -> uint8 frames (-> ffmpeg pipe in `render_video`)
 
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from tmrender.diffusion.stream import ChunkInput, ChunkOutput, StreamPlan, Student, rollout
-from tmrender.media.audio import SAMPLE_RATE, AudioInfo, AudioStream
+from tmrender.media.audio import SAMPLE_RATE, AudioInfo, AudioStream, PushAudioStream
 from tmrender.media.image import CropBox, load_image
 from tmrender.media.video import DEFAULT_CRF, VideoWriter
 from tmrender.models.audio import audio_windows
@@ -36,7 +37,7 @@ from tmrender.models.conditioning import DEFAULT_PROMPT
 from tmrender.models.dit import StreamState, WanDiT
 from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
-from tmrender.render.features import FeatureProducer, FeatureTimeline
+from tmrender.render.features import FeatureProducer, FeatureTimeline, Segmenting
 from tmrender.render.graphs import ChunkGraph, graph_ready
 from tmrender.render.temporal import Retimer, TemporalFilter
 
@@ -66,6 +67,10 @@ class RenderOptions:
     # on a GPU: capture the steady chunk step (denoising steps + commit) in a CUDA graph
     # and replay it (`tmrender.render.graphs`): one launch per chunk instead of thousands
     cuda_graphs: bool = False
+    # latency (a live source): how the audio is cut into feature segments, and the items
+    # in flight between two stages
+    segmenting: Segmenting = Segmenting()
+    queue_depth: int = QUEUE_DEPTH
 
 
 @dataclass
@@ -99,15 +104,16 @@ class EndOfStream:
 def render_frames(
     model: TalkingModel,
     image: Path | str | np.ndarray,
-    audio: Path | str | AudioInfo,
+    audio: Path | str | AudioInfo | PushAudioStream,
     options: RenderOptions | None = None,
     stats: RenderStats | None = None,
 ) -> Iterator[np.ndarray]:
     """Stream a talking-head video: yields uint8 RGB blocks of shape (n, H, W, 3).
 
     image: a file (scaled and centre-cropped to the model's size, or cut by
-    `options.crop`) or RGB uint8 (H, W, 3) already at the model's size. audio: a file, or
-    its AudioInfo from `open_audio` (saves probing it again). The blocks add up
+    `options.crop`) or RGB uint8 (H, W, 3) already at the model's size. audio: a file, its
+    AudioInfo from `open_audio` (saves probing it again), or a live PushAudioStream (the
+    render ends once it is closed; the caller closes it). The blocks add up
     to exactly ceil(audio_seconds * fps) frames; frame i shows audio samples
     [i * spf, (i + 1) * spf) with spf = sample_rate / fps.
     """
@@ -116,7 +122,11 @@ def render_frames(
     cfg = model.cfg
     start = time.perf_counter()
     # 1. Check the inputs before any work: both raise one clear UserInputError.
-    stream = AudioStream(audio, block_samples=AUDIO_BLOCK)
+    stream = (
+        audio
+        if isinstance(audio, PushAudioStream)
+        else AudioStream(audio, block_samples=AUDIO_BLOCK)
+    )
     reference = _reference_image(image, cfg.height, cfg.width, options.crop)
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -135,8 +145,9 @@ def render_frames(
             ),
             device=device,
             start=-cfg.audio_proj.window,
+            segmenting=options.segmenting,
         )
-        features: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        features: queue.Queue = queue.Queue(options.queue_depth)
         threads.append(_start(_pump, producer.segments(), features, stop, name="tmrender-audio"))
         # 3. Embedding cache meanwhile: the anchor latent and everything derived from it.
         with torch.inference_mode():
@@ -148,7 +159,7 @@ def render_frames(
             gate = FrameGate(skip=1)
             gate(decoder.decode(anchor.to(next(model.vae.parameters()).device)))
         # 4. The autoregressive chunk loop in its own thread.
-        latents: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        latents: queue.Queue = queue.Queue(options.queue_depth)
         timeline = FeatureTimeline(features, stop)
         chunks = latent_chunks(model, state, timeline, options, stats)
         threads.append(_start(_pump, chunks, latents, stop, name="tmrender-dit"))

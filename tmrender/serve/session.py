@@ -1,0 +1,226 @@
+"""One live session: microphone samples in, the avatar's frames out at the video's rate.
+
+The session runs the file renderer (`render_frames`) in a thread of its own, fed by a
+`PushAudioStream`, with short feature segments (one per chunk) and one item in flight
+between its stages, so a frame leaves as soon as the audio it shows (and the encoder's
+look-ahead) has arrived. Two places keep latency bounded when compute falls behind: the
+audio source drops its oldest unread audio past `max_backlog_seconds` (the video skips
+ahead), and the frame buffer drops its oldest frames past `max_buffered_frames`. When no
+new frame is ready at a tick, the last one is shown again (held). All are counted in
+`snapshot()`, which the page shows.
+
+Nothing here imports WebRTC: `webrtc.py` calls `push_audio` and `next_frame`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import wave
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tmrender.media.audio import SAMPLE_RATE, PushAudioStream
+from tmrender.media.video import VideoWriter
+from tmrender.models.talking import TalkingModel
+from tmrender.render.features import Segmenting
+from tmrender.render.pipeline import RenderOptions, RenderStats, render_frames
+from tmrender.serve import LOOKAHEAD_FRAMES
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """How a live session renders and when it skips ahead."""
+
+    mode: str = "mirror"
+    seed: int = 0
+    lookahead_frames: int = LOOKAHEAD_FRAMES
+    deflicker: bool = True  # the model's temporal filter: it holds frames for the next chunk
+    # latency bounds: unread audio before the oldest is dropped; frames waiting to be sent
+    # (None: a chunk's frames and 2 more, as a chunk's frames arrive at once)
+    max_backlog_seconds: float = 0.5
+    max_buffered_frames: int | None = None
+    record: Path | None = None  # MP4 of the frames rendered and the audio that drove them
+
+    def render_options(self, model: TalkingModel) -> RenderOptions:
+        """The renderer's options: one feature segment per chunk, one item in flight."""
+        cfg = model.cfg
+        cut = Segmenting.live(cfg.frames_per_chunk, cfg.audio_proj.window, self.lookahead_frames)
+        return RenderOptions(
+            seed=self.seed, mode="auto", deflicker=self.deflicker, segmenting=cut, queue_depth=1
+        )
+
+
+class FrameBuffer:
+    """Frames (H, W, 3) uint8 with their video index, from the render thread to the sender;
+    holds at most `limit`, dropping the oldest (counted in `dropped`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.dropped = limit, 0
+        self._frames: deque[tuple[int, np.ndarray]] = deque()
+        self._lock = threading.Lock()
+
+    def put(self, index: int, frame: np.ndarray) -> None:
+        with self._lock:
+            self._frames.append((index, frame))
+            while len(self._frames) > self.limit:
+                self._frames.popleft()
+                self.dropped += 1
+
+    def take(self) -> tuple[int, np.ndarray] | None:
+        with self._lock:
+            return self._frames.popleft() if self._frames else None
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+class Recording:
+    """The session's rendered frames and the audio that drove them, written as an MP4 at
+    `close` (atomically: `VideoWriter`); the audio waits in a private temporary folder."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: int) -> None:
+        self._folder = Path(tempfile.mkdtemp(prefix="tmrender-live-"))
+        wav_path = self._folder / "audio.wav"
+        self._wav = wave.open(str(wav_path), "wb")  # noqa: SIM115 - closed by close()
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(SAMPLE_RATE)
+        self._video = VideoWriter(path, width, height, fps, audio=wav_path)
+
+    def audio(self, samples: np.ndarray) -> None:
+        """Samples (N,) float32 in [-1, 1]."""
+        self._wav.writeframes((np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes())
+
+    def frames(self, frames: np.ndarray) -> None:
+        """Frames (n, H, W, 3) uint8."""
+        self._video.write(frames)
+
+    def close(self, keep: bool) -> Path | None:
+        """Write the MP4 (keep) or nothing; the temporary folder goes either way."""
+        try:
+            self._wav.close()
+            if keep and self._video.frames_written:
+                return self._video.close()
+            self._video.abort()
+            return None
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+class LiveSession:
+    """A live render: `start`, then `push_audio` (16 kHz mono float32) as it comes and
+    `next_frame` once per video tick; `close` ends it (the renderer flushes and stops)."""
+
+    def __init__(
+        self, model: TalkingModel, reference: np.ndarray, options: LiveOptions | None = None
+    ) -> None:
+        self.model, self.reference = model, reference
+        self.options = options = options or LiveOptions()
+        cfg = model.cfg
+        self.fps, self.spf = cfg.fps, cfg.samples_per_frame
+        self.recording = (
+            Recording(options.record, cfg.width, cfg.height, cfg.fps) if options.record else None
+        )
+        self.audio = PushAudioStream(
+            max_backlog=int(options.max_backlog_seconds * SAMPLE_RATE),
+            on_read=self.recording.audio if self.recording else None,
+        )
+        self.buffer = FrameBuffer(options.max_buffered_frames or cfg.frames_per_chunk + 2)
+        self.stats = RenderStats()
+        self.error: BaseException | None = None
+        self.started = time.perf_counter()
+        self.sent = self.held = 0
+        self._last: np.ndarray = reference
+        self._latencies: deque[float] = deque(maxlen=50)  # seconds, the last 2 s of frames
+        self._sent_times: deque[float] = deque(maxlen=50)
+        self._thread = threading.Thread(target=self._render, name="tmrender-live", daemon=True)
+
+    def start(self) -> LiveSession:
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def push_audio(self, samples: np.ndarray) -> None:
+        """Microphone samples (N,) float32 at 16 kHz, in order."""
+        self.audio.push(samples)
+
+    def next_frame(self) -> np.ndarray:
+        """The frame (H, W, 3) uint8 to show now: the next rendered one, or the last one
+        again when none is ready (the portrait until the first)."""
+        now = time.perf_counter()
+        item = self.buffer.take()
+        if item is None:
+            self.held += int(self.stats.frames > 0)
+        else:
+            index, self._last = item
+            arrival = self.audio.arrival_of((index + 1) * self.spf - 1)
+            if arrival is not None:
+                self._latencies.append(now - arrival)
+        self.sent += 1
+        self._sent_times.append(now)
+        return self._last
+
+    def snapshot(self) -> dict:
+        """Figures for the page: latency from the audio's arrival to its frame leaving
+        (median of the last 50 frames, ms), frame rate sent (last 50 ticks), and counts."""
+        times = list(self._sent_times)
+        span = times[-1] - times[0] if len(times) > 1 else 0.0
+        fps = (len(times) - 1) / span if span > 0 else 0.0
+        latencies = list(self._latencies)
+        return {
+            "mode": self.options.mode,
+            "latency_ms": round(1000 * statistics.median(latencies)) if latencies else None,
+            "fps": round(fps, 1),
+            "frames_rendered": self.stats.frames,
+            "frames_sent": self.sent,
+            "frames_held": self.held,
+            "frames_dropped": self.buffer.dropped,
+            "audio_dropped_ms": round(1000 * self.audio.dropped_samples / SAMPLE_RATE),
+            "compute_ms_per_chunk": self._compute_ms(),
+            "speaking_chunks": self.stats.speaking_chunks,
+            "chunks": self.stats.chunks,
+            "seconds": round(time.perf_counter() - self.started, 1),
+            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+        }
+
+    def _compute_ms(self) -> int | None:
+        """Mean time per chunk in the DiT (audio tokens, steps, cache update) and decoder."""
+        if not self.stats.chunks:
+            return None
+        stages = self.stats.stage_seconds
+        busy = stages["dit"] + stages["cache_update"] + stages["vae_decode"]
+        return round(1000 * busy / self.stats.chunks)
+
+    def close(self, timeout: float = 10.0) -> Path | None:
+        """End the audio, let the renderer finish, write the recording; returns its path."""
+        self.audio.close()
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join(timeout)
+        if self.recording is None:
+            return None
+        return self.recording.close(keep=self.error is None and not self._thread.is_alive())
+
+    def _render(self) -> None:
+        """The renderer's frames into the buffer (and the recording), in order."""
+        index = 0
+        options = self.options.render_options(self.model)
+        try:
+            for block in render_frames(self.model, self.reference, self.audio, options, self.stats):
+                if self.recording is not None:
+                    self.recording.frames(block)
+                for frame in block:
+                    self.buffer.put(index, frame)
+                    index += 1
+        except BaseException as err:  # noqa: BLE001 - shown in the page, the server goes on
+            self.error = err
+            self.audio.close()
