@@ -408,14 +408,15 @@ class AvatarRenderer:
     def _textured(self, img: Image.Image, regions: np.ndarray, head: np.ndarray) -> Image.Image:
         """Modulate the canvas `img` by the gain of each pixel's region (`regions` uint8
         (canvas, canvas)); skin and hair maps follow the head (`head`, `_head_matrix`)."""
-        gain = self._light.copy()
-        for region, texture in ((SKIN, self._skin), (HAIR, self._hair), (CLOTH, self._cloth)):
+        gain = np.where(regions == CLOTH, self._cloth, np.float32(1.0))
+        for region, texture in ((SKIN, self._skin), (HAIR, self._hair)):
             inside = regions == region
             if inside.any():
-                moved = texture if region == CLOTH else self._follow_head(texture, head)
-                gain[inside] *= moved[inside]
-        pixels = np.asarray(img, np.float32) * (gain[..., None] * self._cast)
-        return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+                gain = np.where(inside, self._follow_head(texture, head), gain)
+        gain *= self._light
+        pixels = np.asarray(img, np.float32) * gain[..., None]
+        pixels *= self._cast
+        return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
     def _follow_head(self, gain: np.ndarray, head: np.ndarray) -> np.ndarray:
         """`gain` (canvas, canvas), drawn at the rest pose, moved as the head is by `head`
