@@ -155,3 +155,8 @@ def test_unknown_kind_is_a_user_error(tmp_path):
 
     with pytest.raises(UserInputError, match="kind"):
         corpus.generate_corpus(tmp_path, "train", clips=1, seconds=1, kind="cartoon")
+
+
+def test_clips_shorter_than_the_activity_kernel():
+    clip = corpus.make_clip(corpus.ClipSpec("train", 0, 0, 0.4, 32))  # 10 frames
+    assert clip.frames.shape[0] == clip.pose.shape[0] == 10

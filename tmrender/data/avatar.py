@@ -995,7 +995,9 @@ def motion_track(
     t = (np.arange(n_frames) + 0.5) / fps
     energy = frame_energy(samples, n_frames, len(samples) // max(n_frames, 1) or 1)
     kernel = np.hanning(int(fps * 0.8) | 1)
-    activity = np.convolve(energy > 0.05, kernel / kernel.sum(), mode="same")
+    # numpy's mode="same" for a clip at least as long as the kernel, and for shorter ones
+    full = np.convolve(energy > 0.05, kernel / kernel.sum(), mode="full")
+    activity = full[(len(kernel) - 1) // 2 :][:n_frames]
     liveliness = 0.5 + 0.9 * activity
     pose = np.zeros((n_frames, len(POSE)), np.float32)
     pose[:, DX] = 0.012 * _smooth_noise(rng, n_frames, fps, 2.2) * liveliness
