@@ -358,10 +358,16 @@ class AvatarRenderer:
         self._front_hair(draw, head)
         self._region = FEATURE
         self._glasses(draw, head, parallax)
-        if regions is not None:
-            img = self._textured(img, np.asarray(regions), head)
+        scale = self.ss
+        if regions is not None:  # textures at half the canvas (a quarter of the work)
+            step = self.canvas // len(self._light)
+            img = img.reduce(step) if step > 1 else img
+            img = self._textured(
+                img, np.asarray(regions)[step // 2 :: step, step // 2 :: step], head
+            )
             self._regions = None
-        pixels = np.asarray(img.reduce(self.ss) if self.ss > 1 else img)
+            scale //= step
+        pixels = np.asarray(img.reduce(scale) if scale > 1 else img)
         return Frame(pixels, self._box(head, lips), self._box(head, face))
 
     # ---- transforms ----
@@ -394,11 +400,12 @@ class AvatarRenderer:
     # ---- textures ----
 
     def _make_textures(self, texture: AvatarTexture) -> None:
-        """The background picture, the gain maps (canvas, canvas) of skin, hair and
-        clothes, the light (canvas, canvas) and the colour cast (3,) of a textured avatar."""
+        """The background picture (canvas, canvas), the gain maps (k, k) of skin, hair and
+        clothes, the light (k, k) and the colour cast (3,) of a textured avatar; k is half
+        the canvas when the supersampling is even (the textures' work is done there)."""
         rng = np.random.default_rng(texture.seed)
-        k = self.canvas
-        self.background = Image.fromarray(textures.texture_image(rng, k))
+        self.background = Image.fromarray(textures.texture_image(rng, self.canvas))
+        k = self.canvas // 2 if self.ss % 2 == 0 else self.canvas
         self._skin = textures.gain_map(rng, k, texture.skin, choice=0)  # fractal only
         self._hair = textures.gain_map(rng, k, texture.hair)
         self._cloth = textures.gain_map(rng, k, texture.cloth)
@@ -406,8 +413,8 @@ class AvatarRenderer:
         self._cast = textures.colour_cast(rng, texture.cast)
 
     def _textured(self, img: Image.Image, regions: np.ndarray, head: np.ndarray) -> Image.Image:
-        """Modulate the canvas `img` by the gain of each pixel's region (`regions` uint8
-        (canvas, canvas)); skin and hair maps follow the head (`head`, `_head_matrix`)."""
+        """Modulate `img` (k, k) by the gain of each pixel's region (`regions` uint8 (k, k));
+        skin and hair maps follow the head (`head`, `_head_matrix`, in canvas pixels)."""
         gain = np.where(regions == CLOTH, self._cloth, np.float32(1.0))
         for region, texture in ((SKIN, self._skin), (HAIR, self._hair)):
             inside = regions == region
@@ -419,10 +426,10 @@ class AvatarRenderer:
         return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
     def _follow_head(self, gain: np.ndarray, head: np.ndarray) -> np.ndarray:
-        """`gain` (canvas, canvas), drawn at the rest pose, moved as the head is by `head`
-        (the rest pose's head matrix is canvas x identity)."""
+        """`gain` (k, k), drawn at the rest pose, moved as the head is by `head` (canvas
+        pixels; the rest pose's head matrix is canvas x identity)."""
         inverse = np.linalg.inv(head[:, :2] / self.canvas)
-        shift = -inverse @ head[:, 2]
+        shift = -inverse @ head[:, 2] * (len(gain) / self.canvas)
         data = (*inverse[0], shift[0], *inverse[1], shift[1])
         moved = Image.fromarray(gain).transform(
             gain.shape[::-1], Image.AFFINE, data, Image.BILINEAR, fillcolor=1.0
