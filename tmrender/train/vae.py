@@ -171,13 +171,13 @@ def _read_frames(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return clip.frames, clip.boxes[:, 0].astype(np.int32), opening
 
 
-def cached_frames(path: Path, clips: list[Path], extra: list[Path] = ()) -> FrameCache:
+def cached_frames(path: Path, clips: list[Path], extra: list[Path] | None = None) -> FrameCache:
     """`load_frames(extra + clips)`, kept in `path` (torch file) and reused while the clips
     match (`extra` clips first, named by their full paths in the key)."""
     key = json.dumps([p.name for p in clips])
     if extra:
         key = json.dumps([str(p) for p in extra] + [p.name for p in clips])
-    clips = list(extra) + list(clips)
+    clips = list(extra or []) + list(clips)
     if path.exists():
         state = torch.load(path, weights_only=False)
         if state["key"] == key:
