@@ -288,8 +288,9 @@ def vae_command(
     extra_data: Annotated[
         list[Path] | None,
         typer.Option(
+            metavar="DIR",
             help="Another corpus whose train clips are fit too (synth --textured or "
-            "--textures-only); repeatable. Validation stays on --data."
+            "--textures-only); repeatable. Validation stays on --data.",
         ),
     ] = None,
     gan_weight: Annotated[
