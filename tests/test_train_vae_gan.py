@@ -61,6 +61,16 @@ def test_gan_options_are_checked(corpus, tmp_path):  # noqa: F811
         recipe._check_options(recipe.VAEOptions(crop=20, gan_weight=0.1))
 
 
+def test_the_discriminator_may_lead_its_losses(corpus, tmp_path):  # noqa: F811
+    s = stage(corpus, tmp_path, **{**GAN, "gan_start": 3, "disc_lead": 2})
+    assert [s.updates(k) for k in range(4)] == [["vae"]] + [["vae", "disc"]] * 3
+    assert [s.adversarial(k) for k in range(4)] == [False, False, False, True]
+    run_stage(s, tmp_path, loop_options(steps=3, log_every=1, val_every=0), on_log=None)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    second = [r for r in rows if r.get("step") == 2 and "loss" in r][0]
+    assert "disc_loss" in second and "gan" not in second
+
+
 def test_gan_off_by_default_keeps_one_network(corpus, tmp_path):  # noqa: F811
     s = stage(corpus, tmp_path)
     assert set(s.networks()) == {"vae"} and s.updates(0) == ["vae"]

@@ -303,6 +303,9 @@ def vae_command(
     gan_start: Annotated[
         int, typer.Option(help="Steps of reconstruction alone before the discriminator joins.")
     ] = VAE.gan_start,
+    disc_lead: Annotated[
+        int, typer.Option(help="Steps the discriminator trains before --gan-start.")
+    ] = VAE.disc_lead,
     disc_width: Annotated[
         int, typer.Option(help="Channels of the discriminator's first stage (then x2, x4).")
     ] = VAE.disc_width,
@@ -324,7 +327,7 @@ def vae_command(
         clip_frames=clip_frames, clip_share=clip_share, mouth_weight=mouth_weight,
         max_clips=max_clips, val_clips=val_clips, decoder_only=decoder_only,
         temporal_weight=temporal_weight, latent_noise=latent_noise, gan_weight=gan_weight,
-        fm_weight=fm_weight, gan_start=gan_start, disc_width=disc_width,
+        fm_weight=fm_weight, gan_start=gan_start, disc_lead=disc_lead, disc_width=disc_width,
     )  # fmt: skip
     extra = tuple(extra_data or ())
     stage = vae.VAEStage(data, out, cfg, opts, vae=start, seed=seed, extra_data=extra)

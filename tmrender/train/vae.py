@@ -24,14 +24,15 @@ latent jitter does not come out as flicker. The autoencoder is deterministic
 the config (`VAEConfig.latent_mean / latent_std`), so `encode` hands the DiT unit-scale
 latents and `decode` undoes it.
 
-Adversarial decoder (off by default: `gan_weight`, `fm_weight`): from step `gan_start` on,
-a `models.discriminator.PatchDiscriminator` ("disc", its own optimizer, updated after the
-VAE at each step) learns to tell frames from reconstructions with the hinge loss
-(`hinge_discriminator_loss`: real = a fresh batch, fake = the VAE update's reconstructions),
-and the VAE adds `gan_weight` x the generator hinge loss (`hinge_generator_loss`) and
-`fm_weight` x feature matching (`feature_matching_loss`: L1 between the discriminator's
-features of reconstruction and truth, pix2pixHD). The discriminator is saved in the run
-checkpoint (resume stays bit-identical) and never exported.
+Adversarial decoder (off by default: `gan_weight`, `fm_weight`): from step
+`gan_start - disc_lead` on, a `models.discriminator.PatchDiscriminator` ("disc", its own
+optimizer, updated after the VAE at each step) learns to tell frames from reconstructions
+with the hinge loss (`hinge_discriminator_loss`: real = a fresh batch, fake = the VAE
+update's reconstructions), and from `gan_start` the VAE adds `gan_weight` x the generator
+hinge loss (`hinge_generator_loss`) and `fm_weight` x feature matching
+(`feature_matching_loss`: L1 between the discriminator's features of reconstruction and
+truth, pix2pixHD). The discriminator is saved in the run checkpoint (resume stays
+bit-identical) and never exported.
 
 Extra data (`extra_data`): the train clips of other corpora (`synth --textured`,
 `synth --textures-only`) join the fit clips; validation stays on the main corpus.
@@ -109,7 +110,8 @@ class VAEOptions:
     # adversarial decoder: on when gan_weight or fm_weight > 0, from step gan_start on
     gan_weight: float = 0.0  # generator hinge loss
     fm_weight: float = 0.0  # feature matching (L1 of discriminator features)
-    gan_start: int = 0  # steps of reconstruction alone before the discriminator joins
+    gan_start: int = 0  # steps of reconstruction alone before the discriminator's losses
+    disc_lead: int = 0  # the discriminator trains this many steps before gan_start
     disc_width: int = 32  # channels of the discriminator's first stage (then x2, x4)
 
     @property
@@ -513,10 +515,14 @@ class VAEStage:
 
     def updates(self, step: int) -> list[str]:
         self.step = step  # the curriculum phase of the batches that follow
-        return ["vae", "disc"] if self.adversarial(step) else ["vae"]
+        return ["vae", "disc"] if self.trains_disc(step) else ["vae"]
+
+    def trains_disc(self, step: int) -> bool:
+        """True where `step` updates the discriminator (from gan_start - disc_lead)."""
+        return self.disc is not None and step >= self.opts.gan_start - self.opts.disc_lead
 
     def adversarial(self, step: int) -> bool:
-        """True where `step` trains the discriminator and adds its losses to the VAE's."""
+        """True where `step` adds the discriminator's losses to the VAE's (from gan_start)."""
         return self.disc is not None and step >= self.opts.gan_start
 
     def on_clips(self, step: int) -> bool:
@@ -554,14 +560,15 @@ class VAEStage:
             flicker = temporal_loss(recon, video, weight)
             loss = loss + self.opts.temporal_weight * flicker
             figures["temporal"] = flicker.detach()
+        if self.trains_disc(self.step):
+            self._fake = recon.detach()  # what the disc update of this step sees as fake
         if self.adversarial(self.step):
             loss = loss + self._adversarial_loss(recon, video, figures)
         return loss, figures
 
     def _adversarial_loss(self, recon: Tensor, video: Tensor, figures: dict) -> Tensor:
         """gan_weight x the generator hinge loss + fm_weight x feature matching of `recon`
-        (B, 3, T, H, W) against `video`; keeps `recon` (detached) for the disc update."""
-        self._fake = recon.detach()
+        (B, 3, T, H, W) against `video`."""
         logits, fake_features = self.disc(recon)
         with torch.no_grad():
             _, real_features = self.disc(video)
@@ -641,10 +648,10 @@ def _check_options(opts: VAEOptions) -> None:
         raise UserInputError("--temporal-weight and --latent-noise must be >= 0")
     if opts.latent_noise and not opts.decoder_only:
         raise UserInputError("--latent-noise trains the decoder alone: add --decoder-only")
-    if min(opts.gan_weight, opts.fm_weight, opts.gan_start) < 0 or opts.disc_width < 1:
-        raise UserInputError(
-            "--gan-weight, --fm-weight and --gan-start must be >= 0, --disc-width >= 1"
-        )
+    if min(opts.gan_weight, opts.fm_weight, opts.gan_start, opts.disc_lead) < 0:
+        raise UserInputError("--gan-weight, --fm-weight, --gan-start and --disc-lead must be >= 0")
+    if opts.disc_width < 1:
+        raise UserInputError(f"--disc-width must be at least 1, got {opts.disc_width}")
     size = 2 ** DiscriminatorConfig().stages
     if opts.gan and (opts.crop % size or opts.clip_crop % size):
         raise UserInputError(f"with the discriminator, crops must be multiples of {size} px")
