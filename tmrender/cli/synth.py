@@ -16,7 +16,9 @@ from tmrender.cli.app import app, console
         "Examples:\n\n"
         "  tmrender synth --out data --clips 200 --seconds 10 --split train --workers 2\n\n"
         "  tmrender synth --out data --clips 20 --seconds 30 --split test --seed 7\n\n"
-        "  tmrender synth --out previews --clips 4 --size 256 --frames mp4"
+        "  tmrender synth --out previews --clips 4 --size 256 --frames mp4\n\n"
+        "  tmrender synth --out data_textured --clips 200 --seconds 10 --textured\n\n"
+        "  tmrender synth --out data_textures --clips 100 --seconds 4 --textures-only"
     )
 )
 def synth(
@@ -36,6 +38,20 @@ def synth(
     frames: Annotated[
         str, typer.Option(help="Frame storage: mp4 (H.264 crf 10, with audio) or npy (exact).")
     ] = "mp4",
+    textured: Annotated[
+        bool,
+        typer.Option(
+            help="Avatars with textured skin, hair, clothes and background, lit and colour-cast"
+            " (same speech, mouth and pose as without)."
+        ),
+    ] = False,
+    textures_only: Annotated[
+        bool,
+        typer.Option(
+            help="No avatars: procedural pictures and package photos under a moving camera,"
+            " silent (for VAE training: train vae --extra-data)."
+        ),
+    ] = False,
 ) -> None:
     """Generate talking-avatar clips: frames, 16 kHz audio, per-frame mouth truth, metadata."""
     from rich.progress import (
@@ -47,8 +63,12 @@ def synth(
     )
 
     from tmrender.data import corpus
+    from tmrender.errors import UserInputError
 
-    corpus.check_options(clips, seconds, size, workers, split, frames)
+    if textured and textures_only:
+        raise UserInputError("choose one of --textured and --textures-only")
+    kind = "textures" if textures_only else "textured" if textured else "avatar"
+    corpus.check_options(clips, seconds, size, workers, split, frames, kind)
     start = time.perf_counter()
     columns = (
         TextColumn("[bold]synth[/bold] {task.description}"),
@@ -61,6 +81,7 @@ def synth(
         index = corpus.generate_corpus(
             out, split, clips, seconds, seed=seed, size=size, workers=workers, frame_format=frames,
             on_clip=lambda row: progress.update(task, advance=1, description=row["id"]),
+            kind=kind,
         )  # fmt: skip
     wall = time.perf_counter() - start
     rate = clips * seconds / (wall / 60) / workers

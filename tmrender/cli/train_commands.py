@@ -217,7 +217,9 @@ VAE = vae.VAEOptions
         "  tmrender train vae --data data --out runs/vae --resume\n\n"
         "  tmrender train vae --data data --out runs/vae_t2 --temporal-stride 2 --steps 3500\n\n"
         "  tmrender train vae --data data --init weights/stages/dmd_t2.safetensors "
-        "--decoder-only --temporal-weight 1 --out runs/vae_dec --steps 2400"
+        "--decoder-only --temporal-weight 1 --out runs/vae_dec --steps 2400\n\n"
+        "  tmrender train vae --data data --extra-data data_textured --extra-data data_textures "
+        "--gan-weight 0.1 --fm-weight 1 --gan-start 1000 --out runs/vae_gan"
     ),
 )
 def vae_command(
@@ -283,6 +285,30 @@ def vae_command(
             help="With --decoder-only: std of noise on the unit-scale latents the decoder reads."
         ),
     ] = VAE.latent_noise,
+    extra_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="DIR",
+            help="Another corpus whose train clips are fit too (synth --textured or "
+            "--textures-only); repeatable. Validation stays on --data.",
+        ),
+    ] = None,
+    gan_weight: Annotated[
+        float, typer.Option(help="Weight of the patch discriminator's hinge loss (0: off).")
+    ] = VAE.gan_weight,
+    fm_weight: Annotated[
+        float,
+        typer.Option(help="Weight of feature matching on the discriminator's features (0: off)."),
+    ] = VAE.fm_weight,
+    gan_start: Annotated[
+        int, typer.Option(help="Steps of reconstruction alone before the discriminator joins.")
+    ] = VAE.gan_start,
+    disc_lead: Annotated[
+        int, typer.Option(help="Steps the discriminator trains before --gan-start.")
+    ] = VAE.disc_lead,
+    disc_width: Annotated[
+        int, typer.Option(help="Channels of the discriminator's first stage (then x2, x4).")
+    ] = VAE.disc_width,
 ) -> None:
     """Train the causal VAE on DATA/train frames; export a checkpoint with its latent stats."""
     loop = _start(Schedule(steps, lr, val_every), max_minutes, seed, threads, device)
@@ -300,9 +326,11 @@ def vae_command(
         crop_batch=crop_batch, crop_frames=crop_frames, crop=crop_size, clip_batch=clip_batch,
         clip_frames=clip_frames, clip_share=clip_share, mouth_weight=mouth_weight,
         max_clips=max_clips, val_clips=val_clips, decoder_only=decoder_only,
-        temporal_weight=temporal_weight, latent_noise=latent_noise,
+        temporal_weight=temporal_weight, latent_noise=latent_noise, gan_weight=gan_weight,
+        fm_weight=fm_weight, gan_start=gan_start, disc_lead=disc_lead, disc_width=disc_width,
     )  # fmt: skip
-    stage = vae.VAEStage(data, out, cfg, opts, vae=start, seed=seed)
+    extra = tuple(extra_data or ())
+    stage = vae.VAEStage(data, out, cfg, opts, vae=start, seed=seed, extra_data=extra)
     result = _train(stage, out, loop, resume, export)
     if result is not None and test and (data / "test").is_dir():
         result["test"] = vae.test_figures(out / "export.safetensors", data, loop.device)

@@ -10,6 +10,12 @@ Per frame the drawing takes the 7 mouth parameters of `tmrender.data.visemes` an
 vector (columns `POSE`: head offset dx, dy in image widths, roll in radians, yaw and pitch as
 feature parallax in [-1, 1], blink in [0, 1], brow raise in [0, 1]). The head pivots about the
 neck; the jaw lowers the chin and the lower lip; eyes, nose and mouth shift with yaw and pitch.
+
+Textured avatars (`AvatarTexture`, off by default): the background becomes a procedural
+picture (`tmrender.data.textures`), skin, hair and clothes are modulated by grey texture
+maps (skin and hair move with the head), and the frame is lit by a soft directional light
+with a colour cast. Eyes, brows, mouth and glasses keep their flat colours; the drawing of
+the features, and so the mouth boxes, are exactly those of the plain avatar.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from tmrender.data import textures
 from tmrender.data.visemes import (
     CLOSE,
     OPEN,
@@ -57,6 +64,9 @@ IRIS_COLOURS: tuple[RGB, ...] = (
 HAIR_STYLES = ("short", "side", "bangs", "long", "bob", "afro", "bun", "buzz", "bald", "curly")
 CLOTHES = ("crew", "vneck", "collar", "hoodie", "jacket")
 BACKGROUNDS = ("solid", "vertical", "radial", "stripes", "dots", "blotches")
+# regions of a textured avatar (values of its per-frame region map)
+FEATURE, SKIN, HAIR, CLOTH, BACKGROUND = range(5)
+OPAQUE = 128  # polygons at least this opaque claim their region; fainter ones (blush) do not
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,34 @@ class Appearance:
     bg1: RGB
     bg2: RGB
     bg_seed: int
+
+
+@dataclass(frozen=True)
+class AvatarTexture:
+    """How a textured avatar departs from its flat colours (see the module docstring).
+
+    Amplitudes are those of `textures.gain_map` (0: flat); `light` that of
+    `textures.lighting`; `cast` the largest per-channel gain error of `textures.colour_cast`.
+    """
+
+    seed: int  # the texture maps, background picture, light direction and cast
+    skin: float
+    hair: float
+    cloth: float
+    light: float
+    cast: float
+
+
+def sample_texture(rng: np.random.Generator) -> AvatarTexture:
+    """Random texture amplitudes and a seed for the maps, all from `rng`."""
+    return AvatarTexture(
+        seed=int(rng.integers(2**31)),
+        skin=float(rng.uniform(0.03, 0.15)),
+        hair=float(rng.uniform(0.1, 0.4)),
+        cloth=float(rng.uniform(0.1, 0.5)),
+        light=float(rng.uniform(0.1, 0.5)),
+        cast=float(rng.uniform(0.0, 0.15)),
+    )
 
 
 def _hsv(h: float, s: float, v: float) -> RGB:
@@ -245,17 +283,31 @@ class Frame:
 class AvatarRenderer:
     """Draws one `Appearance` at `size` x `size` pixels, frame after frame.
 
-    The background is rendered once; every frame copies it and draws ~50 polygons.
+    The background is rendered once; every frame copies it and draws ~50 polygons. With a
+    `texture`, each polygon also marks its region (`SKIN`, `HAIR`, ...) in a region map,
+    and the region's texture modulates the drawn pixels (`_textured`).
     """
 
-    def __init__(self, look: Appearance, size: int = 128, supersample: int = SUPERSAMPLE):
+    def __init__(
+        self,
+        look: Appearance,
+        size: int = 128,
+        supersample: int = SUPERSAMPLE,
+        texture: AvatarTexture | None = None,
+    ):
         if size < 16:
             raise ValueError(f"avatar size must be at least 16 pixels, got {size}")
         self.look = look
         self.size = size
         self.ss = supersample
         self.canvas = size * supersample
-        self.background = render_background(look, self.canvas)
+        self.texture = texture
+        self._region = FEATURE
+        self._regions: ImageDraw.ImageDraw | None = None
+        if texture is None:
+            self.background = render_background(look, self.canvas)
+        else:
+            self._make_textures(texture)
         a = look
         self.cx, self.cy = 0.5, a.face_y
         self.mouth_y = self.cy + a.face_h * 0.56
@@ -272,12 +324,19 @@ class AvatarRenderer:
         """Draw a frame from mouth params (7,) and pose (7,), both as in the module docstring."""
         img = self.background.copy()
         draw = ImageDraw.Draw(img, "RGBA")
+        regions = None
+        if self.texture is not None:
+            regions = Image.new("L", img.size, BACKGROUND)
+            self._regions = ImageDraw.Draw(regions)
         head = self._head_matrix(pose)
         parallax = np.array([pose[YAW] * 0.012, pose[PITCH] * 0.012])
         drop = mouth[OPEN] * MAX_OPENING * (self.look.face_h / 0.265) * CHIN_DROP
         # 1. behind the head: back hair, body, neck
+        self._region = HAIR
         self._back_hair(draw, head)
+        self._region = CLOTH
         self._body(draw)
+        self._region = SKIN
         self._neck(draw, head, drop)
         # 2. the head: ears, face, shading
         if self.look.hair_style not in ("long", "bob", "afro"):
@@ -287,14 +346,28 @@ class AvatarRenderer:
         self._poly(draw, head, self._jaw_drop(self._face_light(), drop), self.look.skin)
         self._cheeks(draw, head, parallax)
         # 3. features, shifted by yaw and pitch parallax
+        self._region = FEATURE
         self._eyes(draw, head, parallax, pose[BLINK])
         self._brows(draw, head, parallax, pose[BROW])
+        self._region = SKIN
         self._nose(draw, head, parallax)
+        self._region = FEATURE
         lips = self._mouth(draw, head, parallax, mouth)
         # 4. in front: hair, glasses
+        self._region = HAIR
         self._front_hair(draw, head)
+        self._region = FEATURE
         self._glasses(draw, head, parallax)
-        pixels = np.asarray(img.reduce(self.ss) if self.ss > 1 else img)
+        scale = self.ss
+        if regions is not None:  # textures at half the canvas (a quarter of the work)
+            step = self.canvas // len(self._light)
+            img = img.reduce(step) if step > 1 else img
+            img = self._textured(
+                img, np.asarray(regions)[step // 2 :: step, step // 2 :: step], head
+            )
+            self._regions = None
+            scale //= step
+        pixels = np.asarray(img.reduce(scale) if scale > 1 else img)
         return Frame(pixels, self._box(head, lips), self._box(head, face))
 
     # ---- transforms ----
@@ -315,10 +388,53 @@ class AvatarRenderer:
     def _poly(self, draw, head, pts: np.ndarray, colour, alpha: int | None = None) -> None:
         fill = colour if alpha is None else (*colour, alpha)
         draw.polygon(self._px(head, pts), fill=fill)
+        if self._regions is not None and (alpha is None or alpha >= OPAQUE):
+            self._regions.polygon(self._px(head, pts), fill=self._region)
 
     def _line(self, draw, head, pts: np.ndarray, colour, width: float) -> None:
         w = max(1, int(round(width * self.canvas)))
         draw.line(self._px(head, pts), fill=colour, width=w, joint="curve")
+        if self._regions is not None:
+            self._regions.line(self._px(head, pts), fill=self._region, width=w, joint="curve")
+
+    # ---- textures ----
+
+    def _make_textures(self, texture: AvatarTexture) -> None:
+        """The background picture (canvas, canvas), the gain maps (k, k) of skin, hair and
+        clothes, the light (k, k) and the colour cast (3,) of a textured avatar; k is half
+        the canvas when the supersampling is even (the textures' work is done there)."""
+        rng = np.random.default_rng(texture.seed)
+        self.background = Image.fromarray(textures.texture_image(rng, self.canvas))
+        k = self.canvas // 2 if self.ss % 2 == 0 else self.canvas
+        self._skin = textures.gain_map(rng, k, texture.skin, choice=0)  # fractal only
+        self._hair = textures.gain_map(rng, k, texture.hair)
+        self._cloth = textures.gain_map(rng, k, texture.cloth)
+        self._light = textures.lighting(rng, k, texture.light)
+        self._cast = textures.colour_cast(rng, texture.cast)
+
+    def _textured(self, img: Image.Image, regions: np.ndarray, head: np.ndarray) -> Image.Image:
+        """Modulate `img` (k, k) by the gain of each pixel's region (`regions` uint8 (k, k));
+        skin and hair maps follow the head (`head`, `_head_matrix`, in canvas pixels)."""
+        gain = np.where(regions == CLOTH, self._cloth, np.float32(1.0))
+        for region, texture in ((SKIN, self._skin), (HAIR, self._hair)):
+            inside = regions == region
+            if inside.any():
+                gain = np.where(inside, self._follow_head(texture, head), gain)
+        gain *= self._light
+        pixels = np.asarray(img, np.float32) * gain[..., None]
+        pixels *= self._cast
+        return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+    def _follow_head(self, gain: np.ndarray, head: np.ndarray) -> np.ndarray:
+        """`gain` (k, k), drawn at the rest pose, moved as the head is by `head` (canvas
+        pixels; the rest pose's head matrix is canvas x identity)."""
+        inverse = np.linalg.inv(head[:, :2] / self.canvas)
+        shift = -inverse @ head[:, 2] * (len(gain) / self.canvas)
+        data = (*inverse[0], shift[0], *inverse[1], shift[1])
+        moved = Image.fromarray(gain).transform(
+            gain.shape[::-1], Image.AFFINE, data, Image.BILINEAR, fillcolor=1.0
+        )
+        return np.asarray(moved)
 
     def _box(self, head: np.ndarray, pts: np.ndarray) -> tuple[int, int, int, int]:
         xy = (pts @ head[:, :2].T + head[:, 2]) / self.ss
@@ -886,7 +1002,9 @@ def motion_track(
     t = (np.arange(n_frames) + 0.5) / fps
     energy = frame_energy(samples, n_frames, len(samples) // max(n_frames, 1) or 1)
     kernel = np.hanning(int(fps * 0.8) | 1)
-    activity = np.convolve(energy > 0.05, kernel / kernel.sum(), mode="same")
+    # numpy's mode="same" for a clip at least as long as the kernel, and for shorter ones
+    full = np.convolve(energy > 0.05, kernel / kernel.sum(), mode="full")
+    activity = full[(len(kernel) - 1) // 2 :][:n_frames]
     liveliness = 0.5 + 0.9 * activity
     pose = np.zeros((n_frames, len(POSE)), np.float32)
     pose[:, DX] = 0.012 * _smooth_noise(rng, n_frames, fps, 2.2) * liveliness
@@ -918,8 +1036,20 @@ def neutral_mouth() -> np.ndarray:
     return np.array([*REST, 0.0], np.float32)
 
 
-def draw_avatar(seed: int, size: int = 512) -> np.ndarray:
-    """One avatar of appearance `seed`, neutral and mouth closed: uint8 (size, size, 3)."""
+def draw_avatar(seed: int, size: int = 512, textured: bool = False) -> np.ndarray:
+    """One avatar of appearance `seed`, neutral and mouth closed: uint8 (size, size, 3).
+    `textured`: with the textures of `texture_for_seed(seed)` (same face otherwise)."""
     look = sample_appearance(np.random.default_rng(seed))
     supersample = SUPERSAMPLE if size <= 256 else 2
-    return AvatarRenderer(look, size, supersample).draw(neutral_mouth(), neutral_pose()).pixels
+    texture = texture_for_seed(seed) if textured else None
+    renderer = AvatarRenderer(look, size, supersample, texture)
+    return renderer.draw(neutral_mouth(), neutral_pose()).pixels
+
+
+TEXTURE_TAG = 0x7E87  # keeps texture randomness apart from the appearance's stream
+
+
+def texture_for_seed(*seed: int) -> AvatarTexture:
+    """The texture of the avatar drawn from `seed` (one or more ints), from its own random
+    stream: switching textures on changes nothing else of the avatar or its clip."""
+    return sample_texture(np.random.default_rng(np.random.SeedSequence([*seed, TEXTURE_TAG])))

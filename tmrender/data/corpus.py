@@ -23,6 +23,12 @@ Splits: clip k of `--seed S` in split X draws everything from the random stream
 SeedSequence([SPLIT_TAG[X], S, k]); the test split speaks only `speech.TEST_LANGUAGES` with
 `speech.TEST_VARIANTS`, which the train split never uses, so the splits are disjoint by
 construction. The same (split, seed, k, seconds, size) gives byte-identical files.
+
+Kinds (`ClipSpec.kind`): "avatar" (the default corpus), "textured" (the same clip, speech,
+mouth, pose and face, drawn with `avatar.AvatarTexture`s whose randomness comes from a
+stream of its own: meta "texture"), and "textures" (no face, no speech: a procedural
+picture or a package photo under a moving camera, `textures.texture_frames`; silent
+audio, zero mouth and pose, empty boxes; meta "texture"), for VAE training.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tmrender.data import avatar, speech, visemes
+from tmrender.data import avatar, speech, textures, visemes
 from tmrender.errors import UserInputError
 from tmrender.files import make_folder
 from tmrender.media.audio import SAMPLE_RATE, frames_for_samples, write_wav
@@ -48,6 +54,7 @@ SPLIT_TAG = {"train": 0x7_2A1, "test": 0x7_E57}
 FRAME_FORMATS = ("mp4", "npy")
 CRF = 10
 STRESS_ENERGY = 0.25  # a stressed vowel quieter than this (relative) brings no nod
+KINDS = ("avatar", "textured", "textures")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class ClipSpec:
     index: int
     seconds: float
     size: int = 128
+    kind: str = "avatar"  # one of KINDS
 
     @property
     def clip_id(self) -> str:
@@ -68,6 +76,12 @@ class ClipSpec:
         return np.random.default_rng(
             np.random.SeedSequence([SPLIT_TAG[self.split], self.seed, self.index])
         )
+
+    def texture(self) -> avatar.AvatarTexture | None:
+        """The avatar texture of a "textured" clip (its own random stream), else None."""
+        if self.kind != "textured":
+            return None
+        return avatar.texture_for_seed(SPLIT_TAG[self.split], self.seed, self.index)
 
 
 @dataclass
@@ -109,6 +123,10 @@ def make_clip(spec: ClipSpec) -> Clip:
     """Generate one clip from its spec (deterministic)."""
     if spec.split not in SPLIT_TAG:
         raise UserInputError(f"unknown split {spec.split!r}; choose train or test")
+    if spec.kind not in KINDS:
+        raise UserInputError(f"unknown clip kind {spec.kind!r}; choose from {', '.join(KINDS)}")
+    if spec.kind == "textures":
+        return make_texture_clip(spec)
     rng = spec.rng()
     # 1. speech: voice, text, audio and phoneme timing
     voice = speech.sample_voice(rng, spec.split)
@@ -121,14 +139,41 @@ def make_clip(spec: ClipSpec) -> Clip:
     )
     # 3. drawing
     look = avatar.sample_appearance(rng)
-    renderer = avatar.AvatarRenderer(look, spec.size)
+    texture = spec.texture()
+    renderer = avatar.AvatarRenderer(look, spec.size, texture=texture)
     frames = np.empty((n_frames, spec.size, spec.size, 3), np.uint8)
     boxes = np.empty((n_frames, 2, 4), np.int32)
     for i in range(n_frames):
         frame = renderer.draw(mouth[i], pose[i])
         frames[i], boxes[i, 0], boxes[i, 1] = frame.pixels, frame.mouth_box, frame.face_box
     meta = _meta(spec, spoken, look, n_frames)
+    if texture is not None:  # plain clips keep their meta exactly
+        meta["texture"] = asdict(texture)
     return Clip(frames=frames, audio=spoken.samples, mouth=mouth, pose=pose, boxes=boxes, meta=meta)
+
+
+def make_texture_clip(spec: ClipSpec) -> Clip:
+    """A "textures" clip: `textures.texture_frames` under silence, with zero mouth and
+    pose and empty boxes (x1 = x0: no mouth to weigh), deterministic in `spec`."""
+    samples = int(round(spec.seconds * SAMPLE_RATE))
+    n_frames = frames_for_samples(samples, FPS)
+    frames, what = textures.texture_frames(spec.rng(), n_frames, spec.size)
+    meta = {
+        "id": spec.clip_id, "split": spec.split, "seed": spec.seed, "index": spec.index,
+        "kind": spec.kind, "fps": FPS, "sample_rate": SAMPLE_RATE, "frames": n_frames,
+        "samples": samples, "seconds": samples / SAMPLE_RATE, "size": spec.size,
+        "voice": {"espeak_name": ""}, "language": "", "text": "", "phrases": [],
+        "phonemes": [], "mouth_columns": list(visemes.PARAMS),
+        "pose_columns": list(avatar.POSE), "boxes": ["mouth", "face"], "texture": what,
+    }  # fmt: skip
+    return Clip(
+        frames=frames,
+        audio=np.zeros(samples, np.float32),
+        mouth=np.zeros((n_frames, len(visemes.PARAMS)), np.float32),
+        pose=np.zeros((n_frames, len(avatar.POSE)), np.float32),
+        boxes=np.zeros((n_frames, 2, 4), np.int32),
+        meta=meta,
+    )
 
 
 def _meta(spec: ClipSpec, spoken: speech.Speech, look: avatar.Appearance, n_frames: int) -> dict:
@@ -209,9 +254,17 @@ def _index_row(meta: dict) -> dict:
 
 
 def check_options(
-    clips: int, seconds: float, size: int, workers: int, split: str, frame_format: str
+    clips: int,
+    seconds: float,
+    size: int,
+    workers: int,
+    split: str,
+    frame_format: str,
+    kind: str = "avatar",
 ) -> None:
     """Raise UserInputError for any option a user could get wrong."""
+    if kind not in KINDS:
+        raise UserInputError(f"clip kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if split not in SPLIT_TAG:
         raise UserInputError(f"--split must be train or test, got {split!r}")
     if clips < 1:
@@ -238,16 +291,19 @@ def generate_corpus(
     workers: int = 1,
     frame_format: str = "mp4",
     on_clip: Callable[[dict], None] | None = None,
+    kind: str = "avatar",
 ) -> Path:
     """Write `clips` clips of `split` under out_dir/split/ in parallel; returns the index path.
 
-    `on_clip(row)` is called in the parent after each clip is written (for progress bars).
+    `on_clip(row)` is called in the parent after each clip is written (for progress bars);
+    `kind`: one of `KINDS` (see the module docstring).
     """
-    check_options(clips, seconds, size, workers, split, frame_format)
+    check_options(clips, seconds, size, workers, split, frame_format, kind)
     split_dir = Path(out_dir) / split
     make_folder(split_dir)
     jobs = [
-        (ClipSpec(split, seed, i, seconds, size), str(out_dir), frame_format) for i in range(clips)
+        (ClipSpec(split, seed, i, seconds, size, kind), str(out_dir), frame_format)
+        for i in range(clips)
     ]
     rows = []
     for row in _run_jobs(jobs, workers):

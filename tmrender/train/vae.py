@@ -24,10 +24,24 @@ latent jitter does not come out as flicker. The autoencoder is deterministic
 the config (`VAEConfig.latent_mean / latent_std`), so `encode` hands the DiT unit-scale
 latents and `decode` undoes it.
 
+Adversarial decoder (off by default: `gan_weight`, `fm_weight`): from step
+`gan_start - disc_lead` on, a `models.discriminator.PatchDiscriminator` ("disc", its own
+optimizer, updated after the VAE at each step) learns to tell frames from reconstructions
+with the hinge loss (`hinge_discriminator_loss`: real = a fresh batch, fake = the VAE
+update's reconstructions), and from `gan_start` the VAE adds `gan_weight` x the generator
+hinge loss (`hinge_generator_loss`) and `fm_weight` x feature matching
+(`feature_matching_loss`: L1 between the discriminator's features of reconstruction and
+truth, pix2pixHD). The discriminator is saved in the run checkpoint (resume stays
+bit-identical) and never exported.
+
+Extra data (`extra_data`): the train clips of other corpora (`synth --textured`,
+`synth --textures-only`) join the fit clips; validation stays on the main corpus.
+
 Validation (`evaluate_vae`): whole-clip reconstructions of held-out clips: PSNR of the
 whole frame and of the mouth box (pooled MSE, uint8 frames as the renderer writes them),
-and the mouth reader's Pearson r of the mouth opening read off the reconstructions and off
-the originals (the reader is an instrument: it never enters a loss).
+the mouth reader's Pearson r of the mouth opening read off the reconstructions and off
+the originals (the reader is an instrument: it never enters a loss), and the sharpness
+ratio (`laplacian_energy` of reconstructions over originals: 1 keeps all detail).
 
 Export: a full tmrender inference checkpoint (`save_checkpoint`) whose `vae` is trained
 (other networks at their initialisation), `trained=False`, figures in `extra`.
@@ -51,6 +65,7 @@ from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
 from tmrender.eval.metrics import box_mask, frame_motion, masked_mse, pearson, psnr_from_mse
 from tmrender.files import atomic_write
+from tmrender.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from tmrender.models.mouth_reader import MouthReader
 from tmrender.models.vae import DECODER_PREFIX, CausalVAE
 from tmrender.train.loop import seeded
@@ -92,6 +107,16 @@ class VAEOptions:
     decoder_only: bool = False
     # latent statistics at export: windows of clip_frames frames from this many fit clips
     stats_clips: int = 32
+    # adversarial decoder: on when gan_weight or fm_weight > 0, from step gan_start on
+    gan_weight: float = 0.0  # generator hinge loss
+    fm_weight: float = 0.0  # feature matching (L1 of discriminator features)
+    gan_start: int = 0  # steps of reconstruction alone before the discriminator's losses
+    disc_lead: int = 0  # the discriminator trains this many steps before gan_start
+    disc_width: int = 32  # channels of the discriminator's first stage (then x2, x4)
+
+    @property
+    def gan(self) -> bool:
+        return self.gan_weight > 0 or self.fm_weight > 0
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -148,9 +173,13 @@ def _read_frames(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return clip.frames, clip.boxes[:, 0].astype(np.int32), opening
 
 
-def cached_frames(path: Path, clips: list[Path]) -> FrameCache:
-    """`load_frames(clips)`, kept in `path` (torch file) and reused while the clips match."""
+def cached_frames(path: Path, clips: list[Path], extra: list[Path] | None = None) -> FrameCache:
+    """`load_frames(extra + clips)`, kept in `path` (torch file) and reused while the clips
+    match (`extra` clips first, named by their full paths in the key)."""
     key = json.dumps([p.name for p in clips])
+    if extra:
+        key = json.dumps([str(p) for p in extra] + [p.name for p in clips])
+    clips = list(extra or []) + list(clips)
     if path.exists():
         state = torch.load(path, weights_only=False)
         if state["key"] == key:
@@ -183,6 +212,7 @@ def mouth_weight_map(boxes: Tensor, height: int, width: int, weight: float, marg
     xs = torch.arange(width, device=boxes.device).view(1, 1, 1, width)
     x0, y0, x1, y1 = (boxes[..., i].view(b, t, 1, 1) for i in range(4))
     inside = (ys >= y0 - margin) & (ys < y1 + margin) & (xs >= x0 - margin) & (xs < x1 + margin)
+    inside &= x1 > x0  # an empty box (texture clips): no mouth
     return (1.0 + weight * inside.float()).unsqueeze(1)
 
 
@@ -256,6 +286,36 @@ def reconstruction_loss(
     return l1 + mse_weight * mse, figures
 
 
+def hinge_discriminator_loss(real: Tensor, fake: Tensor) -> Tensor:
+    """Hinge loss of a discriminator (Lim and Ye 2017, "Geometric GAN"; SAGAN eq. 3):
+    mean(relu(1 - D(real))) + mean(relu(1 + D(fake))); logits of any shapes."""
+    return torch.relu(1 - real.float()).mean() + torch.relu(1 + fake.float()).mean()
+
+
+def hinge_generator_loss(fake: Tensor) -> Tensor:
+    """The generator's side of the hinge loss: -mean(D(fake))."""
+    return -fake.float().mean()
+
+
+def feature_matching_loss(fake: list[Tensor], real: list[Tensor]) -> Tensor:
+    """Mean over the discriminator's stages of the L1 between features of reconstructions
+    and of truth (pix2pixHD, Wang et al. 2018, eq. 4); `real` is detached."""
+    assert len(fake) == len(real), f"{len(fake)} vs {len(real)} stages"
+    terms = [(f.float() - r.detach().float()).abs().mean() for f, r in zip(fake, real, strict=True)]
+    return torch.stack(terms).mean()
+
+
+def laplacian_energy(frames: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of the grey frames (T, H, W, 3) uint8 (borders
+    left out), pooled over frames: the high-frequency energy of a picture."""
+    grey = frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    lap = (
+        grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
+        - 4 * grey[:, 1:-1, 1:-1]
+    )  # fmt: skip
+    return float(lap.var(axis=(1, 2)).mean())
+
+
 def temporal_loss(recon: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """Weighted L1 between the frame-to-frame changes of recon and target, normalised by
     the mean weight (0 for single frames).
@@ -305,13 +365,14 @@ def evaluate_vae(
     by `mouth_margin`), {"reader_r", "reader_r_original"} (Pearson r of the opening the
     reader sees on reconstructions / originals vs the truth; `original_r` skips the
     latter's computation), "motion_ratio" (frame-to-frame change of the reconstructions
-    over the originals', pooled) and "frames".
+    over the originals', pooled), "sharpness_ratio" (`laplacian_energy` of the
+    reconstructions over the originals', pooled) and "frames".
     """
     from tmrender.eval.mouth import read_mouth
 
     column = reader.cfg.outputs.index("open")
     mse, mse_mouth, read, read_orig, truth = [], [], [], [], []
-    motion, motion_orig = [], []
+    motion, motion_orig, sharp, sharp_orig = [], [], [], []
     for k in clips:
         span = cache.clip(k)
         n = usable_frames(span.stop - span.start, max_frames)
@@ -324,6 +385,8 @@ def evaluate_vae(
         mse_mouth.append(masked_mse(recon, original, inside))
         motion.append(frame_motion(recon))
         motion_orig.append(frame_motion(original))
+        sharp.append(laplacian_energy(recon))
+        sharp_orig.append(laplacian_energy(original))
         read.append(read_mouth(reader, recon)[:, column])
         if original_r is None:
             read_orig.append(read_mouth(reader, original)[:, column])
@@ -342,6 +405,7 @@ def evaluate_vae(
             float(np.concatenate(motion).mean() / max(np.concatenate(motion_orig).mean(), 1e-9)),
             3,
         ),
+        "sharpness_ratio": round(float(np.mean(sharp) / max(np.mean(sharp_orig), 1e-9)), 3),
         "frames": int(len(truth_all)),
     }
 
@@ -373,7 +437,8 @@ def latent_statistics(
 
 
 class VAEStage:
-    """`tmrender.train.loop.Stage` of the VAE: one network, one optimizer ("vae")."""
+    """`tmrender.train.loop.Stage` of the VAE: one network, one optimizer ("vae"); with the
+    adversarial decoder (`VAEOptions.gan`) a second network and optimizer ("disc")."""
 
     name = "vae"
 
@@ -386,10 +451,11 @@ class VAEStage:
         vae: CausalVAE | None = None,
         reader_path: Path | None = None,
         seed: int = 0,
+        extra_data: tuple[Path, ...] = (),
     ) -> None:
         """cfg: the model whose VAE is trained (`vae`: start weights, else a fresh one
         initialised from `seed`); reader_path: mouth reader weights for validation
-        (default: the shipped ones)."""
+        (default: the shipped ones); extra_data: corpora whose train clips are fit too."""
         from tmrender.eval.mouth import load_mouth_reader
 
         _check_options(opts)
@@ -400,6 +466,10 @@ class VAEStage:
             with seeded(seed):
                 vae = CausalVAE(cfg.vae)
         self.vae = vae
+        self.disc: PatchDiscriminator | None = None
+        if opts.gan:
+            with seeded(seed + 1):
+                self.disc = PatchDiscriminator(DiscriminatorConfig(width=opts.disc_width))
         if opts.decoder_only:
             for name, param in vae.named_parameters():
                 param.requires_grad_(name.startswith(DECODER_PREFIX))
@@ -412,8 +482,10 @@ class VAEStage:
         if opts.max_clips:
             fit = fit[: opts.max_clips]
         held_out = clips[len(clips) - opts.val_clips :]
+        extra = [clip for folder in extra_data for clip in list_clips(folder, "train")]
         out.mkdir(parents=True, exist_ok=True)
-        self.cache = cached_frames(out / FRAME_CACHE, fit + held_out)
+        self.cache = cached_frames(out / FRAME_CACHE, fit + held_out, extra)
+        fit = extra + fit  # the cache holds the extra clips first
         if tuple(self.cache.frames.shape[-2:]) != (cfg.height, cfg.width):
             raise UserInputError(
                 f"corpus frames are {tuple(self.cache.frames.shape[-2:])} px, the model "
@@ -426,19 +498,32 @@ class VAEStage:
         self.clip_starts = window_starts(self.cache, self.fit_clips, opts.clip_frames)
         self.step = 0
         self.val: dict[str, float] = {}
+        self.extra_clips = len(extra)
         self._original_r: float | None = None
         self._device_cache: FrameCache | None = None
+        self._fake: Tensor | None = None  # the last VAE update's reconstructions (detached)
 
     # -- Stage protocol
     def networks(self) -> dict[str, torch.nn.Module]:
-        return {"vae": self.vae}
+        return {"vae": self.vae} | ({"disc": self.disc} if self.disc is not None else {})
 
     def optimizers(self) -> dict[str, list[torch.nn.Parameter]]:
-        return {"vae": [p for p in self.vae.parameters() if p.requires_grad]}
+        groups = {"vae": [p for p in self.vae.parameters() if p.requires_grad]}
+        if self.disc is not None:
+            groups["disc"] = list(self.disc.parameters())
+        return groups
 
     def updates(self, step: int) -> list[str]:
         self.step = step  # the curriculum phase of the batches that follow
-        return ["vae"]
+        return ["vae", "disc"] if self.trains_disc(step) else ["vae"]
+
+    def trains_disc(self, step: int) -> bool:
+        """True where `step` updates the discriminator (from gan_start - disc_lead)."""
+        return self.disc is not None and step >= self.opts.gan_start - self.opts.disc_lead
+
+    def adversarial(self, step: int) -> bool:
+        """True where `step` adds the discriminator's losses to the VAE's (from gan_start)."""
+        return self.disc is not None and step >= self.opts.gan_start
 
     def on_clips(self, step: int) -> bool:
         """True where `step` trains on whole clips: a share `clip_share` of the steps,
@@ -461,6 +546,8 @@ class VAEStage:
         return out
 
     def loss(self, opt_name: str, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        if opt_name == "disc":
+            return self._disc_loss(batch["video"])
         video, weight = batch["video"], batch["weight"]
         if "latent_noise" in batch:  # decoder only (checked): the encoder needs no graph
             with torch.no_grad():
@@ -473,6 +560,35 @@ class VAEStage:
             flicker = temporal_loss(recon, video, weight)
             loss = loss + self.opts.temporal_weight * flicker
             figures["temporal"] = flicker.detach()
+        if self.trains_disc(self.step):
+            self._fake = recon.detach()  # what the disc update of this step sees as fake
+        if self.adversarial(self.step):
+            loss = loss + self._adversarial_loss(recon, video, figures)
+        return loss, figures
+
+    def _adversarial_loss(self, recon: Tensor, video: Tensor, figures: dict) -> Tensor:
+        """gan_weight x the generator hinge loss + fm_weight x feature matching of `recon`
+        (B, 3, T, H, W) against `video`."""
+        logits, fake_features = self.disc(recon)
+        with torch.no_grad():
+            _, real_features = self.disc(video)
+        adversarial = hinge_generator_loss(logits)
+        matching = feature_matching_loss(fake_features, real_features)
+        figures["gan"], figures["fm"] = adversarial.detach(), matching.detach()
+        return self.opts.gan_weight * adversarial + self.opts.fm_weight * matching
+
+    def _disc_loss(self, real: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Hinge loss of the discriminator: `real` frames (a fresh batch) against the
+        reconstructions of this step's VAE update."""
+        assert self._fake is not None, "the disc update follows a VAE update"
+        real_logits, _ = self.disc(real)
+        fake_logits, _ = self.disc(self._fake)
+        self._fake = None
+        loss = hinge_discriminator_loss(real_logits, fake_logits)
+        figures = {
+            "real": real_logits.detach().float().mean(),
+            "fake": fake_logits.detach().float().mean(),
+        }
         return loss, figures
 
     def validate(self) -> dict[str, float]:
@@ -487,7 +603,8 @@ class VAEStage:
         if self.opts.decoder_only:  # same encoder: the statistics the DiT was trained with
             mean, std = self.vae.cfg.latent_mean, self.vae.cfg.latent_std
         else:
-            stats_clips = self.fit_clips[: self.opts.stats_clips]
+            # the main corpus's clips (what the DiT will see), not the extra ones
+            stats_clips = self.fit_clips[self.extra_clips :][: self.opts.stats_clips]
             mean, std = latent_statistics(self.vae, self.cache, stats_clips, self.opts.clip_frames)
         extra = {
             "stage": "vae",
@@ -495,6 +612,7 @@ class VAEStage:
             "vae_validation": self.val,
             "vae_options": dataclasses.asdict(self.opts),
             "vae_fit_clips": len(self.fit_clips),
+            "vae_extra_clips": self.extra_clips,
         }
         export_vae(self.vae, self.cfg, mean, std, path, extra)
         return {"latent_mean": mean, "latent_std": std, **extra}
@@ -530,6 +648,13 @@ def _check_options(opts: VAEOptions) -> None:
         raise UserInputError("--temporal-weight and --latent-noise must be >= 0")
     if opts.latent_noise and not opts.decoder_only:
         raise UserInputError("--latent-noise trains the decoder alone: add --decoder-only")
+    if min(opts.gan_weight, opts.fm_weight, opts.gan_start, opts.disc_lead) < 0:
+        raise UserInputError("--gan-weight, --fm-weight, --gan-start and --disc-lead must be >= 0")
+    if opts.disc_width < 1:
+        raise UserInputError(f"--disc-width must be at least 1, got {opts.disc_width}")
+    size = 2 ** DiscriminatorConfig().stages
+    if opts.gan and (opts.crop % size or opts.clip_crop % size):
+        raise UserInputError(f"with the discriminator, crops must be multiples of {size} px")
 
 
 def export_vae(
