@@ -11,7 +11,6 @@ import typer
 from tmrender.cli.app import app, console, warn
 from tmrender.cli.options import (
     CrfOpt,
-    CropOpt,
     DeviceOpt,
     ModelOpt,
     ModeOpt,
@@ -27,7 +26,9 @@ DEFAULTS = GenerateOptions  # the command's defaults are the library's (class at
     epilog=(
         "Examples:\n\n"
         "  tmrender generate --image face.png --audio speech.wav\n\n"
-        "  tmrender generate -i photo.jpg -a talk.mp3 -o talk.mp4 --crop 200,80,600,600\n\n"
+        "  tmrender generate -i photo.jpg -a talk.mp3 -o talk.mp4\n\n"
+        "  tmrender generate -i group.jpg -a talk.mp3 --face 2 --no-paste-back\n\n"
+        "  tmrender generate -i photo.jpg -a talk.mp3 --crop 200,80,600,600\n\n"
         "  tmrender generate --image face.png --audio pause.wav --mode silence --seed 7\n\n"
         "  tmrender generate -i face.png -a talk.wav --model wan.safetensors --device cuda "
         "--compile"
@@ -43,7 +44,31 @@ def generate(
     seed: SeedOpt = DEFAULTS.seed,
     device: DeviceOpt = DEFAULTS.device,
     mode: ModeOpt = DEFAULTS.mode,
-    crop: CropOpt = DEFAULTS.crop,
+    crop: Annotated[
+        str | None,
+        typer.Option(
+            "--crop",
+            help="Crop box x,y,w,h in image pixels: render that box, scaled to the model "
+            "(no face search, no paste-back).",
+        ),
+    ] = DEFAULTS.crop,
+    face: Annotated[
+        str,
+        typer.Option(
+            "--face",
+            help="auto: a model-framed portrait renders as is, any other picture around its "
+            "largest face, pasted back into the picture; N: the N-th face, largest first "
+            "(as `tmrender faces IMAGE` lists them).",
+        ),
+    ] = DEFAULTS.face,
+    paste_back: Annotated[
+        bool,
+        typer.Option(
+            "--paste-back/--no-paste-back",
+            help="Put the rendered face back into the picture, at the picture's size "
+            "(even-rounded); --no-paste-back writes the aligned crop alone.",
+        ),
+    ] = DEFAULTS.paste_back,
     crf: CrfOpt = DEFAULTS.crf,
     devices: Annotated[
         str | None,
@@ -90,7 +115,8 @@ def generate(
     # 1. Check every input, then load the model.
     opts = GenerateOptions(
         image=image, audio=audio, output=output, model=model, device=device, devices=devices,
-        compiled=compiled, seed=seed, mode=mode, crop=crop, prompt=prompt, crf=crf,
+        compiled=compiled, seed=seed, mode=mode, crop=crop, face=face, paste_back=paste_back,
+        prompt=prompt, crf=crf,
         deflicker=deflicker, cuda_graphs=cuda_graphs,
     )  # fmt: skip
     job = prepare_generate(opts, on_warning=warn)

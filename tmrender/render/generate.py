@@ -36,7 +36,9 @@ class GenerateOptions:
     # how to render
     seed: int = 0
     mode: str = "auto"  # one of MODES
-    crop: str | None = None  # x,y,w,h in image pixels; None: centre crop
+    crop: str | None = None  # x,y,w,h in image pixels (no face search); None: see `face`
+    face: str = "auto"  # auto: model-framed as is, else the largest face; or N (1 = largest)
+    paste_back: bool = True  # a face's frames go back into the picture (else: the crop)
     prompt: str | None = None  # None: the default prompt (and no warning without a text encoder)
     crf: int = DEFAULT_CRF
     deflicker: bool = True  # the model's frame post-processing over time, if it names any
@@ -52,6 +54,7 @@ class GenerateJob:
     image: Path
     output: Path
     options: object  # RenderOptions
+    source: object = None  # tmrender.render.source.Source: the framed picture, decoded once
 
     @property
     def fps(self) -> int:
@@ -66,9 +69,13 @@ class GenerateJob:
         """Render; -> RenderStats. `on_frames(stats)` after each block of frames."""
         from tmrender.render.pipeline import render_video
 
+        image, paste = self.image, None
+        if self.source is not None:
+            image, paste = self.source.reference, self.source.paste
         return render_video(
-            self.net, self.image, self.audio, self.output, self.options, on_frames=on_frames
-        )
+            self.net, image, self.audio, self.output, self.options, on_frames=on_frames,
+            paste=paste,
+        )  # fmt: skip
 
 
 def output_path(opts: GenerateOptions) -> Path:
@@ -88,11 +95,12 @@ def prepare_generate(
     `on_warning`."""
     from tmrender.devices import split_devices
     from tmrender.media.audio import open_audio
-    from tmrender.media.image import CropBox, open_rgb
+    from tmrender.media.image import CropBox
     from tmrender.media.video import check_crf, check_writable_output
     from tmrender.models.conditioning import DEFAULT_PROMPT
     from tmrender.models.registry import load_model
     from tmrender.render.pipeline import RenderOptions
+    from tmrender.render.source import load_picture, parse_face
 
     warn = on_warning or (lambda line: None)
     # 1. Check every input before the model is loaded.
@@ -109,8 +117,9 @@ def prepare_generate(
         deflicker=opts.deflicker,
         cuda_graphs=opts.cuda_graphs,
     )
+    face = parse_face(opts.face)
     info = open_audio(opts.audio)
-    open_rgb(opts.image)
+    picture = load_picture(opts.image, face, options.crop)  # decoded once, face found
     check_writable_output(output)
     # 2. Load the model.
     device, vae_device = opts.device, None
@@ -121,22 +130,23 @@ def prepare_generate(
         from tmrender.models.fused import enable_fusion
 
         enable_fusion()
+    source = picture.for_model(net.cfg.height, opts.paste_back)
     # 3. What may disappoint.
-    for line in warnings_for(opts, options, net, meta):
+    for line in warnings_for(opts, source, net, meta):
         warn(line)
-    return GenerateJob(net=net, audio=info, image=opts.image, output=output, options=options)
+    return GenerateJob(
+        net=net, audio=info, image=opts.image, output=output, options=options, source=source
+    )
 
 
-def warnings_for(opts: GenerateOptions, options, net, meta: dict) -> list[str]:
-    """One line per thing that renders but may disappoint."""
-    from tmrender.render.portrait import portrait_looks_like_avatar
-
+def warnings_for(opts: GenerateOptions, source, net, meta: dict) -> list[str]:
+    """One line per thing that renders but may disappoint (source: the framed picture)."""
     lines = []
     if not meta["trained"]:
         lines.append(f"{meta['path']} is an untrained model: the video will be noise")
     if opts.prompt is not None and net.text_encoder is None:
         lines.append(f"{meta['path']} has no text encoder: --prompt is ignored")
-    if not portrait_looks_like_avatar(opts.image, options.crop):
+    if not source.avatar_like:
         lines.append(
             f"{opts.image} does not look like the drawn avatars the model learned from (a "
             "photograph?): it still renders, but expect a poor likeness and lip sync"

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -95,6 +95,14 @@ class RenderStats:
     def realtime_factor(self) -> float:
         """Wall time / audio time (below 1 is faster than real time)."""
         return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+
+class FrameStep(Protocol):
+    """A per-block step on finished frames (paste-back): uint8 (n, h, w, 3) -> (n, H, W, 3)."""
+
+    size: tuple[int, int]  # (W, H) of the frames it returns
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray: ...
 
 
 class EndOfStream:
@@ -220,19 +228,30 @@ def render_video(
     options: RenderOptions | None = None,
     stats: RenderStats | None = None,
     on_frames: Callable[[RenderStats], None] | None = None,
+    paste: FrameStep | None = None,
 ) -> RenderStats:
     """Render to an MP4 file with the audio muxed in; the file appears only when complete.
 
-    `on_frames(stats)` is called after each block of frames is written (progress bars)."""
+    `on_frames(stats)` is called after each block of frames is written (progress bars).
+    `paste`: a per-block step from the model's frames (n, H, W, 3) to the video's
+    (n, paste.size[1], paste.size[0], 3), e.g. `tmrender.render.paste.PasteBack` (streamed:
+    block by block, constant memory); None: the model's frames are the video."""
     options = options or RenderOptions()
     stats = stats if stats is not None else RenderStats()
     cfg = model.cfg
     start = time.perf_counter()
     frames = render_frames(model, image, audio, options, stats)
     source = audio.path if isinstance(audio, AudioInfo) else audio
-    with VideoWriter(output, cfg.width, cfg.height, cfg.fps, audio=source, crf=options.crf) as out:
+    width, height = (cfg.width, cfg.height) if paste is None else paste.size
+    with VideoWriter(output, width, height, cfg.fps, audio=source, crf=options.crf) as out:
         try:
             for block in frames:
+                if paste is not None:
+                    tick = time.perf_counter()
+                    block = paste(block)
+                    stats.stage_seconds["paste_back"] = (
+                        stats.stage_seconds.get("paste_back", 0.0) + time.perf_counter() - tick
+                    )
                 tick = time.perf_counter()
                 out.write(block)
                 stats.stage_seconds["video_encode"] += time.perf_counter() - tick

@@ -1,0 +1,129 @@
+"""Paste-back: each rendered aligned crop goes back into the original picture, frame by frame.
+
+The model renders an aligned `S` x `S` crop (`tmrender.faces.align`). `PasteBack` warps
+every rendered frame back into the picture through the alignment's inverse and blends it
+in with a feathered elliptical mask over the face, so that only the face region changes:
+pixels where the mask is 0 are the picture's own, bit for bit. The work per frame is
+limited to the mask's bounding box, and nothing is kept between frames but the picture and
+the colour correction: memory is constant, whatever the video's length.
+
+Colour matching: the decoder's colours drift a little from the portrait's (a VAE's bias),
+which would show as a tinted patch. The first rendered frame fixes a per-channel gain and
+bias (the portrait's mean and spread over the mask, against the frame's), applied to every
+frame; fixed once, so that it cannot flicker.
+
+The mask, in fractions of the crop's side: an ellipse around the face of the model's
+framing (the avatars' face: centre 0.5, 0.53; half-axes 0.22 x 0.24, so the brows, cheeks,
+mouth and an open jaw), 1 inside `1 - FEATHER` of its radius and falling smoothly to 0 at
+its edge. On a detected face it stays within the detector's box grown by 10%
+(docs/FACES.md, "Paste-back").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tmrender.faces.align import Alignment, warp_from_crop
+
+MASK_CENTRE = (0.5, 0.53)  # x, y as fractions of the crop's side
+MASK_RADII = (0.22, 0.24)
+FEATHER = 0.35  # the outer share of the radius over which the mask fades to 0
+GAIN_RANGE = (0.8, 1.25)  # colour matching never scales a channel further than this
+
+
+def even_size(height: int, width: int) -> tuple[int, int]:
+    """(H, W) rounded down to even numbers (H.264's 4:2:0 needs them), at least 2."""
+    return max(2, height - height % 2), max(2, width - width % 2)
+
+
+def face_mask(size: int) -> np.ndarray:
+    """The feathered face mask (size, size) float32 in [0, 1] of a model-framed crop."""
+    centres = (np.arange(size) + 0.5) / size
+    dx = (centres[None, :] - MASK_CENTRE[0]) / MASK_RADII[0]
+    dy = (centres[:, None] - MASK_CENTRE[1]) / MASK_RADII[1]
+    radius = np.sqrt(dx**2 + dy**2)
+    t = np.clip((1.0 - radius) / FEATHER, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep
+
+
+class PasteBack:
+    """Rendered crops (n, S, S, 3) uint8 -> frames of the picture (n, H, W, 3) uint8.
+
+    image: the original RGB uint8 picture (H0, W0, 3), cut to even (H, W); alignment: the
+    map from its pixels to the crop; reference: the aligned crop the model was given
+    (S, S, 3), the colour target.
+    """
+
+    def __init__(self, image: np.ndarray, alignment: Alignment, reference: np.ndarray) -> None:
+        size = alignment.size
+        assert reference.shape == (size, size, 3), reference.shape
+        height, width = even_size(*image.shape[:2])
+        self.image = np.ascontiguousarray(image[:height, :width])
+        self.crop_mask = face_mask(size)
+        self.reference = reference
+        self.gain: np.ndarray | None = None
+        self.bias: np.ndarray | None = None
+        self.region, self.alignment = _region(self.crop_mask, alignment, (height, width))
+        self.mask = self._region_mask()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The output frames' (width, height)."""
+        return self.image.shape[1], self.image.shape[0]
+
+    def _region_mask(self) -> np.ndarray:
+        """The mask warped into the region (h, w, 1) float32: face mask x crop coverage."""
+        y, x = self.region
+        shape = (y.stop - y.start, x.stop - x.start)
+        mask8 = np.repeat((self.crop_mask * 255).round().astype(np.uint8)[..., None], 3, 2)
+        warped, coverage = warp_from_crop(mask8, self.alignment, shape)
+        return (warped[..., :1].astype(np.float32) / 255.0) * coverage[..., None]
+
+    def match_colours(self, frame: np.ndarray) -> None:
+        """Fix the per-channel gain and bias that bring `frame` (S, S, 3) to the reference's
+        mean and spread over the mask."""
+        weight = self.crop_mask[..., None] / self.crop_mask.sum()
+        ref, out = self.reference.astype(np.float64), frame.astype(np.float64)
+        ref_mean, out_mean = (ref * weight).sum((0, 1)), (out * weight).sum((0, 1))
+        ref_std = np.sqrt((((ref - ref_mean) ** 2) * weight).sum((0, 1)))
+        out_std = np.sqrt((((out - out_mean) ** 2) * weight).sum((0, 1)))
+        gain = np.clip(ref_std / np.maximum(out_std, 1e-3), *GAIN_RANGE)
+        self.gain = gain.astype(np.float32)
+        self.bias = (ref_mean - gain * out_mean).astype(np.float32)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """Paste a block of rendered crops (n, S, S, 3) uint8 -> (n, H, W, 3) uint8."""
+        assert frames.ndim == 4 and frames.shape[1:] == self.reference.shape, frames.shape
+        if self.gain is None and len(frames):
+            self.match_colours(frames[0])
+        out = np.repeat(self.image[None], len(frames), axis=0)
+        y, x = self.region
+        shape = (y.stop - y.start, x.stop - x.start)
+        below = self.image[y, x].astype(np.float32)
+        for i, frame in enumerate(frames):
+            matched = np.clip(frame * self.gain + self.bias, 0, 255).round().astype(np.uint8)
+            warped, _ = warp_from_crop(matched, self.alignment, shape)
+            blend = below + (warped - below) * self.mask
+            out[i, y, x] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+
+def _region(
+    crop_mask: np.ndarray, alignment: Alignment, shape: tuple[int, int]
+) -> tuple[tuple[slice, slice], Alignment]:
+    """The picture's rows and columns (y, x slices) that the mask can touch, and the
+    alignment from that region's pixels to the crop."""
+    size = alignment.size
+    ys, xs = np.nonzero(crop_mask > 0)
+    corners = np.array(
+        [[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.min(), ys.max()], [xs.max(), ys.max()]]
+    )
+    corners = alignment.to_image(np.concatenate([corners - 1.0, corners + 1.0]))
+    height, width = shape
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 3
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, max(x1, 1)), min(height, max(y1, 1))
+    x0, y0 = min(x0, x1 - 1), min(y0, y1 - 1)
+    matrix = alignment.matrix.copy()
+    matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+    return (slice(y0, y1), slice(x0, x1)), Alignment(matrix, size)

@@ -1,0 +1,178 @@
+"""The picture to render: decoded once, then framed for the model, and the way back.
+
+`load_picture(path, face, crop)` decodes and checks it (before a model is loaded);
+`Picture.for_model(size, paste_back)` frames it for a model of that size:
+
+- `crop` (x,y,w,h): that box, scaled to cover the model's size and centre-cropped, as
+  always; no face search, no paste-back.
+- `face="auto"` on a model-framed portrait (square, like the drawn avatars the model
+  learned from (`tmrender.render.portrait`), and either no face found, as with many
+  drawn avatars, or its eyes and mouth where the model's framing has them): scaled and
+  centre-cropped as before (the same pixels, so the same video, as before faces existed).
+- otherwise (any other picture, or `face=N`): the N-th face (largest first, as `tmrender
+  faces IMAGE` lists them; auto = the largest) is found, aligned to the model's framing
+  (`tmrender.faces`) and rendered; with `paste_back` each rendered frame goes back into the
+  picture at its own size, even-rounded (`tmrender.render.paste`).
+
+Bad input is one UserInputError line: no face, a face number past the faces found, a
+face too small, an image too large.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tmrender.errors import UserInputError
+from tmrender.media.image import CropBox
+from tmrender.render.paste import PasteBack
+from tmrender.render.portrait import ANALYSIS_SIZE, looks_like_avatar
+
+AUTO = "auto"
+# a face's eyes and mouth within this share of the side of where the model's framing has
+# them: model-framed (examples/face.png: 0.022; the closest real photo, a square 1145 px
+# portrait: 0.065; docs/FACES.md "Paste-back")
+FRAMED_TOLERANCE = 0.035
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the model is given (S, S, 3) uint8, and what happens to its frames."""
+
+    reference: np.ndarray
+    paste: PasteBack | None  # None: the frames are the video
+    avatar_like: bool  # the reference looks like the drawn avatars (else: a warning)
+    face: int | None = None  # the face rendered (1 = largest), None without a face search
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(width, height) of the video when it differs from the model's frames."""
+        return None if self.paste is None else self.paste.size
+
+
+def parse_face(text: str | int | None) -> str | int:
+    """'auto' (or blank) or a face number N >= 1; UserInputError otherwise."""
+    if text is None or str(text).strip().lower() in ("", AUTO):
+        return AUTO
+    try:
+        number = int(str(text).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UserInputError(f"--face must be auto or a face number 1, 2, ...; got {text!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A decoded picture (H, W, 3) uint8 and how it will be framed: cut to `crop`, fitted
+    whole (model-framed), or around face `face` whose 68 landmarks are `points` (68, 2)."""
+
+    rgb: np.ndarray
+    name: str
+    crop: CropBox | None = None
+    face: int | None = None
+    points: np.ndarray | None = None
+
+    def for_model(self, size: int, paste_back: bool = True) -> Source:
+        """The Source for a model of `size` x `size`."""
+        from tmrender.faces import align, warp_to_crop
+
+        if self.points is None:
+            analysis = fit(self.rgb, ANALYSIS_SIZE, self.crop, self.name)
+            return Source(
+                fit(self.rgb, size, self.crop, self.name), None, looks_like_avatar(analysis)
+            )
+        alignment = align(self.points, size)
+        reference = warp_to_crop(self.rgb, alignment)
+        analysis = warp_to_crop(self.rgb, align(self.points, ANALYSIS_SIZE))
+        paste = PasteBack(self.rgb, alignment, reference) if paste_back else None
+        return Source(reference, paste, looks_like_avatar(analysis), self.face)
+
+
+def load_picture(path: Path | str, face: str | int = AUTO, crop: CropBox | None = None) -> Picture:
+    """Decode the picture once, check it (one-line UserInputError) and find its face when
+    it needs one (module doc)."""
+    from tmrender.faces import detect_faces, landmarks, read_image
+
+    rgb, name = read_image(path), str(path)
+    if crop is not None:
+        fit(rgb, 2, crop, name)  # the box lies inside the picture
+        return Picture(rgb, name, crop=crop)
+    faces = None
+    if face == AUTO and square_avatar(rgb):
+        faces = detect_faces(rgb)
+        if not faces or framed(points := landmarks(rgb, faces[0]), rgb.shape[:2]):
+            return Picture(rgb, name)  # a drawn avatar the detector misses, or model-framed
+    number = 1 if face == AUTO else int(face)
+    box = pick_face(rgb, number, name, faces)
+    points = points if faces and number == 1 else landmarks(rgb, box)
+    return Picture(rgb, name, face=number, points=points)
+
+
+def load_source(
+    path: Path | str,
+    size: int,
+    face: str | int = AUTO,
+    crop: CropBox | None = None,
+    paste_back: bool = True,
+) -> Source:
+    """`load_picture(...).for_model(size, paste_back)`."""
+    return load_picture(path, face, crop).for_model(size, paste_back)
+
+
+def square_avatar(rgb: np.ndarray) -> bool:
+    """A square picture like the drawn avatars (`tmrender.render.portrait`)."""
+    height, width = rgb.shape[:2]
+    return height == width and looks_like_avatar(fit(rgb, ANALYSIS_SIZE))
+
+
+def framed(points: np.ndarray, shape: tuple[int, int]) -> bool:
+    """Whether a face's 68 landmarks (68, 2) in a picture of `shape` (H, W) sit where the
+    model's framing has them: each alignment anchor within `FRAMED_TOLERANCE` of the side."""
+    from tmrender.faces import CANONICAL
+    from tmrender.faces.align import anchor_points
+
+    height, width = shape
+    where = (anchor_points(points) + 0.5) / np.array([width, height])
+    return bool(np.abs(where - CANONICAL).max() <= FRAMED_TOLERANCE)
+
+
+def pick_face(rgb: np.ndarray, number: int, name: str, faces: list | None = None):
+    """The `number`-th face box (1 = largest) of a picture; one-line UserInputError when
+    there is none, too few, or it is too small."""
+    from tmrender.faces import MIN_FACE_PX, detect_faces
+
+    faces = detect_faces(rgb) if faces is None else faces
+    if not faces:
+        raise UserInputError(f"no face found in {name}; pass --crop x,y,w,h to choose a region")
+    if number > len(faces):
+        found = f"{len(faces)} face" + ("s" if len(faces) > 1 else "")
+        raise UserInputError(
+            f"--face {number}: only {found} found in {name} (see tmrender faces {name})"
+        )
+    box = faces[number - 1]
+    if box.w < MIN_FACE_PX:
+        raise UserInputError(
+            f"face {number} in {name} is too small: {box.w} pixels wide, at least "
+            f"{MIN_FACE_PX} are needed (use a closer or larger photo)"
+        )
+    return box
+
+
+def fit(rgb: np.ndarray, size: int, crop: CropBox | None = None, name: object = "") -> np.ndarray:
+    """An RGB uint8 picture cut to `crop` (if any), scaled to cover size x size and
+    centre-cropped (LANCZOS: `tmrender.media.image.load_image`'s pixels) -> (S, S, 3)."""
+    image = Image.fromarray(rgb)
+    if crop is not None:
+        if crop.x + crop.w > image.width or crop.y + crop.h > image.height:
+            raise UserInputError(
+                f"--crop {crop.x},{crop.y},{crop.w},{crop.h} lies outside the "
+                f"{image.width}x{image.height} image {name}"
+            )
+        image = image.crop((crop.x, crop.y, crop.x + crop.w, crop.y + crop.h))
+    fitted = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
+    return np.asarray(fitted, dtype=np.uint8).copy()
