@@ -29,10 +29,19 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+def avatar(side: int = 128, seed: int = 3) -> np.ndarray:
+    """A drawn avatar (side, side, 3) uint8: a model-framed portrait."""
+    from tmrender.data.avatar import AvatarRenderer, neutral_mouth, neutral_pose, sample_appearance
+
+    look = sample_appearance(np.random.default_rng(seed))
+    return AvatarRenderer(look, side).draw(neutral_mouth(), neutral_pose()).pixels
+
+
 @pytest.fixture
 def inputs(tmp_path):
     image = tmp_path / "face.png"
-    Image.fromarray(np.full((300, 200, 4), 90, np.uint8), "RGBA").save(image)
+    rgba = np.concatenate([avatar(), np.full((128, 128, 1), 255, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(image)
     audio = tmp_path / "speech.wav"
     t = np.arange(16_000) / 16_000
     write_wav(audio, 0.3 * np.sin(2 * np.pi * 200 * t))
