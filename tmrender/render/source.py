@@ -144,9 +144,9 @@ def framed(points: np.ndarray, shape: tuple[int, int]) -> bool:
 def pick_face(rgb: np.ndarray, number: int, name: str, faces: list | None = None):
     """The `number`-th face box (1 = largest) of a picture; one-line UserInputError when
     there is none, too few, or it is too small."""
-    from tmrender.faces import MIN_FACE_PX, detect_faces
+    from tmrender.faces import detect
 
-    faces = detect_faces(rgb) if faces is None else faces
+    faces = detect.detect_faces(rgb) if faces is None else faces
     if not faces:
         raise UserInputError(f"no face found in {name}; pass --crop x,y,w,h to choose a region")
     if number > len(faces):
@@ -155,10 +155,10 @@ def pick_face(rgb: np.ndarray, number: int, name: str, faces: list | None = None
             f"--face {number}: only {found} found in {name} (see tmrender faces {name})"
         )
     box = faces[number - 1]
-    if box.w < MIN_FACE_PX:
+    if box.w < detect.MIN_FACE_PX:
         raise UserInputError(
             f"face {number} in {name} is too small: {box.w} pixels wide, at least "
-            f"{MIN_FACE_PX} are needed (use a closer or larger photo)"
+            f"{detect.MIN_FACE_PX} are needed (use a closer or larger photo)"
         )
     return box
 
