@@ -35,9 +35,17 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def avatar(side: int = 96, seed: int = 3) -> np.ndarray:
+    """A drawn avatar (side, side, 3) uint8: a model-framed portrait."""
+    from tmrender.data.avatar import AvatarRenderer, neutral_mouth, neutral_pose, sample_appearance
+
+    look = sample_appearance(np.random.default_rng(seed))
+    return AvatarRenderer(look, side).draw(neutral_mouth(), neutral_pose()).pixels
+
+
 def make_inputs(folder: Path, clips: int, seconds: float = 0.6) -> None:
     """face.png and clips c0.wav, c1.wav, ... of `seconds` seconds."""
-    Image.fromarray(np.full((96, 80, 3), 120, np.uint8)).save(folder / "face.png")
+    Image.fromarray(avatar()).save(folder / "face.png")
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     for i in range(clips):
         write_wav(folder / f"c{i}.wav", 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t))
@@ -209,3 +217,30 @@ def test_two_worker_processes(tmp_path, checkpoint):
     report = execute_batch(prepare_batch(manifest, settings))
     assert [row["status"] for row in report["rows"]] == ["ok", "ok", "ok", "failed"]
     assert all(count_video_frames(tmp_path / f"c{i}.mp4") == 10 for i in range(3))
+
+
+def test_the_face_column_means_what_generate_face_means(capsys, tmp_path, checkpoint):
+    from matplotlib import cbook
+
+    from tmrender.media.video import iter_video_frames
+
+    make_inputs(tmp_path, 1, seconds=0.4)
+    hopper = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)  # 512x600, one face
+    lines = [
+        "image,audio,output,face",
+        f"{hopper},c0.wav,photo.mp4,",
+        f"{hopper},c0.wav,first.mp4,1",
+        f"{hopper},c0.wav,second.mp4,2",
+        f"{hopper},c0.wav,bad.mp4,left",
+        "face.png,c0.wav,avatar.mp4,auto",
+    ]
+    manifest = write_manifest(tmp_path, lines)
+    settings = BatchSettings(model=str(checkpoint), device="cpu")
+    report = execute_batch(prepare_batch(manifest, settings))
+    rows = report["rows"]
+    assert [row["status"] for row in rows] == ["ok", "ok", "failed", "failed", "ok"]
+    assert "face 2 asked for, but only 1 face found" in rows[2]["error"]
+    assert "face must be auto or a face number" in rows[3]["error"]
+    sizes = [next(iter(iter_video_frames(tmp_path / f"{n}.mp4", 2))).shape[1:] for n in
+             ("photo", "first", "avatar")]  # fmt: skip
+    assert sizes == [(600, 512, 3), (600, 512, 3), (128, 128, 3)]

@@ -87,7 +87,7 @@ def faceless(tmp_path):
     ("picture", "extra", "message"),
     [
         (faceless, (), r"no face found in .*wall.png; pass --crop x,y,w,h to choose a region"),
-        (lambda _: HOPPER, ("--face", "3"), r"--face 3: only 1 face found in"),
+        (lambda _: HOPPER, ("--face", "3"), r"face 3 asked for, but only 1 face found in"),
         (lambda _: HOPPER, ("--face", "first"), r"--face must be auto or a face number"),
     ],
 )

@@ -21,8 +21,9 @@ SHOWN_UNLIKE = 3  # rows named in the warning about portraits unlike the avatars
 
 @app.command(
     epilog=(
-        "The manifest is CSV with a header: image,audio required; output,seed,mode,crop "
-        "optional. Relative paths are taken from the manifest's folder (outputs from "
+        "The manifest is CSV with a header: image,audio required; output,seed,mode,crop,face "
+        "optional (face: auto or N, as generate --face). Relative paths are taken from "
+        "the manifest's folder (outputs from "
         "--out); the default output is <audio stem>.mp4. A finished output has a "
         "sidecar .<name>.tmrender.json beside it; a rerun renders only what is missing or "
         "changed. Exit code 0: all rows ok; 3: some rows failed; 2: unusable manifest.\n\n"

@@ -1,6 +1,7 @@
 """Batch manifests: a CSV file with one video to render per row, read and checked row by row.
 
-Columns: `image` and `audio` (required), `output`, `seed`, `mode` and `crop` (optional);
+Columns: `image` and `audio` (required), `output`, `seed`, `mode`, `crop` and `face`
+(optional; `face` as `tmrender generate --face`: blank or auto, or a face number);
 any other column is an error that names it. The file is UTF-8 with or without a BOM;
 quoted fields may hold commas; blank lines are ignored.
 
@@ -34,7 +35,7 @@ from tmrender.media.image import CropBox, open_rgb
 from tmrender.media.video import check_writable_output
 
 REQUIRED_COLUMNS = ("image", "audio")
-OPTIONAL_COLUMNS = ("output", "seed", "mode", "crop")
+OPTIONAL_COLUMNS = ("output", "seed", "mode", "crop", "face")
 MODES = ("auto", "speaking", "silence")
 DEFAULT_SUFFIX = ".mp4"
 PROBE_SAMPLES = 640  # one video frame of audio: enough to prove that samples decode
@@ -57,6 +58,7 @@ class ManifestRow:
     seed: str = ""
     mode: str = ""
     crop: str = ""
+    face: str = ""
     fields: int = 0  # fields on the line, and columns in the header
     columns: int = 0
 
@@ -69,6 +71,7 @@ class CheckedRow:
     seed: int = 0
     mode: str = "auto"
     crop: CropBox | None = None
+    face: str | int = "auto"  # as `tmrender generate --face`
     audio_seconds: float | None = None  # the container's duration; None when unknown
     errors: tuple[str, ...] = field(default_factory=tuple)
 
@@ -171,6 +174,7 @@ def _make_row(index: int, line: int, fields: dict[str, str], base: Path, outputs
         seed=fields.get("seed", ""),
         mode=fields.get("mode", ""),
         crop=fields.get("crop", ""),
+        face=fields.get("face", ""),
     )
 
 
@@ -220,6 +224,7 @@ def check_row(
     seed = _collect(errors, lambda: parse_seed(row.seed), 0)
     mode = _collect(errors, lambda: parse_mode(row.mode), "auto")
     crop = _collect(errors, lambda: parse_crop(row.crop), None)
+    face = _collect(errors, lambda: parse_face(row.face), "auto")
     seconds = None
     for name in ("image", "audio"):
         if getattr(row, name) == Path():
@@ -229,7 +234,7 @@ def check_row(
     if row.audio != Path():
         seconds = _collect(errors, lambda: probe_audio(row.audio), None)
     _collect(errors, lambda: check_output(row.output, create_folders), None)
-    return CheckedRow(row, seed, mode, crop, seconds, tuple(errors))
+    return CheckedRow(row, seed, mode, crop, face, seconds, tuple(errors))
 
 
 def _collect(errors: list[str], check: Callable, fallback):
@@ -270,6 +275,16 @@ def parse_crop(text: str) -> CropBox | None:
         return CropBox.parse(text)
     except UserInputError as err:
         raise UserInputError(str(err).replace("--crop", "crop")) from None
+
+
+def parse_face(text: str) -> str | int:
+    """auto (or blank) or a face number 1, 2, ... (largest first)."""
+    from tmrender.render.source import parse_face as parse
+
+    try:
+        return parse(text)
+    except UserInputError as err:
+        raise UserInputError(str(err).replace("--face", "face")) from None
 
 
 def check_image(path: Path, crop: CropBox | None) -> None:

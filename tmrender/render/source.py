@@ -152,7 +152,8 @@ def pick_face(rgb: np.ndarray, number: int, name: str, faces: list | None = None
     if number > len(faces):
         found = f"{len(faces)} face" + ("s" if len(faces) > 1 else "")
         raise UserInputError(
-            f"--face {number}: only {found} found in {name} (see tmrender faces {name})"
+            f"face {number} asked for, but only {found} found in {name} "
+            f"(tmrender faces {name} lists them)"
         )
     box = faces[number - 1]
     if box.w < detect.MIN_FACE_PX:

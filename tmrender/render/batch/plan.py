@@ -96,6 +96,7 @@ class Job:
     output: Path
     options: object  # RenderOptions (typed loosely so that this module imports no torch)
     key: dict
+    face: str | int = "auto"  # as `tmrender generate --face`
 
 
 @dataclass
@@ -201,8 +202,8 @@ def plan_row(
     options = RenderOptions(
         seed=checked.seed, mode=checked.mode, crop=checked.crop, crf=settings.crf
     )
-    key = render_key(image_sha, audio_sha, model_sha, options)
-    job = Job(row.index, row.line, row.image, row.audio, row.output, options, key)
+    key = render_key(image_sha, audio_sha, model_sha, options, checked.face)
+    job = Job(row.index, row.line, row.image, row.audio, row.output, options, key, checked.face)
     previous = read_sidecar(row.output)
     if is_finished(row.output, key, previous) and not settings.overwrite:
         return PlannedRow(checked, "skip", job, "finished earlier")

@@ -4,7 +4,7 @@ A finished output carries a sidecar `.<name>.tmrender.json` beside it (hidden, s
 of videos stays a folder of videos), written atomically and only after the video has been
 renamed into place. An output counts as finished when it exists, its sidecar parses, the
 sidecar's `key` equals the row's key now (sha256 of the image bytes, the audio bytes and
-the checkpoint; seed, mode, crop, crf) and the output's size equals the recorded size.
+the checkpoint; seed, mode, crop, crf, face) and the output's size equals the recorded size.
 Rows that are finished are skipped unless `overwrite`; everything else is rendered.
 """
 
@@ -28,8 +28,10 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.tmrender.json")
 
 
-def render_key(image_sha: str, audio_sha: str, model_sha: str, options) -> dict:
-    """What an output depends on: input and model hashes and the render options."""
+def render_key(
+    image_sha: str, audio_sha: str, model_sha: str, options, face: str | int = "auto"
+) -> dict:
+    """What an output depends on: input and model hashes, the render options and the face."""
     crop = options.crop
     return {
         "image_sha256": image_sha,
@@ -39,6 +41,7 @@ def render_key(image_sha: str, audio_sha: str, model_sha: str, options) -> dict:
         "mode": options.mode,
         "crop": None if crop is None else [crop.x, crop.y, crop.w, crop.h],
         "crf": options.crf,
+        "face": face,
     }
 
 

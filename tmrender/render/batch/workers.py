@@ -82,6 +82,7 @@ def render_job(
 
     KeyboardInterrupt and ParentGone pass through (the video writer removes its temporaries)."""
     from tmrender.render.pipeline import render_video
+    from tmrender.render.source import load_picture
 
     # 1. Forget any earlier result: a stale sidecar and leftovers of an interrupted render.
     sidecar_path(job.output).unlink(missing_ok=True)
@@ -100,7 +101,12 @@ def render_job(
     # 2. Render; the output appears at its final name only when complete.
     try:
         options = replace(job.options, intra_op_threads=threads)
-        stats = render_video(model, job.image, job.audio, job.output, options, on_frames=on_frames)
+        picture = load_picture(job.image, job.face, options.crop)  # decoded once
+        source = picture.for_model(model.cfg.height)
+        stats = render_video(
+            model, source.reference, job.audio, job.output, options, on_frames=on_frames,
+            paste=source.paste,
+        )  # fmt: skip
         # 3. Only now: the sidecar that marks the output as finished.
         write_sidecar(job.output, job.key, stats.audio_seconds, stats.frames)
     except UserInputError as err:
