@@ -22,8 +22,9 @@ its edge. On a detected face it stays within the detector's box grown by 10%
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
-from tmrender.faces.align import Alignment, warp_from_crop
+from tmrender.faces.align import EDGE, Alignment, warp_from_crop
 
 MASK_CENTRE = (0.5, 0.53)  # x, y as fractions of the crop's side
 MASK_RADII = (0.22, 0.24)
@@ -65,6 +66,11 @@ class PasteBack:
         self.bias: np.ndarray | None = None
         self.region, self.alignment = _region(self.crop_mask, alignment, (height, width))
         self.mask = self._region_mask()
+        y, x = self.region
+        self.region_size = (x.stop - x.start, y.stop - y.start)  # (w, h) for Pillow
+        self.below = self.image[y, x].astype(np.float32)
+        # Pillow's AFFINE data: region pixel -> pixel of the crop padded by EDGE
+        self.warp_data = _affine_data(self.alignment.matrix + [[0, 0, EDGE], [0, 0, EDGE]])
 
     @property
     def size(self) -> tuple[int, int]:
@@ -98,14 +104,29 @@ class PasteBack:
             self.match_colours(frames[0])
         out = np.repeat(self.image[None], len(frames), axis=0)
         y, x = self.region
-        shape = (y.stop - y.start, x.stop - x.start)
-        below = self.image[y, x].astype(np.float32)
         for i, frame in enumerate(frames):
-            matched = np.clip(frame * self.gain + self.bias, 0, 255).round().astype(np.uint8)
-            warped, _ = warp_from_crop(matched, self.alignment, shape)
-            blend = below + (warped - below) * self.mask
+            warped = self._warp(frame).astype(np.float32)
+            blend = self.below + (warped - self.below) * self.mask
             out[i, y, x] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         return out
+
+    def _warp(self, frame: np.ndarray) -> np.ndarray:
+        """A rendered crop (S, S, 3), colour-matched, warped into the region (h, w, 3) uint8
+        (bicubic; the crop's edge repeated so that its border samples stay unmixed)."""
+        matched = np.clip(frame * self.gain + self.bias + 0.5, 0, 255).astype(np.uint8)
+        padded = np.pad(matched, ((EDGE, EDGE), (EDGE, EDGE), (0, 0)), mode="edge")
+        warped = Image.fromarray(padded).transform(
+            self.region_size, Image.Transform.AFFINE, self.warp_data, Image.Resampling.BICUBIC
+        )
+        return np.asarray(warped)
+
+
+def _affine_data(matrix: np.ndarray) -> tuple[float, ...]:
+    """Pillow's AFFINE data (output -> input, continuous coordinates) of a (2, 3) map from
+    output pixels to input pixels given with pixel centres at integers."""
+    linear, shift = matrix[:, :2], matrix[:, 2]
+    offset = shift + 0.5 - linear @ np.array([0.5, 0.5])
+    return (*linear[0], offset[0], *linear[1], offset[1])
 
 
 def _region(
