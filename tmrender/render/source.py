@@ -7,7 +7,8 @@
   always; no face search, no paste-back.
 - `face="auto"` on a model-framed portrait (square, like the drawn avatars the model
   learned from (`tmrender.render.portrait`), and either no face found, as with many
-  drawn avatars, or its box where the model's framing has faces): scaled and
+  drawn avatars, or its box where the model's framing has faces, or a face too small for
+  the face path, as in a 64 px avatar): scaled and
   centre-cropped as before (the same pixels, so the same video, as before faces existed).
 - otherwise (any other picture, or `face=N`): the N-th face (largest first, as `tmrender
   faces IMAGE` lists them; auto = the largest) is found, aligned to the model's framing
@@ -97,7 +98,7 @@ class Picture:
 def load_picture(path: Path | str, face: str | int = AUTO, crop: CropBox | None = None) -> Picture:
     """Decode the picture once, check it (one-line UserInputError) and find its face when
     it needs one (module doc)."""
-    from tmrender.faces import detect_faces, landmarks, read_image
+    from tmrender.faces import detect, landmarks, read_image
 
     rgb, name = read_image(path), str(path)
     if crop is not None:
@@ -105,9 +106,9 @@ def load_picture(path: Path | str, face: str | int = AUTO, crop: CropBox | None 
         return Picture(rgb, name, crop=crop)
     faces = None
     if face == AUTO and square_avatar(rgb):
-        faces = detect_faces(rgb)
-        if not faces or framed(faces[0], rgb.shape[:2]):
-            return Picture(rgb, name)  # a drawn avatar the detector misses, or model-framed
+        faces = detect.detect_faces(rgb)
+        if not faces or framed(faces[0], rgb.shape[:2]) or faces[0].w < detect.MIN_FACE_PX:
+            return Picture(rgb, name)  # a drawn avatar: missed, model-framed, or tiny
     number = 1 if face == AUTO else int(face)
     box = pick_face(rgb, number, name, faces)
     return Picture(rgb, name, face=number, points=landmarks(rgb, box))
