@@ -49,12 +49,20 @@ def load_image(path: Path | str, size: tuple[int, int], crop: CropBox | None = N
     The crop box (if any) is cut first, then the image is scaled to cover `size` and
     centre-cropped, so the aspect ratio is never distorted.
     """
-    image = open_rgb(path)
+    return fit_image(open_rgb(path), size, crop, path)
+
+
+def fit_image(
+    image: Image.Image, size: tuple[int, int], crop: CropBox | None = None, name: object = ""
+) -> np.ndarray:
+    """An RGB PIL image cut to `crop` (if any; UserInputError, naming `name`, when the box
+    leaves the picture), scaled to cover `size` = (H, W) and centre-cropped (LANCZOS) ->
+    RGB uint8 (H, W, 3)."""
     if crop is not None:
         if crop.x + crop.w > image.width or crop.y + crop.h > image.height:
             raise UserInputError(
                 f"--crop {crop.x},{crop.y},{crop.w},{crop.h} lies outside the "
-                f"{image.width}x{image.height} image {path}"
+                f"{image.width}x{image.height} image {name}"
             )
         image = image.crop((crop.x, crop.y, crop.x + crop.w, crop.y + crop.h))
     height, width = size

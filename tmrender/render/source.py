@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from tmrender.errors import UserInputError
-from tmrender.media.image import CropBox
+from tmrender.media.image import CropBox, fit_image
 from tmrender.render.paste import PasteBack
 from tmrender.render.portrait import ANALYSIS_SIZE, looks_like_avatar
 
@@ -167,14 +167,5 @@ def pick_face(rgb: np.ndarray, number: int, name: str, faces: list | None = None
 
 def fit(rgb: np.ndarray, size: int, crop: CropBox | None = None, name: object = "") -> np.ndarray:
     """An RGB uint8 picture cut to `crop` (if any), scaled to cover size x size and
-    centre-cropped (LANCZOS: `tmrender.media.image.load_image`'s pixels) -> (S, S, 3)."""
-    image = Image.fromarray(rgb)
-    if crop is not None:
-        if crop.x + crop.w > image.width or crop.y + crop.h > image.height:
-            raise UserInputError(
-                f"--crop {crop.x},{crop.y},{crop.w},{crop.h} lies outside the "
-                f"{image.width}x{image.height} image {name}"
-            )
-        image = image.crop((crop.x, crop.y, crop.x + crop.w, crop.y + crop.h))
-    fitted = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
-    return np.asarray(fitted, dtype=np.uint8).copy()
+    centre-cropped, with `load_image`'s pixels -> (S, S, 3)."""
+    return fit_image(Image.fromarray(rgb), (size, size), crop, name)
