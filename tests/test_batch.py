@@ -219,6 +219,7 @@ def test_two_worker_processes(tmp_path, checkpoint):
     assert all(count_video_frames(tmp_path / f"c{i}.mp4") == 10 for i in range(3))
 
 
+@pytest.mark.slow
 def test_the_face_column_means_what_generate_face_means(capsys, tmp_path, checkpoint):
     from matplotlib import cbook
 

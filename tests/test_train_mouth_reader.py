@@ -61,6 +61,7 @@ def test_export_records_its_dtype_and_checksum(run, tmp_path):
     assert load_mouth_reader(path).cfg == TINY
 
 
+@pytest.mark.slow
 def test_cli_test_only_prints_the_test_figures_of_the_exported_file(run, tmp_path, capsys):
     root, _ = run
     export = tmp_path / "reader.safetensors"

@@ -76,6 +76,7 @@ def test_gan_off_by_default_keeps_one_network(corpus, tmp_path):  # noqa: F811
     assert set(s.networks()) == {"vae"} and s.updates(0) == ["vae"]
 
 
+@pytest.mark.slow
 def test_gan_steps_train_the_discriminator_and_export_no_trace_of_it(corpus, tmp_path):  # noqa: F811
     s = stage(corpus, tmp_path, **GAN)
     assert set(s.networks()) == set(s.optimizers()) == {"vae", "disc"}
