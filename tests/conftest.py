@@ -168,3 +168,35 @@ def tiny_init(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-init") / "init.safetensors"
     save_checkpoint(TalkingModel(tiny_model_config()), path, trained=False)
     return path
+
+
+# --- The command line and a model file ---------------------------------------------------------
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `tmrender ARGS` in-process: (exit code, stdout, stderr)."""
+    from tmrender.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A fresh tm-mini (random weights, seed 0) as a model file; read-only for the tests."""
+    from tmrender.models.init import init_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "mini.safetensors"
+    init_checkpoint("tm-mini", path)
+    return path
+
+
+def drawn_avatar(side: int, seed: int = 3) -> np.ndarray:
+    """A drawn avatar (side, side, 3) uint8 with a neutral mouth and pose: a model-framed
+    portrait."""
+    from tmrender.data.avatar import AvatarRenderer, neutral_mouth, neutral_pose, sample_appearance
+
+    look = sample_appearance(np.random.default_rng(seed))
+    return AvatarRenderer(look, side).draw(neutral_mouth(), neutral_pose()).pixels

@@ -19,33 +19,19 @@ from PIL import Image
 from tmrender.cli import main
 from tmrender.media.audio import SAMPLE_RATE, write_wav
 from tmrender.media.ffmpeg import count_video_frames
-from tmrender.models.init import init_checkpoint
 from tmrender.render.batch.execute import execute_batch
 from tmrender.render.batch.plan import BatchSettings, Shard, prepare_batch
 from tmrender.render.batch.report import rank_report_path
 from tmrender.render.batch.sidecars import sidecar_path
 
+from .conftest import drawn_avatar
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "mini.safetensors"
-    init_checkpoint("tm-mini", path)
-    return path
-
-
-def avatar(side: int = 96, seed: int = 3) -> np.ndarray:
-    """A drawn avatar (side, side, 3) uint8: a model-framed portrait."""
-    from tmrender.data.avatar import AvatarRenderer, neutral_mouth, neutral_pose, sample_appearance
-
-    look = sample_appearance(np.random.default_rng(seed))
-    return AvatarRenderer(look, side).draw(neutral_mouth(), neutral_pose()).pixels
 
 
 def make_inputs(folder: Path, clips: int, seconds: float = 0.6) -> None:
     """face.png and clips c0.wav, c1.wav, ... of `seconds` seconds."""
-    Image.fromarray(avatar()).save(folder / "face.png")
+    Image.fromarray(drawn_avatar(96)).save(folder / "face.png")
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     for i in range(clips):
         write_wav(folder / f"c{i}.wav", 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t))

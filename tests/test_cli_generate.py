@@ -8,39 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tmrender.cli import main
 from tmrender.media.audio import write_wav
 from tmrender.media.ffmpeg import count_video_frames
 
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "mini.safetensors"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["init", "--preset", "tm-mini", "-o", str(path)])
-    assert exit_info.value.code == 0
-    return path
-
-
-def avatar(side: int = 128, seed: int = 3) -> np.ndarray:
-    """A drawn avatar (side, side, 3) uint8: a model-framed portrait."""
-    from tmrender.data.avatar import AvatarRenderer, neutral_mouth, neutral_pose, sample_appearance
-
-    look = sample_appearance(np.random.default_rng(seed))
-    return AvatarRenderer(look, side).draw(neutral_mouth(), neutral_pose()).pixels
+from .conftest import drawn_avatar, run_cli
 
 
 @pytest.fixture
 def inputs(tmp_path):
     image = tmp_path / "face.png"
-    rgba = np.concatenate([avatar(), np.full((128, 128, 1), 255, np.uint8)], axis=2)
+    rgba = np.concatenate([drawn_avatar(128), np.full((128, 128, 1), 255, np.uint8)], axis=2)
     Image.fromarray(rgba, "RGBA").save(image)
     audio = tmp_path / "speech.wav"
     t = np.arange(16_000) / 16_000
@@ -50,7 +27,7 @@ def inputs(tmp_path):
 
 def test_generate_writes_next_to_the_audio_and_warns_untrained(capsys, checkpoint, inputs):
     image, audio = inputs
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "generate", "-i", str(image), "-a", str(audio), "-m", str(checkpoint)
     )
     assert code == 0, err
@@ -62,7 +39,7 @@ def test_generate_without_the_deflicker_filter(capsys, checkpoint, inputs, tmp_p
     image, audio = inputs
     out = tmp_path / "raw.mp4"
     args = ["generate", "-i", str(image), "-a", str(audio), "-m", str(checkpoint), "-o", str(out)]
-    code, _, err = run(capsys, *args, "--no-deflicker")
+    code, _, err = run_cli(capsys, *args, "--no-deflicker")
     assert code == 0, err
     assert count_video_frames(out) == 25
 
@@ -73,7 +50,7 @@ def test_python_callers_get_the_command_line_video(capsys, checkpoint, inputs, t
 
     image, audio = inputs
     cli, lib = tmp_path / "cli.mp4", tmp_path / "lib.mp4"
-    code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio), "-m",
+    code, _, err = run_cli(capsys, "generate", "-i", str(image), "-a", str(audio), "-m",
                        str(checkpoint), "-o", str(cli), "--seed", "3")  # fmt: skip
     assert code == 0, err
     warnings = []
@@ -87,7 +64,7 @@ def test_python_callers_get_the_command_line_video(capsys, checkpoint, inputs, t
 def test_generate_without_installed_model_says_so(capsys, inputs, tmp_path, monkeypatch):
     monkeypatch.setenv("TMRENDER_WEIGHTS", str(tmp_path / "no-weights"))
     image, audio = inputs
-    code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio))
+    code, _, err = run_cli(capsys, "generate", "-i", str(image), "-a", str(audio))
     assert code == 2
     assert "no trained model is installed" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -119,7 +96,7 @@ def test_generate_bad_input_is_one_line(capsys, checkpoint, inputs, tmp_path, ch
     key, value = change(image, audio, tmp_path)
     args[key] = value
     flat = [x for pair in args.items() for x in pair]
-    code, _, err = run(capsys, "generate", *flat)
+    code, _, err = run_cli(capsys, "generate", *flat)
     assert code == 2, err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -127,7 +104,7 @@ def test_generate_bad_input_is_one_line(capsys, checkpoint, inputs, tmp_path, ch
 
 
 def test_info_describes_checkpoint(capsys, checkpoint):
-    code, out, _ = run(capsys, "info", str(checkpoint), "--json")
+    code, out, _ = run_cli(capsys, "info", str(checkpoint), "--json")
     assert code == 0
     facts = json.loads(out)
     assert facts["trained"] is False and facts["name"] == "tm-mini"
@@ -139,13 +116,15 @@ def test_info_describes_checkpoint(capsys, checkpoint):
 
 
 def test_info_preset_counts_without_weights(capsys):
-    code, out, _ = run(capsys, "info", "--preset", "wan2.1-1.3b-audio", "--json")
+    code, out, _ = run_cli(capsys, "info", "--preset", "wan2.1-1.3b-audio", "--json")
     assert code == 0
     assert json.loads(out)["parameters"]["dit.base"] == 1_419_119_680
 
 
 def test_init_rejects_unknown_preset(capsys, tmp_path):
-    code, _, err = run(capsys, "init", "--preset", "huge", "-o", str(tmp_path / "x.safetensors"))
+    code, _, err = run_cli(
+        capsys, "init", "--preset", "huge", "-o", str(tmp_path / "x.safetensors")
+    )
     assert code == 2 and "unknown preset" in err
 
 
@@ -153,8 +132,8 @@ def test_generate_on_two_devices_and_a_bad_devices_list(capsys, checkpoint, inpu
     image, audio = inputs
     out = tmp_path / "two.mp4"
     args = ["generate", "-i", str(image), "-a", str(audio), "-m", str(checkpoint), "-o", str(out)]
-    code, _, err = run(capsys, *args, "--devices", "cpu,cpu")
+    code, _, err = run_cli(capsys, *args, "--devices", "cpu,cpu")
     assert code == 0, err
     assert count_video_frames(out) == 25
-    code, _, err = run(capsys, *args, "--devices", "cuda:0")
+    code, _, err = run_cli(capsys, *args, "--devices", "cuda:0")
     assert code == 2 and "--devices takes two devices" in err

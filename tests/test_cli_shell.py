@@ -12,25 +12,18 @@ import typer
 
 import tmrender
 import tmrender.cli
-from tmrender.cli import main
 from tmrender.cli.app import State
 from tmrender.eval import bench_io
 from tmrender.media.audio import load_audio
 from tmrender.media.image import load_image
+
+from .conftest import run_cli
 
 
 @pytest.fixture(autouse=True)
 def fresh_state(monkeypatch):
     """`--debug` is stored on a class; one in-process run must not leak it into the next."""
     monkeypatch.setattr(State, "debug", False)
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `tmrender ARGS` in-process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def one_line(text: str) -> str:
@@ -44,19 +37,19 @@ def one_line(text: str) -> str:
 
 
 def test_version(capsys):
-    code, out, _ = run(capsys, "--version")
+    code, out, _ = run_cli(capsys, "--version")
     assert code == 0
     assert out.strip() == f"tmrender {tmrender.__version__}"
 
 
 def test_help(capsys):
-    code, out, err = run(capsys, "--help")
+    code, out, err = run_cli(capsys, "--help")
     assert code == 0 and err == ""
     assert "Usage: tmrender" in out and "--version" in out and "bench" in out
 
 
 def test_command_help_shows_examples(capsys):
-    code, out, _ = run(capsys, "bench", "--help")
+    code, out, _ = run_cli(capsys, "bench", "--help")
     assert code == 0 and "--suite" in out and "tmrender bench --suite decode" in out
 
 
@@ -64,7 +57,7 @@ def test_command_help_shows_examples(capsys):
 
 
 def test_user_error_is_one_line_with_exit_code_2(capsys):
-    code, out, err = run(capsys, "bench", "--suite", "nope")
+    code, out, err = run_cli(capsys, "bench", "--suite", "nope")
     assert code == 2 and out == ""
     assert one_line(err).startswith("error: unknown --suite 'nope'")
 
@@ -82,7 +75,7 @@ def test_user_error_in_a_real_process():
 
 @pytest.mark.parametrize("args", [["no-such-command"], ["bench", "--no-such-option"]])
 def test_usage_error_exits_2(capsys, args):
-    code, _, err = run(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 2 and "internal error" not in err and "Traceback" not in err
 
 
@@ -102,7 +95,7 @@ def fake_bench(error: BaseException):
 )
 def test_long_errors_stay_one_line(capsys, monkeypatch, error):
     monkeypatch.setattr(bench_io, "bench_decode", fake_bench(error))
-    _, _, err = run(capsys, "bench", "--suite", "decode")
+    _, _, err = run_cli(capsys, "bench", "--suite", "decode")
     one_line(err)
 
 
@@ -148,13 +141,13 @@ def media_cli(monkeypatch, tmp_path, media_dir, text_file, empty_wav, video_with
     ],
 )
 def test_media_errors_are_one_line(capsys, media_cli, args, message):
-    code, out, err = run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 2 and out == ""
     assert one_line(err).startswith(message)
 
 
 def test_silent_audio_is_not_an_error(capsys, media_cli, silent_wav):
-    code, _, err = run(capsys, "decode", str(silent_wav))
+    code, _, err = run_cli(capsys, "decode", str(silent_wav))
     assert code == 0 and err == ""
 
 
@@ -163,7 +156,7 @@ def test_silent_audio_is_not_an_error(capsys, media_cli, silent_wav):
 
 def test_internal_error_exits_1_without_traceback(capsys, monkeypatch):
     monkeypatch.setattr(bench_io, "bench_decode", fake_bench(RuntimeError("the benchmark broke")))
-    code, out, err = run(capsys, "bench", "--suite", "decode")
+    code, out, err = run_cli(capsys, "bench", "--suite", "decode")
     assert code == 1 and out == "" and "Traceback" not in err
     text = one_line(err)
     assert text.startswith("internal error: RuntimeError: the benchmark broke")
@@ -172,7 +165,7 @@ def test_internal_error_exits_1_without_traceback(capsys, monkeypatch):
 
 def test_debug_shows_the_traceback(capsys, monkeypatch):
     monkeypatch.setattr(bench_io, "bench_decode", fake_bench(RuntimeError("the benchmark broke")))
-    code, _, err = run(capsys, "--debug", "bench", "--suite", "decode")
+    code, _, err = run_cli(capsys, "--debug", "bench", "--suite", "decode")
     assert code == 1
     assert "Traceback" in err and "broken_bench" in err
     assert "RuntimeError: the benchmark broke" in err
@@ -180,5 +173,5 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
 
 def test_keyboard_interrupt_exits_130_without_traceback(capsys, monkeypatch):
     monkeypatch.setattr(bench_io, "bench_decode", fake_bench(KeyboardInterrupt()))
-    code, out, err = run(capsys, "bench", "--suite", "decode")
+    code, out, err = run_cli(capsys, "bench", "--suite", "decode")
     assert code == 130 and out == "" and "Traceback" not in err

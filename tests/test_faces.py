@@ -10,7 +10,6 @@ import pytest
 from matplotlib import cbook
 from PIL import Image
 
-from tmrender.cli import main
 from tmrender.errors import UserInputError
 from tmrender.faces import (
     FaceTracker,
@@ -25,6 +24,8 @@ from tmrender.faces import (
 )
 from tmrender.faces import detect as detect_module
 from tmrender.faces.align import anchor_points, canonical_points
+
+from .conftest import run_cli
 
 # Grace Hopper's face in the 512x600 photo, read off the picture by eye: nose tip, pupils.
 NOSE = (267, 238)
@@ -142,32 +143,25 @@ def test_too_large_and_too_small_are_one_line_errors(hopper, hopper_path, monkey
 # --- `tmrender faces` -----------------------------------------------------------------------
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 def test_cli_lists_faces_as_a_table_and_as_json(capsys, hopper_path):
-    code, out, _ = run(capsys, "faces", str(hopper_path))
+    code, out, _ = run_cli(capsys, "faces", str(hopper_path))
     assert code == 0 and "1 face(s)" in out
-    code, out, _ = run(capsys, "faces", str(hopper_path), "--json")
+    code, out, _ = run_cli(capsys, "faces", str(hopper_path), "--json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 1
     assert set(rows[0]) == {"x", "y", "w", "h", "score", "size_ok"} and rows[0]["size_ok"]
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(capsys, tmp_path):
-    code, _, err = run(capsys, "faces", str(tmp_path / "missing.png"))
+    code, _, err = run_cli(capsys, "faces", str(tmp_path / "missing.png"))
     assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    code, _, err = run(capsys, "faces", str(broken))
+    code, _, err = run_cli(capsys, "faces", str(broken))
     assert code == 2 and "not an image" in err
     plain = tmp_path / "texture.png"
     Image.fromarray(texture()).save(plain)
-    code, _, err = run(capsys, "faces", str(plain))
+    code, _, err = run_cli(capsys, "faces", str(plain))
     assert code == 2 and f"no face found in {plain}" in err
 
 

@@ -12,26 +12,11 @@ import pytest
 from matplotlib import cbook
 from PIL import Image
 
-from tmrender.cli import main
 from tmrender.faces import detect as detect_module
 from tmrender.media.audio import write_wav
 from tmrender.media.video import iter_video_frames
 
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "mini.safetensors"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["init", "--preset", "tm-mini", "-o", str(path)])
-    assert exit_info.value.code == 0
-    return path
+from .conftest import run_cli
 
 
 @pytest.fixture
@@ -46,7 +31,7 @@ HOPPER = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 
 def generate(capsys, checkpoint, image, audio, out, *extra: str):
     args = ["generate", "-i", str(image), "-a", str(audio), "-m", str(checkpoint), "-o", str(out)]
-    return run(capsys, *args, *extra)
+    return run_cli(capsys, *args, *extra)
 
 
 def first_frame(path) -> np.ndarray:

@@ -10,7 +10,6 @@ from PIL import Image
 from tmrender.cli import main
 from tmrender.data.avatar import draw_avatar
 from tmrender.media.audio import SAMPLE_RATE, write_wav
-from tmrender.models.init import init_checkpoint
 from tmrender.render.portrait import (
     ANALYSIS_SIZE,
     PHOTO_SHARE,
@@ -34,13 +33,6 @@ def textured(size: int, seed: int = 0) -> np.ndarray:
     ramp = np.linspace(60, 190, size, dtype=np.float32)[None, :, None]
     grain = rng.normal(0, 12, (size, size, 1)).astype(np.float32)
     return np.clip(ramp + grain + np.zeros((1, 1, 3)), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "mini.safetensors"
-    init_checkpoint("tm-mini", path)
-    return path
 
 
 @pytest.fixture

@@ -7,16 +7,10 @@ import wave
 import numpy as np
 import pytest
 
-from tmrender.cli import main
 from tmrender.data.speech import named_voice, voice_names
 from tmrender.errors import UserInputError
 
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+from .conftest import run_cli
 
 
 def read_wav(path) -> tuple[wave._wave_params, np.ndarray]:
@@ -29,7 +23,7 @@ def read_wav(path) -> tuple[wave._wave_params, np.ndarray]:
 def test_speak_writes_a_16khz_mono_wav_of_plausible_length(capsys, tmp_path):
     path = tmp_path / "hello.wav"
     text = "Hello there. This is a talking avatar."  # 7 words: about 2-4 s
-    code, _, err = run(capsys, "speak", text, "-o", str(path))
+    code, _, err = run_cli(capsys, "speak", text, "-o", str(path))
     assert code == 0, err
     params, samples = read_wav(path)
     assert (params.nchannels, params.sampwidth, params.framerate) == (1, 2, 16_000)
@@ -40,7 +34,9 @@ def test_speak_writes_a_16khz_mono_wav_of_plausible_length(capsys, tmp_path):
 
 def test_speak_is_repeatable_and_the_voice_and_seed_change_it(capsys, tmp_path):
     def spoken(name: str, *options: str) -> np.ndarray:
-        assert run(capsys, "speak", "Good morning.", "-o", str(tmp_path / name), *options)[0] == 0
+        assert (
+            run_cli(capsys, "speak", "Good morning.", "-o", str(tmp_path / name), *options)[0] == 0
+        )
         return read_wav(tmp_path / name)[1]
 
     first, again = spoken("a.wav"), spoken("b.wav")
@@ -63,7 +59,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, args, m
     monkeypatch.chdir(tmp_path)
     if "-o" not in args:
         args = [*args, "-o", "out.wav"]
-    code, _, err = run(capsys, "speak", *args)
+    code, _, err = run_cli(capsys, "speak", *args)
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

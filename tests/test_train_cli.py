@@ -13,18 +13,13 @@ import click
 import pytest
 import torch
 
-from tmrender.cli import main, typer_command
+from tmrender.cli import typer_command
 from tmrender.train import audio, dmd, export, mouth_reader, ode, teacher, vae
 from tmrender.train.loop import SCHEDULES, LoopOptions, load_training_networks
 
+from .conftest import run_cli
+
 STAGES = ("mouth-reader", "vae", "audio", "teacher", "ode", "dmd", "export", "merge")
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def train_command(name: str) -> click.Command:
@@ -43,10 +38,10 @@ def test_the_cli_loads_the_training_stack_only_for_train():
 
 
 def test_every_train_command_is_listed_with_examples(capsys):
-    code, out, _ = run(capsys, "train", "--help")
+    code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0 and all(name in out for name in STAGES)
     for name in STAGES:
-        code, out, _ = run(capsys, "train", name, "--help")
+        code, out, _ = run_cli(capsys, "train", name, "--help")
         assert code == 0 and f"tmrender train {name} --" in out, name
 
 
@@ -92,7 +87,7 @@ def test_command_defaults_are_the_recipes_defaults(command, options, loop):
     ],
 )
 def test_removed_and_renamed_options_are_refused(capsys, args):
-    code, _, err = run(capsys, "train", *args)
+    code, _, err = run_cli(capsys, "train", *args)
     assert code == 2 and "No such option" in err and args[1] in err
 
 
@@ -100,7 +95,7 @@ def test_removed_and_renamed_options_are_refused(capsys, args):
 def test_teacher_trains_with_device_auto(tmp_path, tiny_corpus, tiny_init, capsys):
     threads = torch.get_num_threads()
     out = tmp_path / "run"
-    code, text, err = run(capsys, "train", "teacher", "--data", str(tiny_corpus), "--init",
+    code, text, err = run_cli(capsys, "train", "teacher", "--data", str(tiny_corpus), "--init",
                           str(tiny_init), "--out", str(out), "--device", "auto", "--steps", "1",
                           "--batch", "2", "--chunks", "2", "--val-clips", "1", "--threads",
                           "1", "--sample-every", "0")  # fmt: skip

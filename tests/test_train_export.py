@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from tmrender.cli import main
 from tmrender.data.avatar import draw_avatar
 from tmrender.data.corpus import generate_corpus
 from tmrender.files import ChecksumError
@@ -24,14 +23,8 @@ from tmrender.models.talking import TalkingModel
 from tmrender.render.portrait import looks_like_avatar
 from tmrender.train import export as recipe
 
+from .conftest import run_cli
 from .tiny_model import tiny_model
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture
@@ -128,7 +121,7 @@ def test_export_sets_the_deflicker_taps_and_the_cli_checks_them(stages, tmp_path
     recipe.export_model(stages / "dmd.safetensors", out, recipe.ExportOptions(dtype="float32"))
     assert read_metadata(out)["config"].sampler.deflicker_taps == before
     for bad in ("1,2", "1,x,1", "3,2,1"):
-        code, _, err = run(capsys, "train", "export", "--init", str(stages / "dmd.safetensors"),
+        code, _, err = run_cli(capsys, "train", "export", "--init", str(stages / "dmd.safetensors"),
                            "-o", str(out), "--dtype", "float32",
                            "--deflicker-taps", bad)  # fmt: skip
         assert code == 2 and "--deflicker-taps" in err
@@ -138,19 +131,19 @@ def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
             "--dtype", "float32")  # fmt: skip
-    code, _, _ = run(capsys, *args, "--deflicker-taps", "1,2,1", "--deflicker-keep", "6,16")
+    code, _, _ = run_cli(capsys, *args, "--deflicker-taps", "1,2,1", "--deflicker-keep", "6,16")
     sampler = read_metadata(out)["config"].sampler
     assert code == 0 and sampler.deflicker_keep == (6.0, 16.0)
     assert sampler.deflicker_taps == (1.0, 2.0, 1.0)
-    run(capsys, *args, "--deflicker-keep", "none")
+    run_cli(capsys, *args, "--deflicker-keep", "none")
     assert read_metadata(out)["config"].sampler.deflicker_keep == ()
     for bad in ("6", "16,6", "a,b"):
-        code, _, err = run(capsys, *args, "--deflicker-keep", bad)
+        code, _, err = run_cli(capsys, *args, "--deflicker-keep", bad)
         assert code == 2 and "--deflicker-keep" in err
-    run(capsys, *args, "--deflicker-taps", "1,2,1", "--deflicker-keep", "6,16")
-    run(capsys, *args, "--deflicker-taps", "none")  # the filter off takes its levels with it
+    run_cli(capsys, *args, "--deflicker-taps", "1,2,1", "--deflicker-keep", "6,16")
+    run_cli(capsys, *args, "--deflicker-taps", "none")  # the filter off takes its levels with it
     assert read_metadata(out)["config"].sampler.deflicker_keep == ()
-    code, _, err = run(capsys, *args, "--deflicker-taps", "none", "--deflicker-keep", "6,16")
+    code, _, err = run_cli(capsys, *args, "--deflicker-taps", "none", "--deflicker-keep", "6,16")
     assert code == 2 and "--deflicker-keep needs a filter" in err and "Traceback" not in err
 
 
@@ -158,12 +151,12 @@ def test_export_sets_the_retiming(stages, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
             "--dtype", "float32")  # fmt: skip
-    code, _, _ = run(capsys, *args, "--retime", "0.1,0.25")
+    code, _, _ = run_cli(capsys, *args, "--retime", "0.1,0.25")
     assert code == 0 and read_metadata(out)["config"].sampler.retime == (0.1, 0.25)
-    run(capsys, *args, "--retime", "none")
+    run_cli(capsys, *args, "--retime", "none")
     assert read_metadata(out)["config"].sampler.retime == ()
     for bad in ("0.1", "0.6,0.1", "a,b"):
-        code, _, err = run(capsys, *args, "--retime", bad)
+        code, _, err = run_cli(capsys, *args, "--retime", bad)
         assert code == 2 and "--retime" in err and "Traceback" not in err
 
 
@@ -192,7 +185,9 @@ def test_shipped_file_loads_matches_its_checksum_and_renders_one_second(shipped,
     assert meta["trained"] and all(p.dtype == torch.float32 for p in model.parameters())
     assert dtypes_in(shipped)["dit"] == {"torch.float16"}
     image, audio = inputs
-    code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio), "--device", "cpu")
+    code, _, err = run_cli(
+        capsys, "generate", "-i", str(image), "-a", str(audio), "--device", "cpu"
+    )
     assert code == 0, err
     assert "warning" not in err  # a trained model and an avatar portrait
     assert count_video_frames(audio.with_suffix(".mp4")) == 25
@@ -205,7 +200,7 @@ def test_a_damaged_shipped_file_is_refused_with_exit_2(shipped, inputs, capsys):
     with pytest.raises(ChecksumError, match="SHA-256"):
         resolve_model_path("tm-mini")
     image, audio = inputs
-    code, _, err = run(capsys, "generate", "-i", str(image), "-a", str(audio))
+    code, _, err = run_cli(capsys, "generate", "-i", str(image), "-a", str(audio))
     assert code == 2
     assert "does not match its SHA-256" in err and len(err.strip().splitlines()) == 1
     assert not audio.with_suffix(".mp4").exists()
@@ -232,7 +227,7 @@ def test_eval_uses_the_default_model(shipped, tmp_path, capsys):
     generate_corpus(tmp_path / "data", "test", clips=1, seconds=1.0, seed=1, size=32,
                     frame_format="npy")  # fmt: skip
     threads = torch.get_num_threads()
-    code, out, err = run(capsys, "eval", "--data", str(tmp_path / "data"), "--out",
+    code, out, err = run_cli(capsys, "eval", "--data", str(tmp_path / "data"), "--out",
                          str(tmp_path / "report"), "--plots", "0", "--json")  # fmt: skip
     torch.set_num_threads(threads)
     assert code == 0, err
@@ -256,6 +251,6 @@ def test_generate_warns_once_for_a_photo_like_portrait(shipped, inputs, tmp_path
     Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(photo)
     _, audio = inputs
     args = ["generate", "-i", str(photo), "-a", str(audio), "--device", "cpu"]
-    code, _, err = run(capsys, *args, "--crop", "0,0,96,96")  # noise: no face to search for
+    code, _, err = run_cli(capsys, *args, "--crop", "0,0,96,96")  # noise: no face to search for
     assert code == 0, err
     assert err.count("does not look like the drawn avatars") == 1

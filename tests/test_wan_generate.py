@@ -17,16 +17,10 @@ from tmrender.media.ffmpeg import count_video_frames
 from tmrender.models.checkpoint import load_checkpoint
 from tmrender.render.pipeline import RenderOptions, render_frames
 
+from .conftest import run_cli
 from .tiny_wan import write_tiny_wan
 
 SIZE = 32
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +53,7 @@ def test_converted_model_renders_with_generate_on_cpu(capsys, converted, inputs,
     out = tmp_path / "talk.mp4"
     args = ["-i", str(image), "-a", str(audio), "-m", str(converted), "-o", str(out)]
     args += ["--crop", "0,4,40,40"]  # a noise picture has no face to search for
-    code, _, err = run(capsys, "generate", *args, "--device", "cpu", "--prompt", "hello world")
+    code, _, err = run_cli(capsys, "generate", *args, "--device", "cpu", "--prompt", "hello world")
     assert code == 0, err
     assert count_video_frames(out) == 25  # 1 s at 25 fps
 
@@ -81,7 +75,7 @@ def test_the_prompt_reaches_the_dit(converted):
 
 
 def test_info_tells_the_source_of_each_network(capsys, converted):
-    code, out, _ = run(capsys, "info", str(converted), "--json")
+    code, out, _ = run_cli(capsys, "info", str(converted), "--json")
     assert code == 0
     facts = json.loads(out)
     assert facts["layout"] == "original" and facts["trained"] is False
@@ -96,5 +90,5 @@ def test_info_tells_the_source_of_each_network(capsys, converted):
     for name in ("dit.audio", "audio_proj", "silence"):
         assert networks[name]["trained"] is False and "source_parameters" not in networks[name]
     assert networks["text_encoder"]["dtype"] == "F32" and "U8" in facts["dtype"]
-    code, _, table = run(capsys, "info", str(converted))  # the table goes to stderr
+    code, _, table = run_cli(capsys, "info", str(converted))  # the table goes to stderr
     assert code == 0 and "image_encoder:" in table and "in the source" in table
