@@ -83,11 +83,11 @@ def test_generate_warns_in_one_line_and_still_renders(capsys, checkpoint, files)
 
 
 def test_batch_names_the_unlike_rows_in_one_line(capsys, checkpoint, files):
-    (files / "rows.csv").write_text(
-        "image,audio,output\n"
-        "avatar.png,talk.wav,a.mp4\n"
-        "photo.jpg,talk.wav,p.mp4\n"
-        "photo.jpg,talk.wav,q.mp4\n"
+    (files / "rows.csv").write_text(  # photo.jpg has no face: cropped, as in generate above
+        "image,audio,output,crop\n"
+        "avatar.png,talk.wav,a.mp4,\n"
+        'photo.jpg,talk.wav,p.mp4,"0,0,200,200"\n'
+        'photo.jpg,talk.wav,q.mp4,"0,0,150,150"\n'
     )
     code, err = run(capsys, "batch", str(files / "rows.csv"), "-m", str(checkpoint), "--dry-run")
     assert code == 0, err

@@ -47,13 +47,19 @@ class Face:
 def read_image(path: Path | str) -> np.ndarray:
     """An image file as RGB uint8 (H, W, 3); UserInputError when unreadable or too large."""
     path = check_readable_file(Path(path), "image file")
+    check_file_size(path)
+    return np.asarray(open_rgb(path))
+
+
+def check_file_size(path: Path | str) -> None:
+    """UserInputError when an image file's header gives more than `MAX_PIXELS` (nothing is
+    decoded; an unreadable header passes, for `open_rgb` to give the reason)."""
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except Exception:  # noqa: BLE001 - open_rgb below gives the one-line reason
+    except Exception:  # noqa: BLE001 - open_rgb gives the one-line reason
         width = height = 0
     check_size(width, height, str(path))
-    return np.asarray(open_rgb(path))
 
 
 def check_size(width: int, height: int, name: str = "the image") -> None:

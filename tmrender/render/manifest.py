@@ -288,7 +288,11 @@ def parse_face(text: str) -> str | int:
 
 
 def check_image(path: Path, crop: CropBox | None) -> None:
-    """The image decodes, and the crop box (if any) lies inside it."""
+    """The image is not too large (`tmrender.faces.MAX_PIXELS`, from its header), decodes,
+    and the crop box (if any) lies inside it."""
+    from tmrender.faces.detect import check_file_size
+
+    check_file_size(path)
     image = open_rgb(path)
     if crop is not None and (crop.x + crop.w > image.width or crop.y + crop.h > image.height):
         raise UserInputError(

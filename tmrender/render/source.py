@@ -84,15 +84,21 @@ class Picture:
         from tmrender.faces import align, warp_to_crop
 
         if self.points is None:
-            analysis = fit(self.rgb, ANALYSIS_SIZE, self.crop, self.name)
-            return Source(
-                fit(self.rgb, size, self.crop, self.name), None, looks_like_avatar(analysis)
-            )
+            return Source(fit(self.rgb, size, self.crop, self.name), None, self.avatar_like())
         alignment = align(self.points, size)
         reference = warp_to_crop(self.rgb, alignment)
-        analysis = warp_to_crop(self.rgb, align(self.points, ANALYSIS_SIZE))
         paste = PasteBack(self.rgb, alignment, reference) if paste_back else None
-        return Source(reference, paste, looks_like_avatar(analysis), self.face)
+        return Source(reference, paste, self.avatar_like(), self.face)
+
+    def avatar_like(self) -> bool:
+        """Whether the picture, as it will be rendered (the aligned face on the face path,
+        else the scaled and cropped picture), looks like the drawn avatars the model
+        learned from (`tmrender.render.portrait`; else generate and batch warn)."""
+        from tmrender.faces import align, warp_to_crop
+
+        if self.points is None:
+            return looks_like_avatar(fit(self.rgb, ANALYSIS_SIZE, self.crop, self.name))
+        return looks_like_avatar(warp_to_crop(self.rgb, align(self.points, ANALYSIS_SIZE)))
 
 
 def load_picture(path: Path | str, face: str | int = AUTO, crop: CropBox | None = None) -> Picture:

@@ -107,6 +107,7 @@ class PlannedRow:
     action: Action
     job: Job | None = None
     reason: str = ""  # why: the error, "finished earlier", "new", "inputs changed", ...
+    avatar_like: bool = True  # the picture as rendered looks like the drawn avatars
 
     @property
     def row(self) -> ManifestRow:
@@ -166,8 +167,8 @@ def prepare_batch(
     checked = check_rows(rows, probe=mine, create_folders=create_folders)
     # 4. Hashes, then what to do with each row.
     model_sha = sha256_cached(model_path)  # hashed once per process
-    hashes = HashCache()
-    planned = [plan_row(c, model_sha, settings, hashes) for c in checked]
+    hashes, pictures = HashCache(), PictureChecks()
+    planned = [plan_row(c, model_sha, settings, hashes, pictures) for c in checked]
     report = Path(os.path.abspath(settings.report or out_dir / DEFAULT_REPORT_NAME))
     return BatchPlan(
         manifest=manifest,
@@ -187,9 +188,15 @@ def prepare_batch(
 
 
 def plan_row(
-    checked: CheckedRow, model_sha: str, settings: BatchSettings, hashes: HashCache
+    checked: CheckedRow,
+    model_sha: str,
+    settings: BatchSettings,
+    hashes: HashCache,
+    pictures: PictureChecks | None = None,
 ) -> PlannedRow:
-    """Fail a bad row; skip a finished one (unless overwriting); render the rest."""
+    """Fail a bad row; skip a finished one (unless overwriting); fail a row whose picture
+    cannot be framed (`PictureChecks`: no face, a face number past those found, a face too
+    small); render the rest."""
     from tmrender.render.pipeline import RenderOptions
 
     if not checked.ok:
@@ -207,7 +214,11 @@ def plan_row(
     previous = read_sidecar(row.output)
     if is_finished(row.output, key, previous) and not settings.overwrite:
         return PlannedRow(checked, "skip", job, "finished earlier")
-    return PlannedRow(checked, "render", job, _render_reason(row.output, key, previous, settings))
+    error, avatar_like = (pictures or PictureChecks()).get(row.image, checked.face, checked.crop)
+    if error is not None:
+        return PlannedRow(checked, "fail", reason=error)
+    reason = _render_reason(row.output, key, previous, settings)
+    return PlannedRow(checked, "render", job, reason, avatar_like)
 
 
 def _render_reason(output: Path, key: dict, previous: dict | None, settings) -> str:
@@ -254,17 +265,29 @@ class HashCache:
         return self._known[path]
 
 
-def unlike_avatars(plan: BatchPlan) -> list[ManifestRow]:
-    """The rows to render whose portrait (as cropped) does not look like the drawn avatars
-    the model learned from (`tmrender.render.portrait`); each image and crop judged once."""
-    from tmrender.render.portrait import portrait_looks_like_avatar
+class PictureChecks:
+    """Each picture framed as `tmrender generate` frames it (`render.source.load_picture`:
+    decoded, its face found and aligned), once per (image, face, crop) of a batch: one
+    line on what stops it rendering, and whether it looks like the drawn avatars as it
+    will be rendered. Nothing of the picture is kept."""
 
-    verdicts: dict[tuple, bool] = {}  # (image, crop) -> avatar-like; rows often share one
-    flagged = []
-    for planned in plan.with_action("render"):
-        key = (planned.row.image, planned.checked.crop)
-        if key not in verdicts:
-            verdicts[key] = portrait_looks_like_avatar(*key)
-        if not verdicts[key]:
-            flagged.append(planned.row)
-    return flagged
+    def __init__(self) -> None:
+        self._known: dict[tuple, tuple[str | None, bool]] = {}
+
+    def get(self, image: Path, face: str | int, crop) -> tuple[str | None, bool]:
+        """(the reason it cannot render, or None; avatar-like)."""
+        from tmrender.render.source import load_picture
+
+        key = (image, face, crop)
+        if key not in self._known:
+            try:
+                self._known[key] = (None, load_picture(image, face, crop).avatar_like())
+            except UserInputError as err:
+                self._known[key] = (str(err), True)
+        return self._known[key]
+
+
+def unlike_avatars(plan: BatchPlan) -> list[ManifestRow]:
+    """The rows to render whose picture, as it will be rendered (the aligned face on the
+    face path), does not look like the drawn avatars the model learned from."""
+    return [p.row for p in plan.with_action("render") if not p.avatar_like]
