@@ -58,6 +58,9 @@ def temporary_sibling(path: Path, tag: str) -> Path:
 class VideoWriter:
     """Write RGB frames to an MP4 file (H.264, yuv420p, +faststart) with optional AAC audio.
 
+    Frames are RGB, or with `planar=True` (even sizes) I420, which ffmpeg takes without
+    a conversion of its own (`tmrender.render.paste.PasteBack.planar`).
+
     Usage::
 
         with VideoWriter("out.mp4", width=128, height=128, fps=25, audio="speech.wav") as w:
@@ -77,8 +80,12 @@ class VideoWriter:
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
         audio_bitrate: str = "128k",
+        planar: bool = False,
     ):
         check_crf(crf)
+        if planar and (width % 2 or height % 2):
+            raise ValueError(f"I420 frames need an even size, got {width}x{height}")
+        self.planar = planar  # frames come as I420 (N, H * W * 3 // 2), not RGB
         self.path = check_writable_output(path)
         self.width, self.height, self.fps = width, height, fps
         self.audio = Path(audio) if audio is not None else None
@@ -98,7 +105,8 @@ class VideoWriter:
         # yuv420p needs even sizes: pad odd ones by one pixel rather than fail.
         # fmt: off
         return ffmpeg_command(
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}",
+            "-f", "rawvideo", "-pix_fmt", "yuv420p" if self.planar else "rgb24",
+            "-s", f"{self.width}x{self.height}",
             "-framerate", str(self.fps), "-i", "-",
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
             "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
@@ -107,14 +115,21 @@ class VideoWriter:
         # fmt: on
 
     def write(self, frames: np.ndarray) -> None:
-        """Append frames: uint8 RGB, shape (H, W, 3) or (N, H, W, 3)."""
+        """Append frames: uint8 RGB, shape (H, W, 3) or (N, H, W, 3); with `planar`, I420
+        (N, H * W * 3 // 2): the Y plane, then U and V at half the size each way."""
         frames = np.asarray(frames)
-        if frames.ndim == 3:
+        expected = (
+            (self.height * self.width * 3 // 2,) if self.planar else (self.height, self.width, 3)
+        )
+        if frames.ndim == len(expected):
             frames = frames[None]
-        expected = (self.height, self.width, 3)
-        if frames.ndim != 4 or frames.shape[1:] != expected or frames.dtype != np.uint8:
+        if (
+            frames.ndim != len(expected) + 1
+            or frames.shape[1:] != expected
+            or frames.dtype != np.uint8
+        ):
             raise ValueError(
-                f"frames must be uint8 of shape (N, {self.height}, {self.width}, 3), "
+                f"frames must be uint8 of shape (N, {', '.join(map(str, expected))}), "
                 f"got {frames.dtype} {frames.shape}"
             )
         try:

@@ -32,6 +32,15 @@ MASK_CENTRE = (0.5, 0.53)  # x, y as fractions of the crop's side
 MASK_RADII = (0.22, 0.24)
 FEATHER = 0.35  # the outer share of the radius over which the mask fades to 0
 GAIN_RANGE = (0.8, 1.25)  # colour matching never scales a channel further than this
+# BT.601 (Y, U, V) rows of RGB in 0..255, scaled to the limited ranges 16-235 and 16-240
+YUV_ROWS = np.array(
+    [
+        [0.299 * 219 / 255, 0.587 * 219 / 255, 0.114 * 219 / 255],
+        [-0.168736 * 224 / 255, -0.331264 * 224 / 255, 0.5 * 224 / 255],
+        [0.5 * 224 / 255, -0.418688 * 224 / 255, -0.081312 * 224 / 255],
+    ],
+    np.float32,
+)
 OVERSAMPLE = 2  # RegionWarp's upright grid has this many pixels per crop pixel (per side)
 
 
@@ -79,6 +88,7 @@ class PasteBack:
         # region pixel -> pixel of the crop padded by EDGE
         to_padded = self.alignment.matrix + [[0, 0, EDGE], [0, 0, EDGE]]
         self.warp = RegionWarp(to_padded, self.below.size)
+        self.planes: np.ndarray | None = None  # the picture in I420, made on first use
 
     @property
     def size(self) -> tuple[int, int]:
@@ -109,15 +119,33 @@ class PasteBack:
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """Paste a block of rendered crops (n, S, S, 3) uint8 -> (n, H, W, 3) uint8."""
+        out = np.repeat(self.image[None], len(frames), axis=0)
+        y, x = self.region
+        for i, pixels in enumerate(self._pasted(frames)):
+            out[i, y, x] = pixels
+        return out
+
+    def planar(self, frames: np.ndarray) -> np.ndarray:
+        """The same, as I420 frames (n, H * W * 3 // 2) uint8 (`rgb_to_yuv420`, planes
+        one after the other), which the encoder takes as they are: only the region is
+        converted per frame, the picture once (ffmpeg would convert every whole frame)."""
+        if self.planes is None:
+            self.planes = np.concatenate([p.ravel() for p in rgb_to_yuv420(self.image)])
+        out = np.repeat(self.planes[None], len(frames), axis=0)
+        y, x = self.region
+        for i, pixels in enumerate(self._pasted(frames)):
+            planes = i420_planes(out[i], self.image.shape[:2])
+            for plane, part, step in zip(planes, rgb_to_yuv420(pixels), (1, 2, 2), strict=True):
+                plane[y.start // step : y.stop // step, x.start // step : x.stop // step] = part
+        return out
+
+    def _pasted(self, frames: np.ndarray):
+        """Each rendered crop of a block blended into the picture's region: (h, w, 3) uint8."""
         assert frames.ndim == 4 and frames.shape[1:] == self.reference.shape, frames.shape
         if self._table is None and len(frames):
             self.match_colours(frames[0])
-        out = np.repeat(self.image[None], len(frames), axis=0)
-        y, x = self.region
-        for i, frame in enumerate(frames):
-            warped = self._warp(frame)
-            out[i, y, x] = np.asarray(Image.composite(warped, self.below, self.mask))
-        return out
+        for frame in frames:
+            yield np.asarray(Image.composite(self._warp(frame), self.below, self.mask))
 
     def _warp(self, frame: np.ndarray) -> Image.Image:
         """A rendered crop (S, S, 3), colour-matched, warped into the region (w x h RGB;
@@ -174,6 +202,37 @@ class RegionWarp:
         return out[0].permute(1, 2, 0).numpy()
 
 
+def rgb_to_yuv420(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB uint8 (H, W, 3), H and W even -> the planes Y (H, W), U and V (H/2, W/2) uint8.
+
+    BT.601 limited range, what ffmpeg's rgb24 -> yuv420p conversion uses and what players
+    assume for untagged video, rounded; each chroma sample is that of its 2 x 2 block's
+    mean. Channel by channel: numpy's (N, 3) @ (3, 3) product is 10x slower here."""
+    height, width = rgb.shape[:2]
+    assert rgb.ndim == 3 and height % 2 == 0 and width % 2 == 0, rgb.shape
+    red, green, blue = (rgb[..., c].astype(np.float32) for c in range(3))
+    luma = _mix(YUV_ROWS[0], red, green, blue) + 16.5  # + 0.5: rounded by the cast below
+    means = [(c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]) * 0.25
+             for c in (red, green, blue)]  # fmt: skip
+    planes = [luma] + [_mix(row, *means) + 128.5 for row in YUV_ROWS[1:]]
+    return tuple(np.clip(plane, 0, 255).astype(np.uint8) for plane in planes)
+
+
+def _mix(weights: np.ndarray, red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarray:
+    return red * weights[0] + green * weights[1] + blue * weights[2]
+
+
+def i420_planes(frame: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Views Y (H, W), U and V (H/2, W/2) of an I420 frame (H * W * 3 // 2,) of `shape`."""
+    height, width = shape
+    luma, quarter = height * width, height * width // 4
+    return (
+        frame[:luma].reshape(height, width),
+        frame[luma : luma + quarter].reshape(height // 2, width // 2),
+        frame[luma + quarter :].reshape(height // 2, width // 2),
+    )
+
+
 def _affine_data(matrix: np.ndarray) -> tuple[float, ...]:
     """Pillow's AFFINE data (output -> input, continuous coordinates) of a (2, 3) map from
     output pixels to input pixels given with pixel centres at integers."""
@@ -185,8 +244,8 @@ def _affine_data(matrix: np.ndarray) -> tuple[float, ...]:
 def _region(
     crop_mask: np.ndarray, alignment: Alignment, shape: tuple[int, int]
 ) -> tuple[tuple[slice, slice], Alignment]:
-    """The picture's rows and columns (y, x slices) that the mask can touch, and the
-    alignment from that region's pixels to the crop."""
+    """The picture's rows and columns (y, x slices, even bounds) that the mask can touch,
+    and the alignment from that region's pixels to the crop. `shape` (H, W) is even."""
     size = alignment.size
     ys, xs = np.nonzero(crop_mask > 0)
     corners = np.array(
@@ -198,6 +257,8 @@ def _region(
     x1, y1 = np.ceil(corners.max(0)).astype(int) + 3
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, max(x1, 1)), min(height, max(y1, 1))
     x0, y0 = min(x0, x1 - 1), min(y0, y1 - 1)
+    # even edges: the region is whole 2 x 2 blocks of the picture's 4:2:0 chroma (`planar`)
+    x0, y0, x1, y1 = x0 - x0 % 2, y0 - y0 % 2, x1 + x1 % 2, y1 + y1 % 2
     matrix = alignment.matrix.copy()
     matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
     return (slice(y0, y1), slice(x0, x1)), Alignment(matrix, size)

@@ -100,9 +100,13 @@ class RenderStats:
 class FrameStep(Protocol):
     """A per-block step on finished frames (paste-back): uint8 (n, h, w, 3) -> (n, H, W, 3)."""
 
-    size: tuple[int, int]  # (W, H) of the frames it returns
+    size: tuple[int, int]  # (W, H) of the frames it returns, both even
 
     def __call__(self, frames: np.ndarray) -> np.ndarray: ...
+
+    def planar(self, frames: np.ndarray) -> np.ndarray:
+        """The same frames as I420 (n, H * W * 3 // 2) uint8, for the encoder."""
+        ...
 
 
 class EndOfStream:
@@ -243,12 +247,15 @@ def render_video(
     frames = render_frames(model, image, audio, options, stats)
     source = audio.path if isinstance(audio, AudioInfo) else audio
     width, height = (cfg.width, cfg.height) if paste is None else paste.size
-    with VideoWriter(output, width, height, cfg.fps, audio=source, crf=options.crf) as out:
+    planar = paste is not None  # pasted frames go to the encoder as I420 (`FrameStep.planar`)
+    with VideoWriter(
+        output, width, height, cfg.fps, audio=source, crf=options.crf, planar=planar
+    ) as out:
         try:
             for block in frames:
                 if paste is not None:
                     tick = time.perf_counter()
-                    block = paste(block)
+                    block = paste.planar(block)
                     stats.stage_seconds["paste_back"] = (
                         stats.stage_seconds.get("paste_back", 0.0) + time.perf_counter() - tick
                     )
