@@ -98,7 +98,8 @@ class RenderStats:
 
 
 class FrameStep(Protocol):
-    """A per-block step on finished frames (paste-back): uint8 (n, h, w, 3) -> (n, H, W, 3)."""
+    """A per-block step on finished frames (paste-back): uint8 (n, h, w, 3) -> (n, H, W, 3),
+    or the same frames as I420 for the encoder (`planar`)."""
 
     size: tuple[int, int]  # (W, H) of the frames it returns, both even
 
@@ -237,9 +238,10 @@ def render_video(
     """Render to an MP4 file with the audio muxed in; the file appears only when complete.
 
     `on_frames(stats)` is called after each block of frames is written (progress bars).
-    `paste`: a per-block step from the model's frames (n, H, W, 3) to the video's
-    (n, paste.size[1], paste.size[0], 3), e.g. `tmrender.render.paste.PasteBack` (streamed:
-    block by block, constant memory); None: the model's frames are the video."""
+    `paste`: a per-block step from the model's frames (n, H, W, 3) to the video's, e.g.
+    `tmrender.render.paste.PasteBack` (streamed: block by block, constant memory), whose
+    I420 frames (`FrameStep.planar`) go to the encoder; None: the model's frames are the
+    video (RGB)."""
     options = options or RenderOptions()
     stats = stats if stats is not None else RenderStats()
     cfg = model.cfg
