@@ -130,11 +130,15 @@ def test_tracker_reports_no_face():
 # --- Limits ---------------------------------------------------------------------------------
 
 
-def test_too_large_and_too_small_are_one_line_errors(hopper, hopper_path, monkeypatch):
+def test_too_large_and_too_small_are_one_line_errors(hopper, hopper_path, monkeypatch, tmp_path):
     monkeypatch.setattr(detect_module, "MAX_PIXELS", 100_000)
     with pytest.raises(UserInputError, match=r"too large: 512x600 pixels, the limit is 0 mega"):
         read_image(hopper_path)
     monkeypatch.setattr(detect_module, "MAX_PIXELS", 50_000_000)
+    huge = tmp_path / "huge.png"  # 225 megapixels: past Pillow's own limit, refused unopened
+    Image.new("1", (15_000, 15_000)).save(huge)
+    with pytest.raises(UserInputError, match=r"too large: more than \d+ megapixels, the limit"):
+        read_image(huge)
     monkeypatch.setattr(detect_module, "MIN_FACE_PX", 400)
     with pytest.raises(UserInputError, match=r"too small: \d+ pixels wide, at least 400"):
         main_face(hopper)

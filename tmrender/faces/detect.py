@@ -8,6 +8,7 @@ boxes come back in the original image's pixels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,16 @@ def check_file_size(path: Path | str) -> None:
     """UserInputError when an image file's header gives more than `MAX_PIXELS` (nothing is
     decoded; an unreadable header passes, for `open_rgb` to give the reason)."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
+        with warnings.catch_warnings():  # Pillow warns from 89 megapixels on
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:  # Pillow refuses to open it at all
+        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000
+        raise UserInputError(
+            f"{path} is too large: more than {bomb} megapixels, the limit is "
+            f"{MAX_PIXELS // 1_000_000} megapixels (scale it down first)"
+        ) from None
     except Exception:  # noqa: BLE001 - open_rgb gives the one-line reason
         width = height = 0
     check_size(width, height, str(path))
