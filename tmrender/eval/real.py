@@ -124,11 +124,19 @@ def pooled_lagged(pairs: list[tuple[np.ndarray, np.ndarray]], max_lag: int) -> n
     return out
 
 
+def _centred(curves: np.ndarray) -> np.ndarray:
+    """Columns of (T, k) minus their means, float64; a flat column is exactly 0 (not the
+    rounding noise of its mean, which would correlate with anything)."""
+    out = curves.astype(np.float64) - curves.astype(np.float64).mean(axis=0)
+    out[:, np.ptp(curves, axis=0) < 1e-9] = 0.0
+    return out
+
+
 def pooled_summary(curves: list[tuple[np.ndarray, np.ndarray]], opts: EvalOptions) -> dict:
     """The pooled figures of one source: curves per clip ((T, 2) read, (T, 7) truth), each
     clip's centred on its own mean first, so that the pooled r measures how the mouth moves
     within clips, not how one face's level differs from another's."""
-    curves = [(r - r.mean(axis=0), t - t.mean(axis=0)) for r, t in curves]
+    curves = [(_centred(r), _centred(t)) for r, t in curves]
     read = np.concatenate([r for r, _ in curves])
     truth = np.concatenate([t for _, t in curves])
     widths = np.isfinite(read[:, 1]).all()
