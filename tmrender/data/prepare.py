@@ -10,13 +10,29 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   N samples; T = ceil(N * 25 / 16000) frames exactly. When the video stream ends first,
   the clip ends with it (the audio is cut to T * 640 samples).
 - frames: output frame i shows the source frame on screen at (i + 0.5) / 25 s, assuming
-  the source runs at the constant rate ffmpeg reports; the face box (below) is made square
-  about its centre (the centre square of it, as the renderer's portrait crop does) and
-  scaled to SIZE x SIZE with Lanczos filtering.
+  the source runs at the constant rate ffmpeg reports.
+
+Tracked (the default for a video without a sidecar or `--crop`; `PrepareOptions.face ==
+"track"`, `tmrender.data.face_track`): the face is detected in the first frame and tracked;
+each frame is warped to the model's framing (`faces.CANONICAL`, a smoothed per-frame
+alignment, as `generate --face auto` frames a photo), and the clip is cut where the face is
+lost (meta "face_track": frames available, kept, dropped). Such a clip also has:
+
+- mouth.npy (T, 7) float32: `open` and `width` from landmarks (`faces.measure.framed_mouth`
+  on the frames as written, in eye distances), the other columns NaN; meta
+  `"mouth_truth": "landmarks"`, which is what `tmrender eval` recognises;
+- boxes.npy (T, 2, 4) int32: the outer lips' box and the tracked face box, per frame, in
+  output pixels; align.npy (T, 2, 3) float32: each frame's map from source to output
+  pixels; mouth_source.npy (T, 2): the mouth measures at the source's resolution.
+
+With a fixed face box (a sidecar, `--crop`, or `face="whole"`):
+
+- the face box is made square about its centre (the centre square of it, as the renderer's
+  portrait crop does) and scaled to SIZE x SIZE with Lanczos filtering;
 - face box, source pixels x0, y0, x1, y1 (x1, y1 exclusive): from the sidecar
   `<video stem>.json` or `<video name>.json` (`{"face": [x0, y0, x1, y1]}`), else from
-  `--crop` (x, y, w, h like every command's `--crop`), else the whole frame. It must lie
-  inside the frame.
+  `--crop` (x, y, w, h like every command's `--crop`), else the whole frame (`--face
+  whole`). It must lie inside the frame.
 - boxes.npy (T, 2, 4) int32: [mouth box, face box] in output pixels (clipped to the frame),
   the same on every frame. The mouth box is an estimate: the lower-middle part of the face
   box (`MOUTH_IN_FACE`), said so in meta.json.
@@ -27,9 +43,10 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   and where it came from, silence segments from the renderer's voice activity
   (`tmrender.media.audio.frame_rms_db` > `VOICE_RMS_DB`), and what is unknown.
 
-Bad files (unreadable, no audio or video, zero length, bad sidecar, box outside the frame)
-come back as `PrepareResult.error`; they never stop the others. A clip folder is written
-under a hidden name and renamed when complete; index.json is replaced atomically.
+Bad files (unreadable, no audio or video, zero length, bad sidecar, box outside the frame,
+no face in the first frame, fewer than `MIN_FRAMES` frames before the face is lost) come
+back as `PrepareResult.error`; they never stop the others. A clip folder is written under
+a hidden name and renamed when complete; index.json is replaced atomically.
 """
 
 from __future__ import annotations
