@@ -13,9 +13,10 @@ Pass 2 (`framed_frames`): each kept frame is warped to the model's framing
 mouth-corner midpoint) averaged over a centred window of `SMOOTH_RADIUS` frames either side,
 then the least-squares similarity as `faces.align` fits it. Per-frame alignment keeps the face
 where the model expects it on every frame (the measure of `faces.measure` fits its landmarks
-from the canonical box, and the first frame is what `generate --face auto` would feed the
-model); the smoothing removes the landmarks' frame-to-frame jitter (2-4 px on a 216 px face,
-docs/FACES.md) without lagging behind real head motion, since the window is centred.
+from the canonical box, and the first frame, aligned on its own landmarks alone, is exactly
+what `generate --face auto` would feed the model); the smoothing removes the landmarks'
+frame-to-frame jitter (2-4 px on a 216 px face, docs/FACES.md) without lagging behind real
+head motion, since the window is centred.
 """
 
 from __future__ import annotations
@@ -138,12 +139,15 @@ def face_present(frame: np.ndarray, box: tuple[int, int, int, int]) -> bool:
 
 def smoothed_alignments(points: np.ndarray, size: int, radius: int = SMOOTH_RADIUS) -> np.ndarray:
     """Source pixels -> output pixels similarity per frame, float64 (K, 2, 3), from landmarks
-    (K, 68, 2): the anchors averaged over frames i - radius .. i + radius (fewer at the ends)."""
+    (K, 68, 2): the anchors averaged over frames i - r .. i + r, r = min(radius, i, K - 1 - i)
+    (a window kept symmetric, so the ends are not pulled inwards; frame 0 gets its own
+    alignment, the very crop `generate --face auto` makes of that frame)."""
     anchors = np.array([anchor_points(p) for p in points])  # (K, 3, 2)
     target = canonical_points(size)
     out = np.empty((len(points), 2, 3))
     for i in range(len(points)):
-        window = anchors[max(0, i - radius) : i + radius + 1]
+        r = min(radius, i, len(points) - 1 - i)
+        window = anchors[i - r : i + r + 1]
         out[i] = fit_similarity(window.mean(axis=0), target)
     return out
 

@@ -455,8 +455,8 @@ def track_meta(track: FaceTrack, labels: np.ndarray, at_source: np.ndarray) -> d
             "frames_dropped": track.dropped,
             "lost_at_frame": track.lost_at,
             "framing": "per frame, the alignment to faces.CANONICAL of the anchors averaged "
-            f"over frames i-{SMOOTH_RADIUS}..i+{SMOOTH_RADIUS} (align.npy: source pixels -> "
-            "output pixels, (T, 2, 3))",
+            f"over frames i-r..i+r, r = min({SMOOTH_RADIUS}, i, T-1-i) (align.npy: source "
+            "pixels -> output pixels, (T, 2, 3))",
         },
         "mouth_truth": "landmarks",
         "mouth_units": "eye distances (faces.mouth_opening, faces.mouth_width)",
