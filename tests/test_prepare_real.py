@@ -187,3 +187,14 @@ def test_the_command_reports_dropped_frames_and_skips_a_short_clip(face_video, t
     assert "15 frames dropped where the face was lost (1 clips cut)" in err
     skipped = [line for line in err.splitlines() if "skipped" in line and "brief" in line]
     assert len(skipped) == 1 and "the face is lost at frame 10" in skipped[0], err
+
+
+@pytest.mark.slow
+def test_the_first_frame_is_the_crop_generate_would_make(tracked, face_video):
+    """Frame 0 is aligned on its own landmarks, as `generate --face auto` aligns a photo."""
+    from tmrender.faces import face_crop
+    from tmrender.media.video import iter_video_frames
+
+    first = next(iter(iter_video_frames(face_video / "talker.mp4")))[0]
+    expected = face_crop(first, 128).alignment.matrix
+    assert np.allclose(np.load(tracked / "align.npy")[0], expected, atol=1e-4)

@@ -413,7 +413,8 @@ def prepare_tracked(
             source_frames(source.path, source.fps, max_frames), matrices, opts.size
         )
         frames = write_frames(measuring(warped), partial, opts, decoded)
-        assert frames == track.kept, (frames, track.kept)
+        if frames != track.kept:  # the second decoding must see the frames the first did
+            raise MediaError(f"the video decoded to {track.kept} frames, then to {frames}")
         audio = decoded[: frames * SAMPLES_PER_FRAME]
         labels = np.concatenate(measured)
         np.save(partial / "boxes.npy", framed_boxes(track, matrices, opts.size))
