@@ -130,7 +130,7 @@ def prepared(sources, tmp_path_factory) -> Path:
     """The coded, 24 fps and short videos prepared at 64 px with npy frames."""
     tmp = tmp_path_factory.mktemp("prepared")
     videos = folder_of(tmp, sources["coded"], sources["talk24"], sources["short"])
-    opts = prepare.PrepareOptions(out=tmp / "corpus", size=SIZE, frame_format="npy")
+    opts = prepare.PrepareOptions(out=tmp / "corpus", size=SIZE, frame_format="npy", face="whole")
     results = prepare.prepare_corpus(videos, opts)
     assert [r.error for r in results] == [None] * 3
     return opts.out
@@ -194,7 +194,9 @@ def test_the_training_readers_accept_a_prepared_clip(sources, tmp_path):
     from tmrender.train import latents, vae
 
     videos = folder_of(tmp_path, sources["talk24"])
-    opts = prepare.PrepareOptions(out=tmp_path / "corpus", size=32, frame_format="npy")
+    opts = prepare.PrepareOptions(
+        out=tmp_path / "corpus", size=32, frame_format="npy", face="whole"
+    )
     prepare.prepare_corpus(videos, opts)
     clips = list_clips(opts.out, "train")
     cache = vae.load_frames(clips, workers=1)
@@ -217,7 +219,12 @@ def test_bad_files_are_skipped_with_exit_3(sources, tmp_path, capsys):
     shutil.copy(sources["talk24"], videos / "outside.mp4")
     (videos / "outside.mp4.json").write_text(json.dumps({"face": [0, 0, 97, 50]}))
     out = tmp_path / "corpus"
-    assert run("prepare", "--videos", str(videos), "--out", str(out), "--size", "32") == 3
+    assert (
+        run(
+            "prepare", "--videos", str(videos), "--out", str(out), "--size", "32", "--face", "whole"
+        )
+        == 3
+    )
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("warning: skipped: ")]
     assert len(skipped) == 6, err
@@ -238,11 +245,20 @@ def test_no_usable_file_or_bad_options_exit_2(sources, tmp_path, capsys):
     assert run("prepare", "--videos", str(videos), "--out", str(out), "--split", "dev") == 2
     assert run("prepare", "--videos", str(videos), "--out", str(out), "--crop", "1,2") == 2
     assert "error: --crop must be x,y,w,h" in capsys.readouterr().err
+    assert run("prepare", "--videos", str(videos), "--out", str(out), "--face", "box") == 2
+    assert "error: --face must be one of track, whole" in capsys.readouterr().err
+
+
+def test_a_video_without_a_face_is_skipped_when_tracking(sources, tmp_path, capsys):
+    videos = folder_of(tmp_path, sources["talk24"])
+    out = tmp_path / "corpus"
+    assert run("prepare", "--videos", str(videos), "--out", str(out)) == 2
+    assert "no face found in the first frame" in capsys.readouterr().err
 
 
 def test_an_interrupted_clip_leaves_nothing_and_keeps_the_old_one(sources, tmp_path, monkeypatch):
     videos = folder_of(tmp_path, sources["talk24"])
-    opts = prepare.PrepareOptions(out=tmp_path / "corpus", size=32)
+    opts = prepare.PrepareOptions(out=tmp_path / "corpus", size=32, face="whole")
     prepare.prepare_corpus(videos, opts)
     folder = opts.out / "train" / "talk24"
     before = (folder / "meta.json").read_bytes()

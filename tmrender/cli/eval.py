@@ -21,6 +21,13 @@ DEFAULTS = RunOptions  # the command's defaults are the library's (class attribu
         "  tmrender eval --model tm-mini --data data --out out/eval --baselines\n\n"
         "  tmrender eval --data data --out out/sync --baselines --syncnet syncnet_v2.model\n\n"
         "  tmrender eval --model gt --model still --data data --out out/floors --clips 5\n\n"
+        "Real video: a corpus `tmrender prepare` tracked (its clips' mouth truth is the "
+        "landmark mouth opening) is measured with landmarks instead of the mouth reader: "
+        "lip-sync r of the rendered and the real opening, the A/V offset in ms (+ = the "
+        "sound leads; ITU-R BT.1359's +45 / -125 ms drawn in offsets.png), pooled and per "
+        "clip:\n\n"
+        "  tmrender prepare --videos talks/ --out real --split test\n\n"
+        "  tmrender eval --data real --out out/real --baselines\n\n"
         "  tmrender synth --out data/long --clips 2 --seconds 600 --split test\n\n"
         "  tmrender eval --model tm-mini --data data/long --out out/drift --long\n\n"
         "  tmrender eval --data data --out out/gap --teacher weights/stages/teacher_t2.safetensors"
@@ -28,7 +35,10 @@ DEFAULTS = RunOptions  # the command's defaults are the library's (class attribu
 )
 def eval_command(
     data: Annotated[
-        Path, typer.Option("--data", "-d", help="Corpus folder written by `tmrender synth`.")
+        Path,
+        typer.Option(
+            "--data", "-d", help="Corpus folder written by `tmrender synth` or `tmrender prepare`."
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Report folder: report.json, PNGs, index.html.")

@@ -10,13 +10,29 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   N samples; T = ceil(N * 25 / 16000) frames exactly. When the video stream ends first,
   the clip ends with it (the audio is cut to T * 640 samples).
 - frames: output frame i shows the source frame on screen at (i + 0.5) / 25 s, assuming
-  the source runs at the constant rate ffmpeg reports; the face box (below) is made square
-  about its centre (the centre square of it, as the renderer's portrait crop does) and
-  scaled to SIZE x SIZE with Lanczos filtering.
+  the source runs at the constant rate ffmpeg reports.
+
+Tracked (the default for a video without a sidecar or `--crop`; `PrepareOptions.face ==
+"track"`, `tmrender.data.face_track`): the face is detected in the first frame and tracked;
+each frame is warped to the model's framing (`faces.CANONICAL`, a smoothed per-frame
+alignment, as `generate --face auto` frames a photo), and the clip is cut where the face is
+lost (meta "face_track": frames available, kept, dropped). Such a clip also has:
+
+- mouth.npy (T, 7) float32: `open` and `width` from landmarks (`faces.measure.framed_mouth`
+  on the frames as written, in eye distances), the other columns NaN; meta
+  `"mouth_truth": "landmarks"`, which is what `tmrender eval` recognises;
+- boxes.npy (T, 2, 4) int32: the outer lips' box and the tracked face box, per frame, in
+  output pixels; align.npy (T, 2, 3) float32: each frame's map from source to output
+  pixels; mouth_source.npy (T, 2): the mouth measures at the source's resolution.
+
+With a fixed face box (a sidecar, `--crop`, or `face="whole"`):
+
+- the face box is made square about its centre (the centre square of it, as the renderer's
+  portrait crop does) and scaled to SIZE x SIZE with Lanczos filtering;
 - face box, source pixels x0, y0, x1, y1 (x1, y1 exclusive): from the sidecar
   `<video stem>.json` or `<video name>.json` (`{"face": [x0, y0, x1, y1]}`), else from
-  `--crop` (x, y, w, h like every command's `--crop`), else the whole frame. It must lie
-  inside the frame.
+  `--crop` (x, y, w, h like every command's `--crop`), else the whole frame (`--face
+  whole`). It must lie inside the frame.
 - boxes.npy (T, 2, 4) int32: [mouth box, face box] in output pixels (clipped to the frame),
   the same on every frame. The mouth box is an estimate: the lower-middle part of the face
   box (`MOUTH_IN_FACE`), said so in meta.json.
@@ -27,9 +43,10 @@ sidecars left out) that ffmpeg reads with a video and an audio stream becomes on
   and where it came from, silence segments from the renderer's voice activity
   (`tmrender.media.audio.frame_rms_db` > `VOICE_RMS_DB`), and what is unknown.
 
-Bad files (unreadable, no audio or video, zero length, bad sidecar, box outside the frame)
-come back as `PrepareResult.error`; they never stop the others. A clip folder is written
-under a hidden name and renamed when complete; index.json is replaced atomically.
+Bad files (unreadable, no audio or video, zero length, bad sidecar, box outside the frame,
+no face in the first frame, fewer than `MIN_FRAMES` frames before the face is lost) come
+back as `PrepareResult.error`; they never stop the others. A clip folder is written under
+a hidden name and renamed when complete; index.json is replaced atomically.
 """
 
 from __future__ import annotations
@@ -49,8 +66,18 @@ from PIL import Image
 
 from tmrender.data.avatar import POSE
 from tmrender.data.corpus import CRF, FPS, FRAME_FORMATS, SPLIT_TAG
+from tmrender.data.face_track import (
+    SMOOTH_RADIUS,
+    FaceTrack,
+    framed_boxes,
+    framed_frames,
+    smoothed_alignments,
+    source_mouth,
+    track_video_face,
+)
 from tmrender.data.visemes import PARAMS
 from tmrender.errors import MediaError, UserInputError
+from tmrender.faces.measure import framed_mouth
 from tmrender.files import atomic_write, make_folder
 from tmrender.media.audio import (
     SAMPLE_RATE,
@@ -67,6 +94,8 @@ from tmrender.media.video import VideoWriter, iter_video_frames
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MOUTH_IN_FACE = (0.28, 0.62, 0.72, 0.90)  # estimated mouth box: x0, y0, x1, y1 of the face box
 SIZES = (32, 2048)
+FACE_MODES = ("track", "whole")
+MIN_FRAMES = 25  # a clip cut shorter than this (1 s) where its face is lost is skipped
 UNKNOWN = (
     "phoneme events",
     "mouth parameters (mouth.npy is NaN)",
@@ -87,7 +116,8 @@ class PrepareOptions:
     out: Path
     split: str = "train"
     size: int = 128
-    crop: CropBox | None = None  # the face box of videos without a sidecar; None: whole frame
+    crop: CropBox | None = None  # the face box of videos without a sidecar
+    face: str = "track"  # without a sidecar or crop: "track" the face, or the "whole" frame
     frame_format: str = "mp4"
     workers: int = 1
 
@@ -98,6 +128,8 @@ def check_options(opts: PrepareOptions) -> None:
         raise UserInputError(f"--split must be train or test, got {opts.split!r}")
     if not SIZES[0] <= opts.size <= SIZES[1]:
         raise UserInputError(f"--size must be between {SIZES[0]} and {SIZES[1]}, got {opts.size}")
+    if opts.face not in FACE_MODES:
+        raise UserInputError(f"--face must be one of {', '.join(FACE_MODES)}, got {opts.face!r}")
     if opts.workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {opts.workers}")
     if opts.frame_format not in FRAME_FORMATS:
@@ -221,21 +253,34 @@ def source_frame_indices(frames: int, source_fps: float) -> np.ndarray:
     return np.floor(centres * source_fps + 1e-9).astype(np.int64)
 
 
-def resampled_frames(
-    video: Path, source_fps: float, mapping: FrameMapping, max_frames: int
-) -> Iterator[np.ndarray]:
-    """Decode `video` and yield output frames at 25 fps in blocks uint8 (n, size, size, 3),
-    at most `max_frames` in all (fewer when the video ends first)."""
+def source_frames(video: Path, source_fps: float, max_frames: int) -> Iterator[np.ndarray]:
+    """Decode `video` and yield, for each 25 fps output frame, the source frame on screen
+    at its centre: uint8 (H, W, 3), at most `max_frames` (fewer when the video ends first)."""
     wanted = source_frame_indices(max_frames, source_fps)
     done, seen = 0, 0  # output frames yielded, source frames decoded
     with contextlib.closing(iter_video_frames(video)) as blocks:
         for block in blocks:
             stop = int(np.searchsorted(wanted, seen + len(block)))
-            if stop > done:
-                yield np.stack([mapping.frame(block[k - seen]) for k in wanted[done:stop]])
+            for k in wanted[done:stop]:
+                yield block[k - seen]
             done, seen = stop, seen + len(block)
             if done >= max_frames:
                 return
+
+
+def resampled_frames(
+    video: Path, source_fps: float, mapping: FrameMapping, max_frames: int, block: int = 64
+) -> Iterator[np.ndarray]:
+    """Decode `video` and yield output frames at 25 fps in blocks uint8 (n, size, size, 3),
+    at most `max_frames` in all (fewer when the video ends first)."""
+    out = []
+    for frame in source_frames(video, source_fps, max_frames):
+        out.append(mapping.frame(frame))
+        if len(out) == block:
+            yield np.stack(out)
+            out = []
+    if out:
+        yield np.stack(out)
 
 
 def silence_segments(audio: np.ndarray, frames: int) -> list[list[int]]:
@@ -269,8 +314,8 @@ class Source:
     path: Path
     info: MediaInfo
     fps: float
-    face: CropBox
-    face_from: str  # "sidecar", "--crop" or "whole frame"
+    face: CropBox | None  # None: tracked
+    face_from: str  # "sidecar", "--crop", "whole frame" or "tracked"
 
     @property
     def width(self) -> int:
@@ -282,7 +327,7 @@ class Source:
         return self.info.video[0].display_size[1]
 
 
-def open_source(video: Path, crop: CropBox | None) -> Source:
+def open_source(video: Path, crop: CropBox | None, face_mode: str = "whole") -> Source:
     """Probe `video` and find its face box; UserInputError (one line) if unusable."""
     info = probe(video, what="video file")
     if not info.video:
@@ -298,6 +343,8 @@ def open_source(video: Path, crop: CropBox | None) -> Source:
     if face is None:
         face, face_from = crop, "--crop"
     width, height = stream.display_size
+    if face is None and face_mode == "track":
+        return Source(video, info, stream.fps, None, "tracked")
     if face is None:
         face, face_from = CropBox(0, 0, width, height), "whole frame"
     check_inside(face, width, height, f"face box ({face_from})")
@@ -316,9 +363,11 @@ def prepare_video(video: Path, clip_id: str, opts: PrepareOptions) -> dict:
 
     Raises UserInputError (MediaError included) with one line for a bad file."""
     # 1. streams, frame rate and face box; the audio decides the longest clip
-    source = open_source(video, opts.crop)
+    source = open_source(video, opts.crop, opts.face)
     decoded = decode_audio(source)
     max_frames = -(-decoded.size // SAMPLES_PER_FRAME)
+    if source.face is None:
+        return prepare_tracked(source, clip_id, opts, decoded, max_frames)
     mapping = FrameMapping.centre_square(source.face, opts.size)
     # 2. frames and audio, trimmed to the shorter stream, into a hidden folder
     folder = opts.out / opts.split / clip_id
@@ -330,10 +379,99 @@ def prepare_video(video: Path, clip_id: str, opts: PrepareOptions) -> dict:
         np.save(partial / "boxes.npy", clip_boxes(mapping, source.face, frames))
         np.save(partial / "mouth.npy", np.full((frames, len(PARAMS)), np.nan, np.float32))
         np.save(partial / "pose.npy", np.full((frames, len(POSE)), np.nan, np.float32))
-        meta = clip_meta(clip_id, opts, source, mapping, audio, frames)
+        meta = clip_meta(clip_id, opts, source, audio, frames)
+        meta.update(box_meta(source, mapping))
         meta["source"]["samples_decoded"] = int(decoded.size)  # before the cut
         (partial / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return index_row(meta)
+
+
+def prepare_tracked(
+    source: Source, clip_id: str, opts: PrepareOptions, decoded: np.ndarray, max_frames: int
+) -> dict:
+    """`prepare_video` for a video without a face box: track the face (pass 1), cut the clip
+    where it is lost, write model-framed frames (pass 2) with landmark mouth labels."""
+    # 1. track; too short a clip is skipped
+    track = track_video_face(source_frames(source.path, source.fps, max_frames))
+    if track.kept < MIN_FRAMES:
+        raise MediaError(
+            f"the face is lost at frame {track.lost_at} ({track.lost_at / FPS:.2f} s): "
+            f"{track.kept} frames left, at least {MIN_FRAMES} are needed"
+        )
+    matrices = smoothed_alignments(track.points, opts.size)
+    # 2. model-framed frames, measured as they are written
+    measured: list[np.ndarray] = []
+
+    def measuring(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            measured.append(framed_mouth(block))
+            yield block
+
+    folder = opts.out / opts.split / clip_id
+    with clip_folder(folder) as partial:
+        warped = framed_frames(
+            source_frames(source.path, source.fps, max_frames), matrices, opts.size
+        )
+        frames = write_frames(measuring(warped), partial, opts, decoded)
+        if frames != track.kept:  # the second decoding must see the frames the first did
+            raise MediaError(f"the video decoded to {track.kept} frames, then to {frames}")
+        audio = decoded[: frames * SAMPLES_PER_FRAME]
+        labels = np.concatenate(measured)
+        np.save(partial / "boxes.npy", framed_boxes(track, matrices, opts.size))
+        np.save(partial / "mouth.npy", landmark_mouth(labels))
+        np.save(partial / "pose.npy", np.full((frames, len(POSE)), np.nan, np.float32))
+        np.save(partial / "align.npy", matrices.astype(np.float32))
+        at_source = source_mouth(track.points)
+        np.save(partial / "mouth_source.npy", at_source)
+        meta = clip_meta(clip_id, opts, source, audio, frames)
+        meta.update(track_meta(track, labels, at_source))
+        meta["source"]["samples_decoded"] = int(decoded.size)
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return {**index_row(meta), "dropped": track.dropped}
+
+
+def landmark_mouth(labels: np.ndarray) -> np.ndarray:
+    """mouth.npy of a tracked clip: float32 (T, 7) in the corpus's columns (`PARAMS`), `open`
+    and `width` from landmarks (opening, width: (T, 2) in eye distances), the rest NaN."""
+    mouth = np.full((len(labels), len(PARAMS)), np.nan, np.float32)
+    mouth[:, PARAMS.index("open")] = labels[:, 0]
+    mouth[:, PARAMS.index("width")] = labels[:, 1]
+    return mouth
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson r of two curves (T,), None when either is flat or too short."""
+    if len(a) < 2 or a.std() < 1e-9 or b.std() < 1e-9:
+        return None
+    return round(float(np.corrcoef(a, b)[0, 1]), 4)
+
+
+def track_meta(track: FaceTrack, labels: np.ndarray, at_source: np.ndarray) -> dict:
+    """meta.json entries of a tracked clip: the face track, the cut and the mouth truth."""
+    return {
+        "face_box": {"from": "tracked", "detections": track.detections},
+        "face_track": {
+            "frames_available": track.available,
+            "frames_kept": track.kept,
+            "frames_dropped": track.dropped,
+            "lost_at_frame": track.lost_at,
+            "framing": "per frame, the alignment to faces.CANONICAL of the anchors averaged "
+            f"over frames i-r..i+r, r = min({SMOOTH_RADIUS}, i, T-1-i) (align.npy: source "
+            "pixels -> output pixels, (T, 2, 3))",
+        },
+        "mouth_truth": "landmarks",
+        "mouth_units": "eye distances (faces.mouth_opening, faces.mouth_width)",
+        "mouth_rule": "open and width measured by faces.measure.framed_mouth on the "
+        "model-framed frames before encoding (the measure eval applies to rendered frames); "
+        "the other columns are NaN. mouth_source.npy (T, 2): the same measures from the "
+        "tracked landmarks at the source's resolution",
+        "mouth_vs_source_r": {
+            "open": _agreement(labels[:, 0], at_source[:, 0]),
+            "width": _agreement(labels[:, 1], at_source[:, 1]),
+        },
+        "mouth_box": {"estimated": False, "rule": "the outer lips' landmarks (48-59)"},
+        "unknown": [u for u in UNKNOWN if "mouth" not in u],
+    }
 
 
 @contextlib.contextmanager
@@ -379,14 +517,10 @@ def _check_frames(count: int) -> int:
 
 
 def clip_meta(
-    clip_id: str,
-    opts: PrepareOptions,
-    source: Source,
-    mapping: FrameMapping,
-    audio: np.ndarray,
-    frames: int,
+    clip_id: str, opts: PrepareOptions, source: Source, audio: np.ndarray, frames: int
 ) -> dict:
-    """meta.json of a prepared clip (keys of the synthetic corpus where they apply)."""
+    """meta.json of a prepared clip (keys of the synthetic corpus where they apply), less
+    the face box's entries (`box_meta`, `track_meta`)."""
     video, audio_stream = source.info.video[0], source.info.audio[0]
     return {
         "id": clip_id,
@@ -411,13 +545,6 @@ def clip_meta(
             "rule": "frame i shows the source frame on screen at (i + 0.5) / 25 s, "
             "the source taken as constant-rate; the clip ends with the shorter stream",
         },
-        "face_box": {"from": source.face_from, "source_pixels": corners(source.face)},
-        "crop_source_pixels": [round(v, 3) for v in mapping.rect],
-        "mouth_box": {
-            "estimated": True,
-            "rule": "the lower-middle part of the face box: x0, y0, x1, y1 fractions",
-            "fractions": list(MOUTH_IN_FACE),
-        },
         "silence": silence_segments(audio, frames),
         "voice_threshold_db": VOICE_RMS_DB,
         "truth": False,
@@ -425,6 +552,19 @@ def clip_meta(
         "mouth_columns": list(PARAMS),
         "pose_columns": list(POSE),
         "boxes": ["mouth", "face"],
+    }
+
+
+def box_meta(source: Source, mapping: FrameMapping) -> dict:
+    """meta.json entries of a clip cropped with a fixed face box."""
+    return {
+        "face_box": {"from": source.face_from, "source_pixels": corners(source.face)},
+        "crop_source_pixels": [round(v, 3) for v in mapping.rect],
+        "mouth_box": {
+            "estimated": True,
+            "rule": "the lower-middle part of the face box: x0, y0, x1, y1 fractions",
+            "fractions": list(MOUTH_IN_FACE),
+        },
     }
 
 

@@ -5,6 +5,7 @@
 - `sources`: frame sources (ground truth, still image, loudness cheat, a model);
 - `options`: what an evaluation measures (`EvalOptions`) and what one run does (`RunOptions`);
 - `suite`: rendering test clips with sources and measuring them;
+- `real`: the same on a tracked real corpus, measured with landmarks (`faces.measure`);
 - `report`: report.json, figures and index.html;
 - `run`: one whole run, `run_eval` (what `tmrender eval` calls);
 - `bench`: `run_bench`, which picks and runs a benchmark (what `tmrender bench` calls);

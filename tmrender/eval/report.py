@@ -31,6 +31,7 @@ TARGET_CELLS = {  # the figures of DESIGN.md section 6, as table cells
     "psnr": f">= {TARGETS['psnr']:g}",
     "motion_ratio": "~1",
     "silence_open": "~0",
+    "offset_ms": "-125..+45",
 }
 METRIC_LABELS = {
     "sync_r": "lip sync r (open)",
@@ -48,7 +49,13 @@ METRIC_LABELS = {
     "sync_d": "Sync-D (LSE-D)",
     "sync_offset": "SyncNet offset (frames)",
     "sync_offset_zero_share": "clips at SyncNet offset 0",
+    "sync_r_pooled": "lip sync r, pooled",
+    "width_r_pooled": "width r, pooled",
+    "offset_ms": "A/V offset (ms, + = sound leads)",
+    "offset_pooled_ms": "pooled A/V offset (ms)",
 }
+REAL_KEYS = ("sync_r_pooled", "width_r_pooled", "offset_ms", "offset_pooled_ms")
+OFFSET_PNG = "offsets.png"  # real corpora: r at each A/V offset (tmrender.eval.real)
 
 
 def _pyplot():
@@ -169,6 +176,8 @@ def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the per-source summary, metrics as columns (SyncNet's when measured)."""
     keys = ["sync_r", "sync_r_min", *[k for k in METRICS if k != "sync_r"]]
     keys += ["offset_zero_share", "realtime_factor"]
+    if any("sync_r_pooled" in r["summary"] for r in results.values()):
+        keys = [keys[0], *REAL_KEYS[:1], *keys[1:3], *REAL_KEYS[1:], *keys[3:]]
     if any("sync_c" in r["summary"] for r in results.values()):
         keys += [*SYNCNET_METRICS, "sync_offset_zero_share"]
     header = ["source", *[METRIC_LABELS.get(k, k) for k in keys]]
@@ -314,6 +323,13 @@ def write_html(path: Path, report: dict, figures: list[dict]) -> None:
         parts += ["<h2>Window by window</h2>", _html_table(*windows)]
         if (path.parent / DRIFT_PNG).exists():
             parts.append(f"<img src='{DRIFT_PNG}'>")
+    if (path.parent / OFFSET_PNG).exists():
+        parts += [
+            "<h2>A/V offset</h2><p>Lip-sync r at each offset (+ = the picture is late, the "
+            "sound leads), pooled over clips; grey: offsets ITU-R BT.1359 calls detectable "
+            "(beyond +45 ms sound leading or -125 ms sound lagging).</p>",
+            f"<img src='{OFFSET_PNG}'>",
+        ]
     for fig in figures:
         parts.append(f"<h2>{html.escape(fig['clip'])}</h2><img src='{fig['opening']}'>")
         parts += [f"<img src='{src}'>" for src in fig["strips"].values()]

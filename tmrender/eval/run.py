@@ -14,16 +14,24 @@ from pathlib import Path
 
 from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
+from tmrender.eval import real as real_eval
 from tmrender.eval import report as report_mod
 from tmrender.eval import suite
 from tmrender.eval.mouth import DEFAULT_WEIGHTS, load_mouth_reader
 from tmrender.eval.options import LONG_SECONDS, RunOptions
+from tmrender.eval.real import is_real_corpus, plot_offsets
+from tmrender.eval.report import OFFSET_PNG
 from tmrender.eval.sources import BASELINES, FrameSource, baseline_source, model_source
 from tmrender.eval.syncnet import SyncNetScorer, load_syncnet
 from tmrender.files import make_folder, sha256_file
 from tmrender.models.mouth_reader import MouthReader
 from tmrender.models.registry import load_model
 from tmrender.render.pipeline import RenderOptions
+
+LANDMARK_READER = {  # what reads the mouth on a real corpus, in the reader's place
+    "path": "68-point landmarks (tmrender.faces.measure.framed_mouth)",
+    "sha256": None,
+}
 
 
 def source_names(opts: RunOptions) -> list[str]:
@@ -42,10 +50,13 @@ def run_eval(
     on_step(done, total, source, clip_id, seconds): after each render (progress).
     on_warning(line): a model that is untrained. teacher_gap(reader): figures stored as the
     report's "teacher_gap" (the CLI's `--teacher`, measured by the training stages' code)."""
-    # 1. Check the inputs: clips, output folder, reader.
+    # 1. Check the inputs: clips, output folder, reader (landmarks on a real corpus).
     paths = check_inputs(opts)
+    real = is_real_corpus(paths)
+    if real and opts.long:
+        raise UserInputError("--long measures drift on synthetic clips; this corpus is real video")
     reader_path = opts.reader or DEFAULT_WEIGHTS
-    reader = load_mouth_reader(reader_path)
+    reader = None if real else load_mouth_reader(reader_path)
     syncnet = None
     if opts.syncnet is not None:  # before any render: a wrong file stops the run at once
         syncnet = SyncNetScorer(load_syncnet(opts.syncnet, opts.device))
@@ -61,19 +72,29 @@ def run_eval(
         if on_step is not None:
             on_step(done[0], total, name, clip_id, seconds)
 
-    results, traces = suite.evaluate(
-        paths, sources, reader, opts.measure, long=opts.long, trace_clips=opts.plots,
-        on_step=step, syncnet=syncnet,
-    )  # fmt: skip
+    (opts.out / OFFSET_PNG).unlink(missing_ok=True)
+    if real:
+        results, traces = real_eval.evaluate(
+            paths, sources, opts.measure, trace_clips=opts.plots, on_step=step, syncnet=syncnet
+        )
+        plot_offsets(opts.out / OFFSET_PNG, results, opts.measure.max_lag)
+    else:
+        results, traces = suite.evaluate(
+            paths, sources, reader, opts.measure, long=opts.long, trace_clips=opts.plots,
+            on_step=step, syncnet=syncnet,
+        )  # fmt: skip
     # 4. Write the report.
     meta = {
         "data": str(opts.data), "split": opts.split, "clips": len(paths), "long": opts.long,
-        "reader": {"path": str(reader_path), "sha256": sha256_file(reader_path)},
+        "truth": "landmarks" if real else "synthetic",
+        "reader": LANDMARK_READER if real else {
+            "path": str(reader_path), "sha256": sha256_file(reader_path)
+        },
         "options": {**asdict(opts.measure), "device": opts.device, "seed": opts.seed},
     }  # fmt: skip
     if opts.syncnet is not None:
         meta["syncnet"] = {"path": str(opts.syncnet), "sha256": sha256_file(opts.syncnet)}
-    if teacher_gap is not None:
+    if teacher_gap is not None and reader is not None:
         meta["teacher_gap"] = teacher_gap(reader)
     return report_mod.write_report(opts.out, results, traces, meta)
 

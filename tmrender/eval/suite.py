@@ -107,16 +107,26 @@ def window_metrics(
     )
     quiet = pauses[start:stop]
     out["silence_open"] = float(read[start:stop, j_open][quiet].mean()) if quiet.any() else None
+    out.update(appearance_metrics(generated, clip, start, stop, opts, batch))
+    return {k: _round(v) for k, v in out.items()}
+
+
+def appearance_metrics(
+    generated: np.ndarray, clip: Clip, start: int, stop: int, opts: EvalOptions, batch: int = 128
+) -> dict:
+    """psnr, ssim (mouth region masked out) and motion_ratio of generated[start:stop]
+    (T, H, W, 3) against the clip's frames, unrounded."""
     mse, ssim = [], []
     for lo in range(start, stop, batch):
         hi = min(stop, lo + batch)
         mask = appearance_mask(clip, lo, hi, opts.mask_dilate)
         mse.append(metrics.masked_mse(generated[lo:hi], clip.frames[lo:hi], mask))
         ssim.append(metrics.ssim(generated[lo:hi], clip.frames[lo:hi], mask))
-    out["psnr"] = float(metrics.psnr_from_mse(np.concatenate(mse).mean()))  # of the pooled MSE
-    out["ssim"] = float(np.concatenate(ssim).mean())
-    out["motion_ratio"] = metrics.motion_ratio(generated[start:stop], clip.frames[start:stop])
-    return {k: _round(v) for k, v in out.items()}
+    return {
+        "psnr": float(metrics.psnr_from_mse(np.concatenate(mse).mean())),  # of the pooled MSE
+        "ssim": float(np.concatenate(ssim).mean()),
+        "motion_ratio": metrics.motion_ratio(generated[start:stop], clip.frames[start:stop]),
+    }
 
 
 def _round(value):

@@ -5,7 +5,8 @@ Modules: `models` (the shipped dlib detector and landmark model), `detect` (boxe
 first, size limits), `landmarks` (the 68 points, key points, mouth opening and width),
 `align` (the canonical framing, similarity transforms, warps to the crop and back),
 `crop` (from a picture to the aligned portrait in one call), `track` (detect once, then
-follow), `bench` (the tracking rate on one core).
+follow), `measure` (the mouth of a model-framed frame, without the detector), `bench` (the
+tracking rate on one core).
 """
 
 from tmrender.faces.align import CANONICAL, Alignment, align, warp_from_crop, warp_to_crop
