@@ -176,3 +176,11 @@ def test_trend_fits_a_line_through_all_windows():
     assert drift(noisy[0], noisy[-1])["motion_ratio"] == pytest.approx(-0.2)
     assert trend(noisy)["motion_ratio"] == pytest.approx(-0.084, abs=1e-3)
     assert trend(line[:2])["psnr"] is None  # fewer than 3 windows
+
+
+def test_laplacian_energy_sees_blur():
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    blurred = ((sharp[:, :-1].astype(int) + sharp[:, 1:]) // 2).astype(np.uint8)
+    assert metrics.laplacian_energy(np.full((1, 8, 8, 3), 9, np.uint8)) == 0
+    assert metrics.laplacian_energy(blurred) < 0.6 * metrics.laplacian_energy(sharp)

@@ -166,6 +166,17 @@ def ssim(
 # -- motion ----------------------------------------------------------------------------------
 
 
+def laplacian_energy(frames: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of the grey frames (T, H, W, 3) uint8 (borders
+    left out), pooled over frames: the high-frequency energy of a picture."""
+    grey = frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    lap = (
+        grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
+        - 4 * grey[:, 1:-1, 1:-1]
+    )  # fmt: skip
+    return float(lap.var(axis=(1, 2)).mean())
+
+
 def frame_motion(frames: np.ndarray, batch: int = 128) -> np.ndarray:
     """Mean absolute difference between consecutive frames, (T - 1,), in 0..255 units."""
     out = []

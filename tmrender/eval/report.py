@@ -44,6 +44,8 @@ METRIC_LABELS = {
     "psnr": "PSNR dB (mouth masked)",
     "ssim": "SSIM (mouth masked)",
     "motion_ratio": "motion / truth's",
+    "sharpness": "sharpness / truth's",
+    "first_psnr": "frame 0 PSNR dB vs reference",
     "realtime_factor": "render time / audio time",
     "sync_c": "Sync-C (LSE-C)",
     "sync_d": "Sync-D (LSE-D)",

@@ -13,6 +13,10 @@ Per clip and source (`clip_metrics`), over a frame window:
                   `mask_dilate` px and extended down over the chin) masked out; PSNR of
                   the window's mean squared error, SSIM the mean of its frames';
 - `motion_ratio`  mean frame-to-frame change relative to the truth's;
+- `sharpness`     Laplacian energy (high-frequency detail) of the generated frames over the
+                  true frames' (1 keeps all the detail; blur is below 1);
+- `first_psnr`    whole clip only: PSNR of the first generated frame against the clip's
+                  first frame, the reference the render starts from;
 - with a SyncNet (`tmrender eval --syncnet FILE`, whole clip only, `tmrender.eval.syncnet`):
   `sync_c` LSE-C (SyncNet's confidence, higher is better), `sync_d` LSE-D (its distance,
   lower is better) and `sync_offset` (its A/V offset in frames), the figures papers report.
@@ -48,11 +52,12 @@ from tmrender.models.mouth_reader import MouthReader
 SCHEMA = "tmrender-eval/1"
 METRICS = (
     "sync_r", "width_r", "round_r", "offset", "silence_open", "psnr", "ssim", "motion_ratio",
+    "sharpness", "first_psnr",
 )  # fmt: skip
 READER_OUTPUTS = ("open", "width", "round")  # the reader's first columns, in this order
 # with --syncnet, over the whole clip (tmrender.eval.syncnet): LSE-C, LSE-D, offset
 SYNCNET_METRICS = ("sync_c", "sync_d", "sync_offset")
-DRIFT_METRICS = ("sync_r", "silence_open", "psnr", "ssim", "motion_ratio")
+DRIFT_METRICS = ("sync_r", "silence_open", "psnr", "ssim", "motion_ratio", "sharpness")
 ABSOLUTE_DRIFT = ("silence_open",)  # drift of these is last - first, not relative
 # DESIGN.md section 6 (the instrument figures the product must reach)
 TARGETS = {"sync_r": 0.9, "offset": 0, "psnr": 30.0, "drift": 0.02}
@@ -114,18 +119,22 @@ def window_metrics(
 def appearance_metrics(
     generated: np.ndarray, clip: Clip, start: int, stop: int, opts: EvalOptions, batch: int = 128
 ) -> dict:
-    """psnr, ssim (mouth region masked out) and motion_ratio of generated[start:stop]
+    """psnr, ssim (mouth region masked out), motion_ratio and sharpness (Laplacian energy
+    of the generated frames over the true frames', pooled) of generated[start:stop]
     (T, H, W, 3) against the clip's frames, unrounded."""
-    mse, ssim = [], []
+    mse, ssim, energy, true_energy = [], [], 0.0, 0.0
     for lo in range(start, stop, batch):
         hi = min(stop, lo + batch)
         mask = appearance_mask(clip, lo, hi, opts.mask_dilate)
         mse.append(metrics.masked_mse(generated[lo:hi], clip.frames[lo:hi], mask))
         ssim.append(metrics.ssim(generated[lo:hi], clip.frames[lo:hi], mask))
+        energy += metrics.laplacian_energy(generated[lo:hi]) * (hi - lo)
+        true_energy += metrics.laplacian_energy(clip.frames[lo:hi]) * (hi - lo)
     return {
         "psnr": float(metrics.psnr_from_mse(np.concatenate(mse).mean())),  # of the pooled MSE
         "ssim": float(np.concatenate(ssim).mean()),
         "motion_ratio": metrics.motion_ratio(generated[start:stop], clip.frames[start:stop]),
+        "sharpness": energy / true_energy if true_energy > 0 else None,
     }
 
 
@@ -193,6 +202,8 @@ def clip_metrics(
     read = read_mouth(reader, generated)
     pauses = metrics.pause_frames(clip.meta["phonemes"], n, SAMPLES_PER_FRAME, opts.pause_trim)
     result = {"all": window_metrics(generated, clip, read, pauses, 0, n, opts)}
+    # the render starts from the clip's first frame: how close its own first frame stays
+    result["all"]["first_psnr"] = _round(float(metrics.psnr(generated[:1], clip.frames[:1])[0]))
     if long:
         w = int(round(opts.window_seconds * FPS))
         spans = [(lo, lo + w) for lo in range(0, n - w + 1, w)]

@@ -63,7 +63,14 @@ from torch import Tensor
 from tmrender.config import ModelConfig
 from tmrender.data.corpus import list_clips
 from tmrender.errors import UserInputError
-from tmrender.eval.metrics import box_mask, frame_motion, masked_mse, pearson, psnr_from_mse
+from tmrender.eval.metrics import (
+    box_mask,
+    frame_motion,
+    laplacian_energy,
+    masked_mse,
+    pearson,
+    psnr_from_mse,
+)
 from tmrender.files import atomic_write
 from tmrender.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from tmrender.models.mouth_reader import MouthReader
@@ -303,17 +310,6 @@ def feature_matching_loss(fake: list[Tensor], real: list[Tensor]) -> Tensor:
     assert len(fake) == len(real), f"{len(fake)} vs {len(real)} stages"
     terms = [(f.float() - r.detach().float()).abs().mean() for f, r in zip(fake, real, strict=True)]
     return torch.stack(terms).mean()
-
-
-def laplacian_energy(frames: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian of the grey frames (T, H, W, 3) uint8 (borders
-    left out), pooled over frames: the high-frequency energy of a picture."""
-    grey = frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    lap = (
-        grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
-        - 4 * grey[:, 1:-1, 1:-1]
-    )  # fmt: skip
-    return float(lap.var(axis=(1, 2)).mean())
 
 
 def temporal_loss(recon: Tensor, target: Tensor, weight: Tensor) -> Tensor:
