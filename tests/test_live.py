@@ -79,8 +79,8 @@ def test_session_skips_ahead_when_the_audio_piles_up(model, reference):
 
 
 def test_live_refuses_unknown_modes_and_ports(capsys, tmp_path):
-    code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--mode", "say")
-    assert code == 2 and "not available yet" in err
+    code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--mode", "sing")
+    assert code == 2 and "--mode sing: unknown" in err
     code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--port", "70000")
     assert code == 2 and "--port 70000" in err
     code, err = run(capsys, "live", "--image", str(tmp_path / "missing.png"))

@@ -5,6 +5,7 @@ command's checks and the example reply program."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import stat
@@ -20,7 +21,7 @@ import torch
 
 from tests.conftest import randomized_model, run_cli, tiny_model_config
 from tmrender.errors import UserInputError
-from tmrender.media.audio import SAMPLE_RATE, load_audio, write_wav
+from tmrender.media.audio import SAMPLE_RATE, frame_rms_db, load_audio, write_wav
 from tmrender.models.talking import TalkingModel
 from tmrender.serve.reply import Conversation, ReplyError, ReplyProgram, check_reply_target
 from tmrender.serve.say import MAX_SAY_CHARS, SpeechQueue, parse_say
@@ -56,7 +57,7 @@ with wave.open(answer, "wb") as w:
 """
 
 
-# --- speech queue and the page's messages ------------------------------------------------------
+# --- speech queue and the page's messages ---
 
 
 def test_speech_queue_gives_speech_then_silence_and_caps_what_waits():
@@ -85,7 +86,7 @@ def test_parse_say_takes_a_text_and_refuses_the_rest():
             parse_say(message)
 
 
-# --- voice activity ---------------------------------------------------------------------------
+# --- voice activity ---
 
 
 def test_voice_activity_cuts_utterances_at_pauses():
@@ -110,7 +111,7 @@ def test_voice_activity_cuts_long_speech_and_ignores_clicks():
     assert not VoiceActivity().push(click)
 
 
-# --- the reply program ------------------------------------------------------------------------
+# --- the reply program ---
 
 
 @pytest.fixture
@@ -238,7 +239,7 @@ def test_conversation_answers_reports_failures_and_goes_on(tmp_path):
     assert not program.folder.exists()
 
 
-# --- the session: each sent frame's audio goes to the voice track --------------------------------
+# --- the session: each sent frame's audio goes to the voice track ---
 
 
 def test_driven_audio_keeps_the_last_samples_by_index():
@@ -274,7 +275,7 @@ def test_say_session_sends_each_frame_with_the_audio_that_drove_it():
     session.close()
 
 
-# --- the command and the example ------------------------------------------------------------------
+# --- the command and the example ---
 
 
 def test_live_checks_modes_voice_and_reply_before_loading(capsys, tmp_path):
@@ -302,3 +303,97 @@ def test_example_reply_program_answers_with_speech(tmp_path):
     assert done.returncode == 0, done.stderr
     spoken = load_audio(answer)
     assert spoken.size > SAMPLE_RATE and np.abs(spoken).max() > 0.5
+
+
+# --- on loopback, with a Python WebRTC client ---
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = randomized_model(TalkingModel(tiny_model_config()))
+    return model, np.full((model.cfg.height, model.cfg.width, 3), 120, np.uint8)
+
+
+def voiced_seconds(client) -> float:
+    """Seconds of the avatar's voice the client received that are louder than -30 dBFS."""
+    from tmrender.serve.measure_say import received_voice
+
+    samples, _ = received_voice(client)
+    usable = samples[: samples.size // 320 * 320]
+    return float((frame_rms_db(usable, 320) > -30).sum() * 0.02)
+
+
+async def _serve(model, reference, options):
+    from tmrender.serve.server import LiveServer
+
+    server = LiveServer(model, reference, options, on_event=lambda _: None)
+    return server, f"http://127.0.0.1:{await server.start('127.0.0.1', 0)}"
+
+
+@pytest.mark.slow
+def test_say_mode_speaks_texts_with_the_frames_and_refuses_bad_ones(tiny):
+    pytest.importorskip("aiortc")
+    from tmrender.serve.client import LiveClient
+
+    async def scenario() -> None:
+        server, url = await _serve(*tiny, LiveOptions(mode="say"))
+        try:
+            client = await LiveClient.connect(url, None)  # no microphone
+            await asyncio.sleep(1.0)
+            assert voiced_seconds(client) == 0  # nothing said yet: silence
+            await client.say("x" * 600)
+            await client.say("Hello, how are you today?")
+            await asyncio.sleep(4.0)
+            texts = [e["text"] for e in client.events]
+            assert any("too long" in t for t in texts) and any("saying" in t for t in texts)
+            assert voiced_seconds(client) > 0.8  # the sentence, about 1.5 s
+            figures = client.figures[-1]
+            assert figures["mode"] == "say" and figures["speaking_chunks"] > 0
+            assert figures["state"] in ("listening", "speaking")
+            times = [t for t, _ in client.frames]
+            assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(25, rel=0.2)
+            await client.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.mark.slow
+def test_reply_mode_reports_failures_and_goes_on_to_answer(tiny, tmp_path):
+    """A reply program that fails (exit 1), then writes garbage, then answers with a tone:
+    the page hears of both failures and then the avatar speaks the answer."""
+    pytest.importorskip("aiortc")
+    from tmrender.serve.client import LiveClient
+
+    calls = tmp_path / "calls"
+    body = (
+        f"import os\ncalls = {str(calls)!r}\n"
+        "n = os.path.getsize(calls) if os.path.exists(calls) else 0\n"
+        "open(calls, 'a').write('x')\n"
+        "if n == 0:\n    sys.exit(1)\n"
+        "if n == 1:\n    open(answer, 'wb').write(b'not audio at all' * 100)\n    sys.exit(0)\n"
+        + TONE_22K
+    )
+    options = LiveOptions(mode="reply", reply=script(tmp_path, "answers", body), reply_timeout=10)
+
+    async def scenario() -> None:
+        server, url = await _serve(*tiny, options)
+        try:
+            speech = bursts(on=0.5, off=1.2, count=3)  # three utterances
+            rate = 48_000
+            client = await LiveClient.connect(url, np.repeat(speech, rate // SAMPLE_RATE), rate)
+            await asyncio.sleep(speech.size / SAMPLE_RATE + 2.5)
+            errors = [e["text"] for e in client.events if e["event"] == "error"]
+            assert len(errors) == 2 and "exit status 1" in errors[0] and "not audio" in errors[1]
+            assert voiced_seconds(client) > 0.3  # the tone answer, 0.5 s
+            assert server.busy and client.figures[-1]["state"] in ("speaking", "listening")
+            frames = len(client.frames)
+            await asyncio.sleep(0.5)
+            assert len(client.frames) > frames  # the session goes on
+            await client.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
