@@ -397,3 +397,28 @@ def test_reply_mode_reports_failures_and_goes_on_to_answer(tiny, tmp_path):
             await server.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.mark.slow
+def test_the_shipped_model_opens_its_mouth_while_it_speaks_in_say_mode():
+    """tm-mini on loopback in say mode: the received frames' mouth (the mouth reader) is
+    more open while the received voice is loud than while it is silent."""
+    pytest.importorskip("aiortc")
+    from tmrender.eval.mouth import load_mouth_reader, read_mouth
+    from tmrender.media.image import load_image
+    from tmrender.models.registry import load_model
+    from tmrender.serve.measure_say import received_voice, say_run
+
+    model, _ = load_model(None, "cpu")
+    reference = load_image(EXAMPLES / "face.png", (model.cfg.height, model.cfg.width))
+    texts = ["Papa baked a big brown pie, maybe by the mill."]
+    client, figures, _ = asyncio.run(say_run(model, reference, texts, [2.5], LiveOptions()))
+    voice, voice_times = received_voice(client)
+    times = np.array([t for t, _ in client.frames])
+    opening = read_mouth(load_mouth_reader(), np.stack([f for _, f in client.frames]))[:, 0]
+    blocks = voice.size // 640  # the received voice's level per 40 ms, at each frame's arrival
+    envelope = np.sqrt(np.mean(voice[: blocks * 640].reshape(blocks, 640) ** 2, axis=1))
+    level = np.interp(times, voice_times[: blocks * 640 : 640], envelope, left=0, right=0)
+    loud, quiet = opening[level > 0.05], opening[level < 0.002]
+    assert loud.size >= 10 and quiet.size >= 10, (loud.size, quiet.size)
+    assert np.median(loud) > np.median(quiet) + 0.05, (np.median(loud), np.median(quiet))

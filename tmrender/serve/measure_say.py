@@ -115,8 +115,10 @@ def _overlap(a: np.ndarray, b: np.ndarray, shift: int) -> float:
 
 
 async def say_run(model, reference, texts, seconds, options: LiveOptions) -> tuple:
-    """Speak `texts` (each `seconds` long) through a loopback server in say mode; returns
-    the client, the server's last figures and the recording's path."""
+    """Speak `texts` (each `seconds` long) through a loopback server in say mode (whatever
+    `options.mode`); returns the client, the server's last figures and the recording's path
+    (None without `options.record`)."""
+    options = dataclasses.replace(options, mode="say")
     server = LiveServer(model, reference, options, on_event=lambda _: None)
     url = f"http://127.0.0.1:{await server.start('127.0.0.1', 0)}"
     try:
@@ -154,7 +156,7 @@ def measure_say(
     with tempfile.TemporaryDirectory() as folder:
         record = Path(folder) / "say.mp4"
         base = options or LiveOptions()
-        live = dataclasses.replace(base, mode="say", voice=voice, record=record)
+        live = dataclasses.replace(base, voice=voice, record=record)
         # 1. The live run: what the client got, and what the server rendered from what.
         client, figures, written = asyncio.run(say_run(loaded, reference, texts, seconds, live))
         if written is None:
