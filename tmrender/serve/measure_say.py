@@ -7,20 +7,24 @@ them (eSpeak NG) and sends the avatar's frames and voice; the client timestamps 
 video frame and every 20 ms of voice it gets back. The server records what it rendered
 (`--record`: the frames and the audio that drove them). Figures, printed as JSON:
 
-- offset by correlation: the received mouth curve (the mouth reader's opening of each
-  received frame, at its arrival time) against the rendered one placed at the arrival time
-  of the audio that drove each frame (found by aligning the received voice with the
-  recorded audio); the shift that aligns them best is how late the picture is played
-  relative to its sound;
-- offset at onsets: per utterance, (received mouth half-rise - received voice onset) minus
+- offset per frame: each received frame is matched to the rendered frame it shows (nearest
+  picture); the server sends each frame with the audio that drove it (silence for a frame
+  shown again), so the received voice is aligned with the voice those frames imply, and
+  the arrival of each new frame with sound is compared with the arrival of its sound;
+- offset by correlation, per utterance: the received mouth curve (the mouth reader's
+  opening of each received frame, at its arrival time) against the rendered one placed at
+  the arrival time of the audio that drove each frame (found by aligning the utterance's
+  sound in the received voice with the recorded audio); the shift that aligns them best is
+  how late the picture is played relative to its sound;
+- offset at onsets, per utterance: (received mouth half-rise - received voice onset) minus
   the same in the recording, and minus the same in the file render of the recorded audio
   (`render_frames` with the file options: what `generate` would show);
 
 Positive: the picture comes after its sound (sound leads); ITU-R BT.1359 finds +45 ms
 (sound first) to -125 ms (sound late) undetectable. The client is aiortc: its audio jitter
-buffer holds 4 Opus frames (80 ms) before the first is decoded and its video one frame
-(40 ms), so a browser plays sound a little earlier relative to the picture than measured
-here; `receiver_buffers_ms` says by how much this client's buffers differ.
+buffer holds 4 Opus frames (80 ms) and its video one frame (40 ms), and it does no lip
+sync, so its sound comes about `receiver_buffers_ms` later relative to the picture than a
+receiver that buffers both alike (a browser aligns the two by their RTCP sender reports).
 """
 
 from __future__ import annotations
@@ -105,6 +109,19 @@ def align(received: np.ndarray, driven: np.ndarray, max_shift: int) -> int:
     return max(fine, key=lambda s: _overlap(received, driven, s))
 
 
+def local_shift(
+    received: np.ndarray, driven: np.ndarray, onset: int, guess: int, span: int = SAMPLE_RATE
+) -> int | None:
+    """The shift s with received[onset + s] ~ driven[onset], from the 0.5 s of sound after
+    `onset` searched within `guess` +- `span` samples (None where that is out of reach)."""
+    snippet = driven[onset : onset + SAMPLE_RATE // 2]
+    lo = max(0, onset + guess - span)
+    hi = min(received.size, onset + guess + span + snippet.size)
+    if hi - lo < snippet.size:
+        return None
+    return lo + align(received[lo:hi], snippet, max_shift=hi - lo) - onset
+
+
 def _overlap(a: np.ndarray, b: np.ndarray, shift: int) -> float:
     """sum a[n] b[n - shift] over the overlap, normalized."""
     lo, hi = max(0, shift), min(a.size, b.size + shift)
@@ -112,6 +129,59 @@ def _overlap(a: np.ndarray, b: np.ndarray, shift: int) -> float:
         return -np.inf
     x, y = a[lo:hi], b[lo - shift : hi - shift]
     return float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12))
+
+
+def match_frames(
+    received: np.ndarray, rendered: np.ndarray, portrait: np.ndarray, reach: int = 16
+) -> np.ndarray:
+    """Which rendered frame each received one shows: received (M, H, W, 3) and rendered
+    (N, H, W, 3) uint8 -> (M,) int, -1 for the portrait shown before the first. Frames go
+    forward (a frame shown again keeps its index; dropped ones are skipped, at most `reach`
+    at a time), each to the nearest by mean squared difference of 2x-reduced grey images."""
+
+    def small(frames: np.ndarray) -> np.ndarray:
+        grey = frames.astype(np.float32).mean(axis=-1)
+        h, w = grey.shape[-2] // 2 * 2, grey.shape[-1] // 2 * 2
+        return grey[..., :h, :w].reshape(*grey.shape[:-2], h // 2, 2, w // 2, 2).mean((-3, -1))
+
+    rx, rendered_small, still = small(received), small(rendered), small(portrait[None])[0]
+    shown, last = np.full(len(rx), -1), -1
+    for k, frame in enumerate(rx):
+        first = max(0, last)
+        candidates = rendered_small[first : first + reach]
+        errors = ((candidates - frame) ** 2).mean(axis=(1, 2))
+        if last < 0 and ((still - frame) ** 2).mean() < errors.min():
+            continue
+        last = shown[k] = first + int(np.argmin(errors))
+    return shown
+
+
+def frame_offsets(
+    shown: np.ndarray,
+    frame_times: np.ndarray,
+    voice: np.ndarray,
+    voice_times: np.ndarray,
+    driven: np.ndarray,
+    spf: int,
+) -> tuple[np.ndarray, float]:
+    """Per received frame that brings a new rendered frame with sound: its arrival minus the
+    arrival of the sound that drove it (s), and how well the received voice matches the
+    voice expected from the frames shown (normalized correlation).
+
+    The server sends, per frame, the audio that drove it (silence for a frame shown again),
+    so the received voice should be that sequence; aligning the two gives where each
+    frame's audio is in the received voice."""
+    new = np.flatnonzero((shown >= 0) & (shown != np.concatenate([[-1], shown[:-1]])))
+    expected = np.zeros(len(shown) * spf, np.float32)
+    for k in new:
+        block = driven[shown[k] * spf : (shown[k] + 1) * spf]
+        expected[k * spf : k * spf + block.size] = block
+    shift = align(voice, expected, max_shift=voice.size)
+    quality = _overlap(voice, expected, shift)
+    level = frame_rms_db(expected, spf)
+    voiced = [k for k in new if level[k] > VOICE_RMS_DB and 0 <= k * spf + shift < voice.size]
+    heard = voice_times[np.array([k * spf + shift for k in voiced], dtype=int)]
+    return frame_times[voiced] - heard, quality
 
 
 async def say_run(model, reference, texts, seconds, options: LiveOptions) -> tuple:
@@ -172,37 +242,48 @@ def measure_say(
     rx_open = read_mouth(reader, np.stack([f for _, f in client.frames]))[:, 0]
     rec_open = read_mouth(reader, rendered)[:, 0]
     file_open = read_mouth(reader, offline)[:, 0]
-    # 3. When the audio of each rendered frame arrived: align the received voice with it.
-    shift = align(voice_rx, driven, max_shift=voice_rx.size)
-
-    def arrival(sample: np.ndarray) -> np.ndarray:
-        return np.interp(sample + shift, np.arange(voice_times.size), voice_times)
-
+    # 3. Frame by frame: each received frame's rendered index, and its sound's arrival.
     spf = cfg.samples_per_frame
+    shown = match_frames(np.stack([f for _, f in client.frames]), rendered, reference)
+    per_frame, quality = frame_offsets(shown, frame_times, voice_rx, voice_times, driven, spf)
+    # 4. Per utterance: where its sound landed in the received voice (a local alignment:
+    # frames shown again or dropped add or remove 40 ms of voice, so no one shift holds for
+    # the whole session), then the shift of the received mouth against the rendered one.
     start_of = np.arange(len(rec_open)) * spf  # frame i shows audio from sample i * spf
-    lag, corr = _best_lag(frame_times, rx_open, arrival(start_of), rec_open)
-    # 4. Onsets: received voice and mouth, against the recording and the file render.
-    per_onset = []
-    for onset in onsets(driven, SAMPLE_RATE):
-        heard = float(arrival(np.array([onset]))[0])
+    guess = align(voice_rx, driven, max_shift=voice_rx.size)
+    lags, corrs, vs_rec, vs_file = [], [], [], []
+    found = onsets(driven, SAMPLE_RATE)
+    for onset in found:
+        shift = local_shift(voice_rx, driven, onset, guess)
+        if shift is None:
+            continue
+        guess = shift
+
+        def arrival(sample, shift=shift):
+            return np.interp(sample + shift, np.arange(voice_times.size), voice_times)
+
+        near = (start_of >= onset - 0.3 * SAMPLE_RATE) & (start_of < onset + 1.5 * SAMPLE_RATE)
+        lag, corr = _best_lag(frame_times, rx_open, arrival(start_of[near]), rec_open[near])
+        lags.append(lag)
+        corrs.append(corr)
+        heard, t = float(arrival(onset)), onset / SAMPLE_RATE
         seen = half_rise(frame_times, rx_open, heard)
-        t = onset / SAMPLE_RATE
         own = half_rise(start_of / SAMPLE_RATE, rec_open, t)
         filed = half_rise(np.arange(len(file_open)) / cfg.fps, file_open, t)
         if seen is not None and own is not None:
-            per_onset.append(
-                (seen - heard - (own - t), None if filed is None else seen - heard - (filed - t))
-            )
-    vs_rec = [a for a, _ in per_onset]
-    vs_file = [b for _, b in per_onset if b is not None]
+            vs_rec.append(seen - heard - (own - t))
+        if seen is not None and filed is not None:
+            vs_file.append(seen - heard - (filed - t))
     gaps = np.diff(frame_times)
     return {
         "utterances": len(texts),
-        "offset_by_correlation_ms": _ms(lag),
-        "mouth_correlation": round(corr, 3),
+        "offset_per_frame_ms": _spread(per_frame, percentiles=True),
+        "voice_match": round(quality, 3),
+        "offset_by_correlation_ms": _spread(lags),
+        "mouth_correlation_median": round(float(np.median(corrs)), 3) if corrs else None,
         "offset_at_onsets_vs_recording_ms": _spread(vs_rec),
         "offset_at_onsets_vs_file_render_ms": _spread(vs_file),
-        "onsets_read": f"{len(per_onset)}/{len(onsets(driven, SAMPLE_RATE))}",
+        "onsets_aligned": f"{len(lags)}/{len(found)}",
         "receiver_buffers_ms": RECEIVER_BUFFERS_MS,
         "voice_received_s": round(voice_rx.size / SAMPLE_RATE, 2),
         "fps_received": round((len(frame_times) - 1) / (frame_times[-1] - frame_times[0]), 2),
@@ -216,7 +297,8 @@ def _best_lag(
     times: np.ndarray, opening: np.ndarray, when: np.ndarray, reference: np.ndarray
 ) -> tuple[float, float]:
     """The shift L (s, 5 ms steps within +-0.4 s) that best correlates opening(when + L)
-    (received, at `times`) with `reference` (rendered), and that correlation."""
+    (received, at `times`) with `reference` (rendered frames whose sound arrived at `when`),
+    and that correlation."""
     inside = (when > times[0] + 0.5) & (when < times[-1] - 0.5)
     scores = [
         (
@@ -231,13 +313,16 @@ def _best_lag(
     return float(lag), corr
 
 
-def _spread(values: list[float]) -> dict:
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
+def _spread(values, percentiles: bool = False) -> dict:
+    """Median and range (or 5th / 95th percentiles) of seconds, in ms."""
+    if not len(values):
+        return {"median": None, "n": 0}
+    low, high = np.percentile(values, [5, 95]) if percentiles else (min(values), max(values))
+    names = ("p5", "p95") if percentiles else ("min", "max")
     return {
         "median": _ms(np.median(values)),
-        "min": _ms(min(values)),
-        "max": _ms(max(values)),
+        names[0]: _ms(low),
+        names[1]: _ms(high),
         "n": len(values),
     }
 

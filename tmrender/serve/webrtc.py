@@ -26,6 +26,7 @@ from tmrender.serve.session import LiveSession
 VIDEO_CLOCK = 90_000  # RTP video clock rate (Hz)
 AUDIO_TIMEOUT = 3.0  # seconds without microphone frames before the session is ended
 VOICE_FRAME = SAMPLE_RATE // 50  # 20 ms of the avatar's voice per audio frame
+VOICE_RATE = 48_000  # sent at Opus's own rate: aiortc's encoder holds back a frame otherwise
 VOICE_WAIT = 0.06  # seconds the voice track waits for a frame's audio before sending silence
 
 
@@ -90,7 +91,8 @@ class AvatarTrack(MediaStreamTrack):
 
 class VoiceTrack(MediaStreamTrack):
     """The avatar's voice: the audio of each frame the video track sends (`session.voice_out`),
-    as 20 ms frames of 16 kHz mono s16 (aiortc's Opus encoder resamples them to 48 kHz).
+    as 20 ms frames of 48 kHz mono s16 (linear interpolation from 16 kHz: at any other rate
+    aiortc's Opus encoder resamples and holds each frame back until the next, 20 ms late).
 
     A frame's two halves leave when it was sent and 20 ms later. When no audio has come
     within VOICE_WAIT, silence goes out and as much audio is skipped later (`debt`), so
@@ -104,17 +106,26 @@ class VoiceTrack(MediaStreamTrack):
         self.sent = self.silent = 0  # audio frames sent, of them silence for lack of audio
         self._pending: list[tuple[float, np.ndarray]] = []  # (due time, 20 ms of samples)
         self._debt = 0  # audio frames to skip: silence was sent in their place
+        self._last = 0.0  # the previous 16 kHz sample, for the interpolation across frames
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        samples = await self._next_samples()
+        samples = self._upsample(await self._next_samples())
         pcm = (np.clip(samples, -1, 1) * 32767).round().astype("<i2")[None]
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate, frame.pts = SAMPLE_RATE, self.sent * VOICE_FRAME
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        frame.sample_rate, frame.pts = VOICE_RATE, self.sent * samples.size
+        frame.time_base = fractions.Fraction(1, VOICE_RATE)
         self.sent += 1
         return frame
+
+    def _upsample(self, samples: np.ndarray) -> np.ndarray:
+        """16 kHz (n,) -> 48 kHz (3n,) float32, continuing from the previous frame."""
+        factor = VOICE_RATE // SAMPLE_RATE
+        points = np.concatenate([[self._last], samples])
+        self._last = float(samples[-1])
+        at = np.arange(1, samples.size * factor + 1) / factor
+        return np.interp(at, np.arange(points.size), points).astype(np.float32)
 
     async def _next_samples(self) -> np.ndarray:
         """The next 20 ms (VOICE_FRAME,) float32, at its due time."""
