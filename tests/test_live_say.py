@@ -422,3 +422,57 @@ def test_the_shipped_model_opens_its_mouth_while_it_speaks_in_say_mode():
     loud, quiet = opening[level > 0.05], opening[level < 0.002]
     assert loud.size >= 10 and quiet.size >= 10, (loud.size, quiet.size)
     assert np.median(loud) > np.median(quiet) + 0.05, (np.median(loud), np.median(quiet))
+
+
+# --- the voice track and the offset measure, without a connection -----------------------------
+
+
+def test_voice_track_sends_each_frames_audio_at_its_time_and_silence_when_late():
+    pytest.importorskip("aiortc")
+    from types import SimpleNamespace
+
+    from tmrender.serve.session import SentAudio
+    from tmrender.serve.webrtc import VoiceTrack
+
+    session = SimpleNamespace(voice_out=SentAudio())
+    track = VoiceTrack(session)
+    ramp = np.linspace(0, 0.5, 640, dtype=np.float32)
+
+    async def scenario() -> list:
+        now = time.perf_counter()
+        session.voice_out.put(ramp, now + 0.05)
+        frames = [await track.recv(), await track.recv()]
+        sent = [time.perf_counter()]
+        frames.append(await track.recv())  # nothing comes: silence after VOICE_WAIT
+        sent.append(time.perf_counter())
+        return [now, *sent, frames]
+
+    now, second, third, frames = asyncio.run(scenario())
+    assert second - now >= 0.05 + 0.02 - 0.005  # the second half leaves 20 ms after the first
+    assert third - second < 0.2
+    pcm = [f.to_ndarray()[0] / 32767 for f in frames]
+    assert [f.sample_rate for f in frames] == [48_000] * 3 and pcm[0].size == 960
+    np.testing.assert_allclose(np.concatenate(pcm[:2])[2::3], ramp, atol=2e-4)
+    assert not pcm[2][2:].any() and track.silent == 1  # (from the last sample down to 0)
+
+
+def test_frame_offsets_find_how_late_each_picture_is_against_its_sound():
+    from tmrender.serve.measure_say import frame_offsets, match_frames
+
+    spf, rng = 640, np.random.default_rng(0)
+    rendered = rng.integers(0, 255, (12, 16, 16, 3)).astype(np.uint8)
+    portrait = np.zeros((16, 16, 3), np.uint8)
+    shown = np.array([-1, -1, 0, 1, 1, 2, 4, 5, 6, 7, 8, 9])  # 1 shown again, 3 dropped
+    received = np.stack([portrait if i < 0 else rendered[i] for i in shown])
+    assert match_frames(received, rendered, portrait).tolist() == shown.tolist()
+    driven = rng.standard_normal(12 * spf).astype(np.float32) * 0.1
+    # the voice each frame brought, arriving 30 ms after its frame; frames every 40 ms
+    voice = np.zeros(len(shown) * spf, np.float32)
+    for k, i in enumerate(shown):
+        if i >= 0 and (k == 0 or shown[k - 1] != i):
+            voice[k * spf : (k + 1) * spf] = driven[i * spf : (i + 1) * spf]
+    frame_times = np.arange(len(shown)) * 0.04
+    voice_times = np.arange(voice.size) / SAMPLE_RATE + 0.03
+    offsets, quality = frame_offsets(shown, frame_times, voice, voice_times, driven, spf)
+    assert len(offsets) == 9 and quality > 0.99
+    np.testing.assert_allclose(offsets, -0.03, atol=1e-6)

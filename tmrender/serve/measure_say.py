@@ -278,6 +278,9 @@ def measure_say(
     return {
         "utterances": len(texts),
         "offset_per_frame_ms": _spread(per_frame, percentiles=True),
+        "offset_per_frame_equal_buffers_ms": _ms(np.median(per_frame)) + RECEIVER_BUFFERS_MS
+        if len(per_frame)
+        else None,
         "voice_match": round(quality, 3),
         "offset_by_correlation_ms": _spread(lags),
         "mouth_correlation_median": round(float(np.median(corrs)), 3) if corrs else None,
