@@ -353,7 +353,11 @@ def test_say_mode_speaks_texts_with_the_frames_and_refuses_bad_ones(tiny):
             assert figures["state"] in ("listening", "speaking")
             times = [t for t, _ in client.frames]
             assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(25, rel=0.2)
-            await client.close()
+            await client.close()  # a disconnect frees the session within seconds
+            start = time.monotonic()
+            while server.busy:
+                assert time.monotonic() - start < 5, "the session was not freed"
+                await asyncio.sleep(0.1)
         finally:
             await server.stop()
 

@@ -8,9 +8,9 @@ A small HTTP/1.1 server on asyncio streams (no web framework):
     POST /offer     {"sdp", "type"} -> the answer; 409 {"error": "busy ..."} while busy
 
 Each offer starts a `LiveSession` and an aiortc peer connection; the session ends when the
-microphone track ends or stalls for `AUDIO_TIMEOUT` seconds (mirror and reply modes), the
-page's data channel closes, or the connection fails or closes, and the next offer is taken
-once it has been cleaned up.
+microphone track ends or stalls for `AUDIO_TIMEOUT` seconds (mirror and reply modes; in
+say mode: no data channel within that time), the page's data channel closes, or the
+connection fails or closes, and the next offer is taken once it has been cleaned up.
 
 The data channel carries the session's figures to the page every STATS_SECONDS, events
 ({"event": "info" | "error", "text"}: a reply program's failure, a text refused), and in
@@ -206,16 +206,15 @@ class LiveServer:
         self, pc, session: LiveSession, ended: asyncio.Event, channels, microphones
     ) -> None:
         """Send figures to the page until the session ends (also: no microphone track
-        within AUDIO_TIMEOUT where one is needed, or MAX_SESSION_SECONDS), then free it."""
+        within AUDIO_TIMEOUT where one is needed, no data channel then in say mode, or
+        MAX_SESSION_SECONDS), then free it."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        needs_microphone = self.options.mode != "say"
+        needed = channels if self.options.mode == "say" else microphones  # what drives it
         try:
             while not ended.is_set() and session.running:
                 elapsed = loop.time() - start
-                if elapsed > MAX_SESSION_SECONDS or (
-                    needs_microphone and not microphones and elapsed > AUDIO_TIMEOUT
-                ):
+                if elapsed > MAX_SESSION_SECONDS or (not needed and elapsed > AUDIO_TIMEOUT):
                     break
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(ended.wait(), STATS_SECONDS)
