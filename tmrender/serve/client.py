@@ -158,7 +158,11 @@ def _post_json(url: str, payload: dict) -> dict:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as err:
-        message = json.loads(err.read() or b"{}").get("error", str(err))
+        body = err.read().decode("utf-8", "replace")
+        try:
+            message = json.loads(body).get("error", str(err))
+        except (json.JSONDecodeError, AttributeError):
+            message = body.strip() or str(err)
         if err.code == 409:
             raise BusyError(message) from None
         raise UserInputError(f"the live server refused the offer: {message}") from None

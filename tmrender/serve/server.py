@@ -179,10 +179,11 @@ class LiveServer:
 
         pc.addTrack(AvatarTrack(session))
         if options.speaks:
-            pc.addTrack(VoiceTrack(session))
             self._spawn(feed_speech(talk.speech, session))
         try:
             await pc.setRemoteDescription(offer)
+            if options.speaks and any(t.kind == "audio" for t in pc.getTransceivers()):
+                pc.addTrack(VoiceTrack(session))  # the voice, where the offer takes audio
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception:
             await pc.close()
