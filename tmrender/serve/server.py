@@ -45,6 +45,7 @@ from tmrender.serve.webrtc import AUDIO_TIMEOUT, AvatarTrack, VoiceTrack, pump_m
 MAX_BODY = 64 * 1024  # bytes of an offer
 STATS_SECONDS = 0.5  # how often the page gets the session's figures
 MAX_SESSION_SECONDS = 3600.0  # a session is ended after an hour
+MAX_SYNTHESES = 4  # texts waiting for eSpeak NG at once (say mode); more are refused
 SPEAKING_HANGOVER = 0.3  # seconds after the last voiced frame sent that the page says "speaking"
 PAGES = {"/": ("index.html", "text/html"), "/live.js": ("live.js", "text/javascript")}
 BUSY_PAGE = (
@@ -251,6 +252,7 @@ class _Talk:
     def __init__(self, options: LiveOptions, channels: list, loop, log: Callable[[str], None]):
         self.options, self.channels, self.loop, self.log = options, channels, loop, log
         self.speech = SpeechQueue() if options.speaks else None
+        self.synthesizing = 0  # texts being spoken by eSpeak NG now
         self.conversation = None
         if options.mode == "reply" and options.reply:
             program = ReplyProgram(options.reply, options.reply_timeout)
@@ -283,9 +285,12 @@ class _Talk:
             return
         try:
             text = parse_say(message)
+            if self.synthesizing >= MAX_SYNTHESES:
+                raise UserInputError("still speaking the texts before: send it again in a moment")
         except UserInputError as err:
             self.report({"event": "error", "text": str(err)})
             return
+        self.synthesizing += 1
         spawn(self._say(text))
 
     async def _say(self, text: str) -> None:
@@ -295,6 +300,8 @@ class _Talk:
         except UserInputError as err:
             self.report({"event": "error", "text": str(err)})
             return
+        finally:
+            self.synthesizing -= 1
         self.report(
             {
                 "event": "info",
