@@ -239,6 +239,20 @@ def test_conversation_answers_reports_failures_and_goes_on(tmp_path):
     assert not program.folder.exists()
 
 
+def test_conversation_does_not_listen_while_the_avatar_speaks(tmp_path):
+    events: list[dict] = []
+    speaking = [True]
+    program = ReplyProgram(script(tmp_path, "tone", TONE_22K), timeout=20)
+    talk = Conversation(program, SpeechQueue(), events.append, VoiceActivity(hangover=0.3))
+    talk.speaking = lambda: speaking[0]
+    talk.hear(bursts(on=0.4, off=0.4, count=2))  # the avatar's own voice, heard back
+    assert talk.heard == 0 and not talk.thinking and not events
+    speaking[0] = False
+    talk.hear(bursts(on=0.4, off=0.4, count=1))
+    assert talk.heard == 1
+    talk.close()
+
+
 # --- the session: each sent frame's audio goes to the voice track ---
 
 

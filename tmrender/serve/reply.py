@@ -163,7 +163,8 @@ def decode_answer(path: Path) -> np.ndarray:
 class Conversation:
     """Reply mode's loop: the microphone (`hear`) -> voice activity -> each utterance to
     the program in a worker thread -> its answer into the speech queue. One answer is
-    worked on at a time; an utterance that ends meanwhile is left out (and said so).
+    worked on at a time; an utterance that ends meanwhile is left out (and said so). While
+    `speaking()` is true (the avatar's voice plays) the microphone is not listened to.
     `report(event)` gets {"event": "error"|"info", "text": ...} from any thread."""
 
     def __init__(
@@ -172,9 +173,11 @@ class Conversation:
         speech: SpeechQueue,
         report: Callable[[dict], None],
         vad: VoiceActivity | None = None,
+        speaking: Callable[[], bool] | None = None,
     ) -> None:
         self.program, self.speech, self.report = program, speech, report
         self.vad = vad or VoiceActivity(max_seconds=MAX_UTTERANCE_SECONDS)
+        self.speaking = speaking or (lambda: False)
         self.heard = self.answered = self.failed = 0
         self._worker: threading.Thread | None = None
 
@@ -190,6 +193,9 @@ class Conversation:
 
     def hear(self, samples: np.ndarray) -> None:
         """Microphone samples (N,) float32 16 kHz."""
+        if self.speaking():
+            self.vad.reset()  # the avatar's own voice may come back through the microphone
+            return
         for utterance in self.vad.push(samples):
             self.heard += 1
             if self.thinking:

@@ -17,7 +17,8 @@ The data channel carries the session's figures to the page every STATS_SECONDS, 
 `say` mode the page's texts to speak ({"say": TEXT}). In `say` and `reply` modes a
 `SpeechQueue` drives the renderer (speech or silence, in real time) and a `VoiceTrack`
 sends the avatar's voice with its frames; in `reply` mode the microphone goes to a
-`Conversation` (voice activity, the reply program) instead of the renderer.
+`Conversation` (voice activity, the reply program) instead of the renderer, and is not
+listened to while the avatar speaks (its own voice from the speakers would be answered).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ MAX_BODY = 64 * 1024  # bytes of an offer
 STATS_SECONDS = 0.5  # how often the page gets the session's figures
 MAX_SESSION_SECONDS = 3600.0  # a session is ended after an hour
 MAX_SYNTHESES = 4  # texts waiting for eSpeak NG at once (say mode); more are refused
+ECHO_SECONDS = 0.6  # after the avatar's voice was sent, the reply microphone stays shut
 SPEAKING_HANGOVER = 0.3  # seconds after the last voiced frame sent that the page says "speaking"
 PAGES = {"/": ("index.html", "text/html"), "/live.js": ("live.js", "text/javascript")}
 BUSY_PAGE = (
@@ -156,7 +158,7 @@ class LiveServer:
         ended = asyncio.Event()
         channels: list = []
         microphones: list = []
-        talk = self.talk = _Talk(options, channels, loop, self.on_event)
+        talk = self.talk = _Talk(options, session, channels, loop, self.on_event)
 
         @pc.on("track")
         def on_track(track) -> None:
@@ -249,14 +251,30 @@ class _Talk:
     page's texts (say), the microphone's utterances and the reply program (reply); events
     for the page go to its data channels from any thread."""
 
-    def __init__(self, options: LiveOptions, channels: list, loop, log: Callable[[str], None]):
-        self.options, self.channels, self.loop, self.log = options, channels, loop, log
+    def __init__(
+        self,
+        options: LiveOptions,
+        session: LiveSession,
+        channels: list,
+        loop,
+        log: Callable[[str], None],
+    ) -> None:
+        self.options, self.session, self.channels = options, session, channels
+        self.loop, self.log = loop, log
         self.speech = SpeechQueue() if options.speaks else None
         self.synthesizing = 0  # texts being spoken by eSpeak NG now
         self.conversation = None
         if options.mode == "reply" and options.reply:
             program = ReplyProgram(options.reply, options.reply_timeout)
-            self.conversation = Conversation(program, self.speech, self.report)
+            self.conversation = Conversation(
+                program, self.speech, self.report, speaking=self.avatar_speaks
+            )
+
+    def avatar_speaks(self) -> bool:
+        """Whether the avatar's voice is queued, or was sent less than ECHO_SECONDS ago: the
+        microphone may hear it then, and reply mode does not answer itself."""
+        recent = time.perf_counter() - self.session.voiced_until < ECHO_SECONDS
+        return self.speech is not None and (self.speech.busy or recent)
 
     def microphone_sink(self, session: LiveSession) -> Callable[[np.ndarray], None]:
         """Where the microphone goes: the renderer (mirror), the conversation (reply), or

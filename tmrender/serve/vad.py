@@ -31,6 +31,10 @@ class VoiceActivity:
         self.hangover = round(hangover * SAMPLE_RATE / FRAME)
         self.preroll = round(preroll * SAMPLE_RATE / FRAME)
         self.max_frames = round(max_seconds * SAMPLE_RATE / FRAME)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was heard (an utterance under way is dropped)."""
         self._rest = np.zeros(0, np.float32)  # samples short of a frame
         self._frames: list[np.ndarray] = []  # the utterance so far, or the pre-roll
         self._voiced_run = 0  # voiced frames in a row before an utterance starts
