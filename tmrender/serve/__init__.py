@@ -8,9 +8,13 @@ and skip statistics, the recording; no WebRTC), `webrtc` (aiortc tracks: the mic
 into the session, the session's frames out), `server` (the local HTTP page, WebRTC
 signalling, one session at a time), `client` (a Python WebRTC client that plays samples as
 its microphone and timestamps the frames it gets back: tests and latency figures),
-`measure` (glass-to-glass latency and frame rate on loopback, read with the mouth reader),
+`say` (the queue of speech that drives the avatar in say and reply modes, eSpeak NG),
+`vad` (voice activity: the microphone cut into utterances), `reply` (the reply program:
+a command or a URL, its private folder, the conversation loop), `measure` (glass-to-glass
+latency and frame rate on loopback, read with the mouth reader), `measure_say` (the
+audio/video offset of what is played in say mode),
 `static/` (the page: HTML and JS, no build step). aiortc is the `live` extra.
 """
 
-MODES = ("mirror",)  # "say" and "reply" come later (issue 23)
+MODES = ("mirror", "say", "reply")
 LOOKAHEAD_FRAMES = 2  # audio after a chunk's window its features wait for (80 ms at 25 fps)

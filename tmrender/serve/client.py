@@ -1,13 +1,17 @@
 """A Python WebRTC client of `tmrender live`, for tests and latency figures: it plays
 samples as its microphone (in real time, 20 ms frames, then silence) and keeps every frame
-it gets back with the time it arrived.
+and every piece of the avatar's voice it gets back with the time it arrived.
 
     client = await LiveClient.connect("http://127.0.0.1:8000", samples, rate=48_000)
     await asyncio.sleep(3)
     await client.close()
     client.frames  # [(perf_counter seconds, (H, W, 3) uint8), ...]
+    client.voice   # [(perf_counter seconds, (N,) float32 mono, sample rate), ...]
 
-Sample s of `samples` leaves at `client.sent_at(s)` (perf_counter seconds).
+Sample s of `samples` leaves at `client.sent_at(s)` (perf_counter seconds). Without
+samples (`say` mode) it sends no microphone and only receives. `await client.say(text)`
+sends a text to speak; the server's figures land in `client.figures`, its events
+({"event", "text"}) in `client.events`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from tmrender.errors import UserInputError
+from tmrender.serve.webrtc import frame_to_mono
 
 FRAME_SECONDS = 0.02  # an Opus frame
 
@@ -67,31 +72,37 @@ class SampleTrack(MediaStreamTrack):
 class LiveClient:
     """One connection to a live server (see the module docstring)."""
 
-    def __init__(self, pc: RTCPeerConnection, microphone: SampleTrack) -> None:
-        self.pc, self.microphone = pc, microphone
+    def __init__(self, pc: RTCPeerConnection, microphone: SampleTrack | None, channel) -> None:
+        self.pc, self.microphone, self.channel = pc, microphone, channel
         self.frames: list[tuple[float, np.ndarray]] = []
-        self.figures: list[dict] = []  # what the server's data channel sent
+        self.voice: list[tuple[float, np.ndarray, int]] = []
+        self.figures: list[dict] = []  # the session's figures the server's data channel sent
+        self.events: list[dict] = []  # and its events
         self._receivers: list[asyncio.Task] = []
 
     def sent_at(self, sample: int) -> float | None:
         """When sample `sample` of the played samples left (perf_counter seconds)."""
-        start = self.microphone.start
+        start = None if self.microphone is None else self.microphone.start
         return None if start is None else start + sample / self.microphone.rate
 
     @classmethod
-    async def connect(cls, url: str, samples: np.ndarray, rate: int = 48_000) -> LiveClient:
+    async def connect(cls, url: str, samples: np.ndarray | None, rate: int = 48_000) -> LiveClient:
         """Offer to `url` (the server's root); raises BusyError when it is busy."""
         pc = RTCPeerConnection()
-        client = cls(pc, SampleTrack(samples, rate))
-        pc.addTrack(client.microphone)
+        microphone = None if samples is None else SampleTrack(samples, rate)
+        if microphone is None:
+            pc.addTransceiver("audio", direction="recvonly")
+        else:
+            pc.addTrack(microphone)
         pc.addTransceiver("video", direction="recvonly")
         channel = pc.createDataChannel("stats")
-        channel.on("message", lambda message: client.figures.append(json.loads(message)))
+        client = cls(pc, microphone, channel)
+        channel.on("message", client._on_message)
 
         @pc.on("track")
         def on_track(track) -> None:
-            if track.kind == "video":
-                client._receivers.append(asyncio.ensure_future(client._receive(track)))
+            receive = client._receive if track.kind == "video" else client._receive_voice
+            client._receivers.append(asyncio.ensure_future(receive(track)))
 
         await pc.setLocalDescription(await pc.createOffer())
         offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
@@ -111,6 +122,28 @@ class LiveClient:
                 return
             self.frames.append((time.perf_counter(), frame.to_ndarray(format="rgb24")))
 
+    async def _receive_voice(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.voice.append((time.perf_counter(), frame_to_mono(frame), frame.sample_rate))
+
+    def _on_message(self, message: str) -> None:
+        payload = json.loads(message)
+        (self.events if "event" in payload else self.figures).append(payload)
+
+    async def say(self, text: str, timeout: float = 10.0) -> None:
+        """Send `text` for the avatar to speak (say mode), once the data channel is open."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.channel.readyState != "open":
+            if loop.time() > deadline:
+                raise TimeoutError("the data channel did not open")
+            await asyncio.sleep(0.02)
+        self.channel.send(json.dumps({"say": text}))
+
     async def close(self) -> None:
         await self.pc.close()
         for task in self._receivers:
@@ -125,7 +158,11 @@ def _post_json(url: str, payload: dict) -> dict:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as err:
-        message = json.loads(err.read() or b"{}").get("error", str(err))
+        body = err.read().decode("utf-8", "replace")
+        try:
+            message = json.loads(body).get("error", str(err))
+        except (json.JSONDecodeError, AttributeError):
+            message = body.strip() or str(err)
         if err.code == 409:
             raise BusyError(message) from None
         raise UserInputError(f"the live server refused the offer: {message}") from None

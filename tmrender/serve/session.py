@@ -9,6 +9,11 @@ ahead), and the frame buffer drops its oldest frames past `max_buffered_frames`.
 new frame is ready at a tick, the last one is shown again (held). All are counted in
 `snapshot()`, which the page shows.
 
+In `say` and `reply` modes the avatar's voice goes back with its frames: the audio each
+frame was rendered from is kept as the renderer reads it (`DrivenAudio`) and handed to the
+voice track when that frame is sent (`SentAudio`), so the audio of a frame leaves with the
+frame whatever the renderer's latency.
+
 Nothing here imports WebRTC: `webrtc.py` calls `push_audio` and `next_frame`.
 """
 
@@ -26,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tmrender.media.audio import SAMPLE_RATE, PushAudioStream
+from tmrender.data.speech import DEFAULT_VOICE
+from tmrender.media.audio import SAMPLE_RATE, VOICE_RMS_DB, PushAudioStream, frame_rms_db
 from tmrender.media.video import VideoWriter
 from tmrender.models.talking import TalkingModel
 from tmrender.render.features import Segmenting
@@ -47,6 +53,15 @@ class LiveOptions:
     max_backlog_seconds: float = 0.5
     max_buffered_frames: int | None = None
     record: Path | None = None  # MP4 of the frames rendered and the audio that drove them
+    # say and reply modes: the avatar's voice, and the program that answers (reply)
+    voice: str = DEFAULT_VOICE  # eSpeak NG voice, LANGUAGE+VARIANT
+    reply: str | None = None  # a command line, or an http(s):// URL
+    reply_timeout: float = 30.0  # seconds the reply program may take
+
+    @property
+    def speaks(self) -> bool:
+        """Whether the avatar's voice is sent with its frames (say and reply modes)."""
+        return self.mode in ("say", "reply")
 
     def render_options(self, model: TalkingModel) -> RenderOptions:
         """The renderer's options: one feature segment per chunk, one item in flight."""
@@ -79,6 +94,62 @@ class FrameBuffer:
 
     def __len__(self) -> int:
         return len(self._frames)
+
+
+class DrivenAudio:
+    """The samples the renderer has read (16 kHz), by their index in the read stream, for
+    the last `keep` samples: sample s drove frame s // samples_per_frame."""
+
+    def __init__(self, keep: int = 10 * SAMPLE_RATE) -> None:
+        self.keep, self.end = keep, 0
+        self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (first sample, block)
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def add(self, block: np.ndarray) -> None:
+        """The next block read, (N,) float32."""
+        with self._lock:
+            self._blocks.append((self.end, block))
+            self.end += block.size
+            self._held += block.size
+            while self._held - self._blocks[0][1].size >= self.keep:
+                self._held -= self._blocks.popleft()[1].size
+
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """Read samples [start, stop) as (stop - start,) float32; zeros where forgotten or
+        not read yet."""
+        out = np.zeros(stop - start, np.float32)
+        with self._lock:
+            for first, block in self._blocks:
+                lo, hi = max(start, first), min(stop, first + block.size)
+                if hi > lo:
+                    out[lo - start : hi - start] = block[lo - first : hi - first]
+        return out
+
+
+class SentAudio:
+    """The audio of the frames sent, in order, each block with the time its frame left:
+    the voice track plays block k from that time on. Holds at most `limit` blocks."""
+
+    def __init__(self, limit: int = 25) -> None:
+        self.limit, self.dropped = limit, 0
+        self._blocks: deque[tuple[float, np.ndarray]] = deque()
+        self._lock = threading.Lock()
+
+    def put(self, samples: np.ndarray, sent_at: float) -> None:
+        """A frame's samples (spf,) float32 and when the frame was sent (perf_counter s)."""
+        with self._lock:
+            self._blocks.append((sent_at, samples))
+            while len(self._blocks) > self.limit:
+                self._blocks.popleft()
+                self.dropped += 1
+
+    def take(self) -> tuple[float, np.ndarray] | None:
+        with self._lock:
+            return self._blocks.popleft() if self._blocks else None
+
+    def __len__(self) -> int:
+        return len(self._blocks)
 
 
 class Recording:
@@ -128,15 +199,17 @@ class LiveSession:
         self.recording = (
             Recording(options.record, cfg.width, cfg.height, cfg.fps) if options.record else None
         )
+        self.driven = DrivenAudio() if options.speaks else None
+        self.voice_out = SentAudio() if options.speaks else None
         self.audio = PushAudioStream(
-            max_backlog=int(options.max_backlog_seconds * SAMPLE_RATE),
-            on_read=self.recording.audio if self.recording else None,
+            max_backlog=int(options.max_backlog_seconds * SAMPLE_RATE), on_read=self._on_read
         )
         self.buffer = FrameBuffer(options.max_buffered_frames or cfg.frames_per_chunk + 2)
         self.stats = RenderStats()
         self.error: BaseException | None = None
         self.started = time.perf_counter()
         self.sent = self.held = 0
+        self.voiced_until = 0.0  # perf_counter time the last voiced frame was sent
         self._last: np.ndarray = reference
         self._latencies: deque[float] = deque(maxlen=50)  # seconds, the last 2 s of frames
         self._sent_times: deque[float] = deque(maxlen=50)
@@ -156,19 +229,41 @@ class LiveSession:
 
     def next_frame(self) -> np.ndarray:
         """The frame (H, W, 3) uint8 to show now: the next rendered one, or the last one
-        again when none is ready (the portrait until the first)."""
+        again when none is ready (the portrait until the first). With a voice, the frame's
+        audio (or silence for a frame shown again) goes to `voice_out`."""
         now = time.perf_counter()
         item = self.buffer.take()
         if item is None:
             self.held += int(self.stats.frames > 0)
+            self._send_voice(None, now)
         else:
             index, self._last = item
             arrival = self.audio.arrival_of((index + 1) * self.spf - 1)
             if arrival is not None:
                 self._latencies.append(now - arrival)
+            self._send_voice(index, now)
         self.sent += 1
         self._sent_times.append(now)
         return self._last
+
+    def _send_voice(self, index: int | None, now: float) -> None:
+        """Frame `index`'s samples (silence for None) to the voice track, sent at `now`."""
+        if self.voice_out is None or self.driven is None:
+            return
+        if index is None:
+            samples = np.zeros(self.spf, np.float32)
+        else:
+            samples = self.driven.samples(index * self.spf, (index + 1) * self.spf)
+        if frame_rms_db(samples, self.spf)[0] > VOICE_RMS_DB:
+            self.voiced_until = now
+        self.voice_out.put(samples, now)
+
+    def _on_read(self, block: np.ndarray) -> None:
+        """Each block the renderer reads: what drove its frames (recording, voice)."""
+        if self.recording is not None:
+            self.recording.audio(block)
+        if self.driven is not None:
+            self.driven.add(block)
 
     def snapshot(self) -> dict:
         """Figures for the page: latency from the audio's arrival to its frame leaving

@@ -1,13 +1,33 @@
 // tmrender live: the microphone goes to the server over WebRTC; the avatar comes back.
+// Modes (from /status): mirror (your voice drives the avatar), say (typed text is spoken
+// by the avatar: no microphone), reply (your utterances go to a reply program whose
+// answers the avatar speaks). In say and reply modes the avatar's voice comes with it.
 "use strict";
 let pc = null;
 let microphone = null;
+let channel = null;
+let mode = "mirror";
 const $ = (id) => document.getElementById(id);
+const HELP = {
+  mirror: "the avatar speaks with your voice.",
+  say: "type a text; the avatar speaks it.",
+  reply: "speak; a reply program answers through the avatar.",
+};
+const speaks = () => mode === "say" || mode === "reply";
 
 function say(text) { $("message").textContent = text || ""; }
 
+function logEvent(event) {
+  const line = document.createElement("div");
+  line.textContent = `${new Date().toLocaleTimeString()} ${event.text}`;
+  if (event.event === "error") line.className = "error";
+  $("events").prepend(line);
+  while ($("events").childElementCount > 20) $("events").lastChild.remove();
+}
+
 function showStats(s) {
   $("mode").textContent = s.mode;
+  if (s.state) $("state").textContent = s.state;
   const lines = [
     `latency       ${s.latency_ms === null ? "-" : s.latency_ms + " ms"} (audio in -> frame out, server)`,
     `frame rate    ${s.fps} fps`,
@@ -18,6 +38,26 @@ function showStats(s) {
   ];
   $("stats").textContent = lines.join("\n");
   if (s.error) say("render error: " + s.error);
+}
+
+function onMessage(event) {
+  const message = JSON.parse(event.data);
+  if (message.event) logEvent(message);
+  else showStats(message);
+}
+
+async function loadMode() {
+  try {
+    const status = await (await fetch("status")).json();
+    mode = status.mode || "mirror";
+  } catch (err) {
+    return;  // the busy page, or the server is gone: keep the default
+  }
+  $("mode").textContent = mode;
+  $("mode-help").textContent = HELP[mode] || "";
+  $("say-form").hidden = mode !== "say";
+  $("state-line").hidden = !speaks();
+  $("mute").title = mode === "say" ? "mute the avatar's voice" : "mute your microphone";
 }
 
 async function waitForIce(connection) {
@@ -36,21 +76,29 @@ async function waitForIce(connection) {
 async function start() {
   say("");
   $("start").disabled = true;
-  try {
-    microphone = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
-  } catch (err) {
-    say("no microphone: " + err.message);
-    $("start").disabled = false;
-    return;
-  }
   pc = new RTCPeerConnection();
-  microphone.getTracks().forEach((track) => pc.addTrack(track, microphone));
+  if (mode === "say") {
+    pc.addTransceiver("audio", { direction: "recvonly" });
+  } else {
+    try {
+      microphone = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    } catch (err) {
+      say("no microphone: " + err.message);
+      stop();
+      return;
+    }
+    microphone.getTracks().forEach((track) => pc.addTrack(track, microphone));
+  }
   pc.addTransceiver("video", { direction: "recvonly" });
-  const channel = pc.createDataChannel("stats");
-  channel.onmessage = (event) => showStats(JSON.parse(event.data));
+  channel = pc.createDataChannel("stats");
+  channel.onmessage = onMessage;
+  channel.onopen = () => { $("say-text").disabled = $("say").disabled = false; };
+  const stream = new MediaStream();
   pc.ontrack = (event) => {
-    if (event.track.kind === "video") $("video").srcObject = new MediaStream([event.track]);
+    stream.addTrack(event.track);  // video and the avatar's voice: played in sync
+    $("video").srcObject = stream;
   };
+  $("video").muted = !speaks();
   pc.onconnectionstatechange = () => {
     if (["failed", "closed", "disconnected"].includes(pc.connectionState)) {
       say("connection " + pc.connectionState);
@@ -77,14 +125,21 @@ async function start() {
 function stop() {
   if (pc) pc.close();
   if (microphone) microphone.getTracks().forEach((track) => track.stop());
-  pc = microphone = null;
+  pc = microphone = channel = null;
   $("start").disabled = false;
   $("mute").disabled = true;
   $("stop").disabled = true;
+  $("say-text").disabled = $("say").disabled = true;
   $("mute").textContent = "Mute";
+  $("state").textContent = "not connected";
 }
 
 function toggleMute() {
+  if (mode === "say") {  // no microphone: mute the avatar's voice
+    $("video").muted = !$("video").muted;
+    $("mute").textContent = $("video").muted ? "Unmute" : "Mute";
+    return;
+  }
   // a muted track still sends silence: the avatar listens with its mouth closed
   const track = microphone && microphone.getAudioTracks()[0];
   if (!track) return;
@@ -92,6 +147,16 @@ function toggleMute() {
   $("mute").textContent = track.enabled ? "Mute" : "Unmute";
 }
 
+function sendText(event) {
+  event.preventDefault();
+  const text = $("say-text").value.trim();
+  if (!text || !channel || channel.readyState !== "open") return;
+  channel.send(JSON.stringify({ say: text }));
+  $("say-text").value = "";
+}
+
 $("start").onclick = () => start().catch((err) => { say(String(err)); stop(); });
 $("mute").onclick = toggleMute;
 $("stop").onclick = stop;
+$("say-form").onsubmit = sendText;
+loadMode();
