@@ -3,9 +3,10 @@
 The model renders an aligned `S` x `S` crop (`tmrender.faces.align`). `PasteBack` warps
 every rendered frame back into the picture through the alignment's inverse and blends it
 in with a feathered elliptical mask over the face, so that only the face region changes:
-pixels where the mask is 0 are the picture's own, bit for bit. The work per frame is
-limited to the mask's bounding box, and nothing is kept between frames but the picture and
-the colour correction: memory is constant, whatever the video's length.
+where the mask is 0 the frames are the picture's own (its I420 planes, bit for bit). The
+paste works in the video's planes (Y at full resolution, U and V at half), a block of
+frames at a time, limited to the mask's bounding box, and nothing is kept between frames
+but the picture and the colour correction: memory is constant, whatever the video's length.
 
 Colour matching: the decoder's colours drift a little from the portrait's (a VAE's bias),
 which would show as a tinted patch. The first rendered frame fixes a per-channel gain and
@@ -24,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from torch import Tensor
 
-from tmrender.faces.align import EDGE, Alignment, warp_from_crop
+from tmrender.faces.align import Alignment, warp_from_crop
 
 MASK_CENTRE = (0.5, 0.53)  # x, y as fractions of the crop's side
 MASK_RADII = (0.22, 0.24)
@@ -41,7 +42,9 @@ YUV_ROWS = np.array(
     ],
     np.float32,
 )
+YUV_OFFSETS = (16.0, 128.0, 128.0)
 OVERSAMPLE = 2  # RegionWarp's upright grid has this many pixels per crop pixel (per side)
+CHROMA_OVERSAMPLE = 1  # the same for U and V (at half the resolution, and softer anyway)
 
 
 def even_size(height: int, width: int) -> tuple[int, int]:
@@ -60,15 +63,21 @@ def face_mask(size: int) -> np.ndarray:
 
 
 class PasteBack:
-    """Rendered crops (n, S, S, 3) uint8 -> frames of the picture (n, H, W, 3) uint8.
+    """Rendered crops (n, S, S, 3) uint8 -> frames of the picture, as I420 for the encoder
+    (`planar`) or as RGB (n, H, W, 3) uint8 (`__call__`).
 
     image: the original RGB uint8 picture (H0, W0, 3), cut to even (H, W); alignment: the
     map from its pixels to the crop; reference: the aligned crop the model was given
     (S, S, 3), the colour target.
 
-    Everything that does not change from frame to frame is made once here: the region the
-    mask touches, the mask there (8 bits), the picture below it and the warp's geometry.
-    Per frame: the colour table, the warp (`RegionWarp`) and an 8-bit blend, all in Pillow.
+    The paste works on the video's planes, not on RGB, a block of frames at a time: the
+    crops are colour-matched and converted to Y, U and V at their own small size
+    (`crop_planes`), Y is warped into the region at full resolution and U, V at half
+    resolution each way (`RegionWarp`), and each plane is blended into the picture's
+    (`PlaneBlend`): half the pixels of an RGB paste, and no conversion of the region per
+    frame. Everything that does not change from frame to frame is made once here: the
+    picture's planes, the region the mask touches, the mask there (8 bits, and its 2 x 2
+    means for U and V), the planes below it and the warps' sampling grids.
     """
 
     def __init__(self, image: np.ndarray, alignment: Alignment, reference: np.ndarray) -> None:
@@ -80,15 +89,19 @@ class PasteBack:
         self.reference = reference
         self.gain: np.ndarray | None = None
         self.bias: np.ndarray | None = None
-        self._table: list[int] | None = None  # Pillow's per-channel lookup of gain and bias
         self.region, self.alignment = _region(self.crop_mask, alignment, (height, width))
+        picture = rgb_to_yuv420(self.image)
+        self.i420 = np.concatenate([plane.ravel() for plane in picture])  # the whole picture
+        mask = self._region_mask()
+        self.parts = tuple(
+            PlaneBlend(plane, self.region, mask, step)
+            for plane, step in zip(picture, (1, 2, 2), strict=True)
+        )
         y, x = self.region
-        self.mask = Image.fromarray(np.round(self._region_mask() * 255).astype(np.uint8))
-        self.below = Image.fromarray(self.image[y, x])
-        # region pixel -> pixel of the crop padded by EDGE
-        to_padded = self.alignment.matrix + [[0, 0, EDGE], [0, 0, EDGE]]
-        self.warp = RegionWarp(to_padded, self.below.size)
-        self.planes: np.ndarray | None = None  # the picture in I420, made on first use
+        shape = (y.stop - y.start, x.stop - x.start)
+        self.luma_warp = RegionWarp(self.alignment, shape, OVERSAMPLE)
+        half = (shape[0] // 2, shape[1] // 2)
+        self.chroma_warp = RegionWarp(self.alignment, half, CHROMA_OVERSAMPLE, step=2)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -114,93 +127,150 @@ class PasteBack:
         gain = np.clip(ref_std / np.maximum(out_std, 1e-3), *GAIN_RANGE)
         self.gain = gain.astype(np.float32)
         self.bias = (ref_mean - gain * out_mean).astype(np.float32)
-        levels = np.arange(256, dtype=np.float32)[:, None] * self.gain + self.bias + 0.5
-        self._table = np.clip(levels, 0, 255).astype(np.uint8).T.ravel().tolist()
+
+    def planar(self, frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Paste a block of rendered crops (n, S, S, 3) uint8 -> I420 frames
+        (n, H * W * 3 // 2) uint8 (planes Y, U, V one after the other, BT.601 limited range
+        as `rgb_to_yuv420`), which the encoder takes as they are.
+
+        out: an earlier block of this paste's frames, the same n, to write these into (only
+        the region changes, so only the region is written: no copy of the picture and no
+        fresh memory per block); None: new frames."""
+        if out is None:
+            out = np.empty((len(frames), self.i420.size), np.uint8)
+            out[:] = self.i420
+        assert out.shape == (len(frames), self.i420.size), out.shape
+        with torch.inference_mode():
+            planes = self.crop_planes(frames)
+            luma = self.luma_warp(planes[:, :1]).numpy()
+            chroma = self.chroma_warp(planes[:, 1:]).numpy()
+        warped = (luma[:, 0], chroma[:, 0], chroma[:, 1])
+        planes = i420_planes(out, self.image.shape[:2])
+        for plane, part, pixels in zip(planes, self.parts, warped, strict=True):
+            plane[:, part.rows, part.cols] = part(pixels)
+        return out
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """Paste a block of rendered crops (n, S, S, 3) uint8 -> (n, H, W, 3) uint8."""
+        """The same frames in RGB (n, H, W, 3) uint8, for whoever wants pixels rather than
+        the video: where the mask touches the picture, `planar`'s frames converted back
+        (`yuv420_to_rgb`); elsewhere the picture's own pixels."""
         out = np.repeat(self.image[None], len(frames), axis=0)
         y, x = self.region
-        for i, pixels in enumerate(self._pasted(frames)):
-            out[i, y, x] = pixels
+        inside = self.parts[0].mask > 0
+        for rgb, i420 in zip(out, self.planar(frames), strict=True):
+            rgb[y, x][inside] = yuv420_to_rgb(*self.region_planes(i420))[inside]
         return out
 
-    def planar(self, frames: np.ndarray) -> np.ndarray:
-        """The same, as I420 frames (n, H * W * 3 // 2) uint8 (`rgb_to_yuv420`, planes
-        one after the other), which the encoder takes as they are: only the region is
-        converted per frame, the picture once (ffmpeg would convert every whole frame)."""
-        if self.planes is None:
-            self.planes = np.concatenate([p.ravel() for p in rgb_to_yuv420(self.image)])
-        out = np.repeat(self.planes[None], len(frames), axis=0)
-        y, x = self.region
-        for i, pixels in enumerate(self._pasted(frames)):
-            planes = i420_planes(out[i], self.image.shape[:2])
-            for plane, part, step in zip(planes, rgb_to_yuv420(pixels), (1, 2, 2), strict=True):
-                plane[y.start // step : y.stop // step, x.start // step : x.stop // step] = part
-        return out
+    def region_planes(self, i420: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Views of the region in an I420 frame (H * W * 3 // 2,): Y (h, w), U and V
+        (h/2, w/2)."""
+        planes = i420_planes(i420, self.image.shape[:2])
+        return tuple(p[part.rows, part.cols] for p, part in zip(planes, self.parts, strict=True))
 
-    def _pasted(self, frames: np.ndarray):
-        """Each rendered crop of a block blended into the picture's region: (h, w, 3) uint8."""
+    def crop_planes(self, frames: np.ndarray) -> Tensor:
+        """Rendered crops (n, S, S, 3) uint8 -> colour-matched Y, U and V at the crop's
+        resolution, (n, 3, S, S) float32 on the 0-255 scale, not rounded. The first crop
+        ever seen fixes the colour matching."""
         assert frames.ndim == 4 and frames.shape[1:] == self.reference.shape, frames.shape
-        if self._table is None and len(frames):
+        if self.gain is None and len(frames):
             self.match_colours(frames[0])
-        for frame in frames:
-            yield np.asarray(Image.composite(self._warp(frame), self.below, self.mask))
+        pixels = torch.from_numpy(frames if frames.flags.writeable else frames.copy())
+        rgb = pixels.permute(0, 3, 1, 2).float()
+        gain, bias = (torch.from_numpy(v)[:, None, None] for v in (self.gain, self.bias))
+        rgb = rgb.mul_(gain).add_(bias).clamp_(0, 255)
+        weight = torch.from_numpy(YUV_ROWS)[:, :, None, None]
+        return F.conv2d(rgb, weight, torch.tensor(YUV_OFFSETS))
 
-    def _warp(self, frame: np.ndarray) -> Image.Image:
-        """A rendered crop (S, S, 3), colour-matched, warped into the region (w x h RGB;
-        the crop's edge repeated so that its border samples stay unmixed)."""
-        padded = np.pad(frame, ((EDGE, EDGE), (EDGE, EDGE), (0, 0)), mode="edge")
-        return Image.fromarray(self.warp(Image.fromarray(padded).point(self._table)))
+
+class PlaneBlend:
+    """One plane's share of the paste: the rows and columns of the plane that the region
+    covers (`step`: 1 for Y, 2 for the half-size U and V), and the 8-bit blend of warped
+    pixels there with the picture's plane.
+
+    plane: the picture's plane; region: the (y, x) slices in full-resolution pixels, even
+    bounds; mask: (h, w) float32 over the region. The mask of a half-size plane is the
+    mean of each 2 x 2 block, so it is 0 wherever the four pixels' masks are: there, as
+    wherever the mask is 0, the result is the picture's own plane, exactly.
+    """
+
+    def __init__(
+        self, plane: np.ndarray, region: tuple[slice, slice], mask: np.ndarray, step: int
+    ) -> None:
+        y, x = region
+        self.rows = slice(y.start // step, y.stop // step)
+        self.cols = slice(x.start // step, x.stop // step)
+        height, width = mask.shape[0] // step, mask.shape[1] // step
+        mask = mask.reshape(height, step, width, step).mean(axis=(1, 3))
+        self.mask = np.round(mask * 255).astype(np.uint16)
+        # the picture's share, rounded: (pixels * m + below * (255 - m) + 127) // 255
+        self.below = plane[self.rows, self.cols] * (255 - self.mask) + 127
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """Warped pixels (n, h, w) uint8 -> blended with the picture (n, h, w) uint8."""
+        mixed = pixels * self.mask
+        mixed += self.below
+        mixed //= 255
+        return mixed.astype(np.uint8)
 
 
 class RegionWarp:
-    """A similarity warp of a small picture (the padded crop) up to a large region, in two
-    fast resamplings instead of one slow one.
+    """The similarity warp of the crop's planes onto the region (or onto the region at
+    half resolution, `step` 2, for U and V), in two fast resamplings instead of one slow
+    one: (1) the rotation, a bicubic `grid_sample` into an upright grid `oversample` times
+    denser than the crop (small), then (2) the scale, a separable bicubic resize of that
+    grid onto the region, edge to edge (torch's uint8 kernel: Pillow's filter). When the
+    region is not larger than the grid would be, it is one `grid_sample` at the region's
+    size. Outside the crop the edge pixels repeat (the mask is 0 there anyway).
 
-    Pillow's affine transform evaluates a 4 x 4 bicubic kernel per output pixel in floating
-    point; at the region's size (a face of 300 px from a 128 px crop) that is most of the
-    paste's time. So: (1) the rotation, as a bicubic affine warp into an upright grid
-    `OVERSAMPLE` times denser than the crop (still small), then (2) the scale, as a
-    separable bicubic resize of that grid, edge to edge, onto the region (torch's uint8
-    kernel, Pillow's filter, 3x faster than Pillow's own resize). Against the one-pass
-    warp: 44.7-54.5 dB PSNR over the region on 19 real portraits (docs/FACES.md,
-    "Paste-back"). When the region is not larger than the grid would be, it is one affine
-    warp, as before.
-
-    matrix: (2, 3) map from region pixels to source pixels (pixel centres at integers);
-    size: the region's (w, h).
+    alignment: the map from region pixels (pixel centres at integers) to crop pixels;
+    shape: the (h, w) of the output at `step` region pixels per pixel.
     """
 
-    def __init__(self, matrix: np.ndarray, size: tuple[int, int]) -> None:
-        self.size = size
-        linear = matrix[:, :2]
-        scale = float(np.sqrt(abs(np.linalg.det(linear))))  # source pixels per region pixel
-        width, height = size
-        self.grid_size = (round(OVERSAMPLE * scale * width), round(OVERSAMPLE * scale * height))
-        if min(self.grid_size) < 2 or self.grid_size[0] >= width:  # not worth splitting
-            self.grid_size = None
-            self.data = _affine_data(matrix)
-            return
-        # grid pixel g spans region pixels edge to edge: g + 0.5 = (p + 0.5) * steps
-        steps = np.array(self.grid_size, np.float64) / np.array(size, np.float64)
-        grid_linear = linear / steps[None, :]
-        shift = matrix[:, 2] + linear @ (0.5 / steps - 0.5)
-        self.data = _affine_data(np.concatenate([grid_linear, shift[:, None]], axis=1))
+    def __init__(
+        self, alignment: Alignment, shape: tuple[int, int], oversample: int, step: int = 1
+    ) -> None:
+        height, width = self.shape = (int(shape[0]), int(shape[1]))
+        scale = alignment.scale * step  # crop pixels per output pixel
+        grid = (round(oversample * scale * height), round(oversample * scale * width))
+        split = min(grid) >= 2 and grid[1] < width
+        self.grid_shape = grid if split else shape
+        # grid pixel g spans output pixels edge to edge: (g + 0.5) / steps = p + 0.5, and
+        # output pixel p is region pixel step * p + (step - 1) / 2
+        steps = np.array(self.grid_shape[::-1], np.float64) / np.array(shape[::-1])
+        xs, ys = (
+            ((np.arange(n) + 0.5) / s - 0.5) * step + (step - 1) / 2
+            for n, s in zip(self.grid_shape[::-1], steps, strict=True)
+        )
+        points = np.stack(np.broadcast_arrays(xs[None, :], ys[:, None]), axis=-1)
+        crop = points @ alignment.matrix[:, :2].T + alignment.matrix[:, 2]
+        # grid_sample's coordinates: -1 and 1 are the crop's outer edges
+        normalised = (crop + 0.5) / alignment.size * 2 - 1
+        self.grid = torch.from_numpy(normalised.astype(np.float32))[None]
 
-    def __call__(self, source: Image.Image) -> np.ndarray:
-        """The source picture (RGB) warped into the region (h, w, 3) uint8."""
-        bicubic = Image.Resampling.BICUBIC
-        if self.grid_size is None:
-            return np.asarray(
-                source.transform(self.size, Image.Transform.AFFINE, self.data, bicubic)
-            )
-        grid = source.transform(self.grid_size, Image.Transform.AFFINE, self.data, bicubic)
-        pixels = torch.from_numpy(np.asarray(grid).copy()).permute(2, 0, 1)[None]  # channels last
-        width, height = self.size
-        # antialias=True selects the uint8 kernel (Pillow's filter); nothing is shrunk here
-        out = F.interpolate(pixels, size=(height, width), mode="bicubic", antialias=True)
-        return out[0].permute(1, 2, 0).numpy()
+    def __call__(self, planes: Tensor) -> Tensor:
+        """Planes of the crop (n, c, S, S) float32 (0-255) -> warped (n, c, h, w) uint8."""
+        grid = self.grid.expand(len(planes), -1, -1, -1)
+        sampled = F.grid_sample(
+            planes, grid, mode="bicubic", padding_mode="border", align_corners=False
+        )
+        pixels = sampled.add_(0.5).clamp_(0, 255).to(torch.uint8)  # rounded
+        return pixels if self.grid_shape == self.shape else resize(pixels, self.shape)
+
+
+def resize(pixels: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Planes uint8 (n, c, h, w) -> (n, c, H, W), bicubic (Pillow's filter: torch's uint8
+    kernel, which antialias=True selects; nothing is shrunk here). The planes go through
+    four at a time, as the channels of one image: torch's fast path is for 3 and 4
+    channels, 2x faster than one plane at a time."""
+    n, c, height, width = pixels.shape
+    planes = pixels.reshape(n * c, height, width)
+    spare = -len(planes) % 4
+    if spare:
+        planes = torch.cat([planes, planes.new_zeros(spare, height, width)])
+    out = F.interpolate(
+        planes.view(-1, 4, height, width), size=shape, mode="bicubic", antialias=True
+    )
+    return out.view(-1, *shape)[: n * c].view(n, c, *shape)
 
 
 def rgb_to_yuv420(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -219,28 +289,32 @@ def rgb_to_yuv420(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.clip(plane, 0, 255).astype(np.uint8) for plane in planes)
 
 
+def yuv420_to_rgb(luma: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The planes Y (H, W), U and V (H/2, W/2) uint8 -> RGB uint8 (H, W, 3): the inverse of
+    `rgb_to_yuv420`, each chroma sample repeated over its 2 x 2 block."""
+    assert luma.shape == (2 * u.shape[0], 2 * u.shape[1]) and u.shape == v.shape, luma.shape
+    chroma = [np.repeat(np.repeat(c, 2, axis=0), 2, axis=1).astype(np.float32) for c in (u, v)]
+    planes = [luma.astype(np.float32) - 16.0, chroma[0] - 128.0, chroma[1] - 128.0]
+    rgb = [_mix(row, *planes) + 0.5 for row in np.linalg.inv(YUV_ROWS)]
+    return np.clip(np.stack(rgb, axis=2), 0, 255).astype(np.uint8)
+
+
 def _mix(weights: np.ndarray, red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarray:
     """weights (3,) . (red, green, blue), planes of one shape (float32)."""
     return red * weights[0] + green * weights[1] + blue * weights[2]
 
 
-def i420_planes(frame: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """Views Y (H, W), U and V (H/2, W/2) of an I420 frame (H * W * 3 // 2,) of `shape`."""
+def i420_planes(frames: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Views Y (..., H, W), U and V (..., H/2, W/2) of I420 frames (..., H * W * 3 // 2)
+    of `shape` (one frame or a block)."""
     height, width = shape
     luma, quarter = height * width, height * width // 4
+    lead = frames.shape[:-1]
     return (
-        frame[:luma].reshape(height, width),
-        frame[luma : luma + quarter].reshape(height // 2, width // 2),
-        frame[luma + quarter :].reshape(height // 2, width // 2),
+        frames[..., :luma].reshape(*lead, height, width),
+        frames[..., luma : luma + quarter].reshape(*lead, height // 2, width // 2),
+        frames[..., luma + quarter :].reshape(*lead, height // 2, width // 2),
     )
-
-
-def _affine_data(matrix: np.ndarray) -> tuple[float, ...]:
-    """Pillow's AFFINE data (output -> input, continuous coordinates) of a (2, 3) map from
-    output pixels to input pixels given with pixel centres at integers."""
-    linear, shift = matrix[:, :2], matrix[:, 2]
-    offset = shift + 0.5 - linear @ np.array([0.5, 0.5])
-    return (*linear[0], offset[0], *linear[1], offset[1])
 
 
 def _region(
