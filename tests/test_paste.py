@@ -193,6 +193,19 @@ def test_planar_frames_are_the_paste_in_i420():
         assert np.mean(error <= 1) >= 0.99
 
 
+def test_planar_into_an_earlier_block_is_a_fresh_paste():
+    """`planar(out=)` writes only the region into a reused block: the same frames as new."""
+    big, anchors, _ = pasted_avatar()
+    alignment = align(key_points(anchors), 128)
+    reference = warp_to_crop(big, alignment)
+    paste = PasteBack(big, alignment, reference)
+    first = paste.planar(np.stack([reference, np.full_like(reference, 30)]))
+    second = np.stack([np.full_like(reference, 200), reference])
+    fresh = paste.planar(second)
+    reused = paste.planar(second, out=first)
+    assert reused is first and np.array_equal(reused, fresh)
+
+
 def test_i420_encodes_like_ffmpegs_own_conversion(tmp_path):
     """The same picture through VideoWriter as RGB (ffmpeg converts) and as our I420."""
     from tmrender.media.video import VideoWriter, iter_video_frames

@@ -102,13 +102,15 @@ class VideoWriter:
         _widen_pipe(self._proc.stdin)
 
     def _encode_command(self) -> list[str]:
-        # yuv420p needs even sizes: pad odd ones by one pixel rather than fail.
+        # yuv420p needs even sizes: pad odd ones by one pixel rather than fail (only then:
+        # the filter copies every frame)
+        odd = self.width % 2 or self.height % 2
+        pad = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] if odd else []
         # fmt: off
         return ffmpeg_command(
             "-f", "rawvideo", "-pix_fmt", "yuv420p" if self.planar else "rgb24",
             "-s", f"{self.width}x{self.height}",
-            "-framerate", str(self.fps), "-i", "-",
-            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-framerate", str(self.fps), "-i", "-", *pad,
             "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
             "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-y", str(self._video_tmp),
         )

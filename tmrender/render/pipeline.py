@@ -105,8 +105,9 @@ class FrameStep(Protocol):
 
     def __call__(self, frames: np.ndarray) -> np.ndarray: ...
 
-    def planar(self, frames: np.ndarray) -> np.ndarray:
-        """The same frames as I420 (n, H * W * 3 // 2) uint8, for the encoder."""
+    def planar(self, frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The same frames as I420 (n, H * W * 3 // 2) uint8, for the encoder; written
+        into `out` when given (an earlier result of the same shape, reused)."""
         ...
 
 
@@ -254,10 +255,12 @@ def render_video(
         output, width, height, cfg.fps, audio=source, crf=options.crf, planar=planar
     ) as out:
         try:
+            pasted = None  # the last pasted block, whose memory the next one of its size reuses
             for block in frames:
                 if paste is not None:
                     tick = time.perf_counter()
-                    block = paste.planar(block)
+                    reuse = pasted if pasted is not None and len(pasted) == len(block) else None
+                    block = pasted = paste.planar(block, out=reuse)
                     stats.stage_seconds["paste_back"] = (
                         stats.stage_seconds.get("paste_back", 0.0) + time.perf_counter() - tick
                     )
