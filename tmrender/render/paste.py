@@ -233,10 +233,10 @@ class RegionWarp:
         scale = alignment.scale * step  # crop pixels per output pixel
         grid = (round(oversample * scale * height), round(oversample * scale * width))
         split = min(grid) >= 2 and grid[1] < width
-        self.grid_shape = grid if split else shape
+        self.grid_shape = grid if split else self.shape
         # grid pixel g spans output pixels edge to edge: (g + 0.5) / steps = p + 0.5, and
         # output pixel p is region pixel step * p + (step - 1) / 2
-        steps = np.array(self.grid_shape[::-1], np.float64) / np.array(shape[::-1])
+        steps = np.array(self.grid_shape[::-1], np.float64) / np.array(self.shape[::-1])
         xs, ys = (
             ((np.arange(n) + 0.5) / s - 0.5) * step + (step - 1) / 2
             for n, s in zip(self.grid_shape[::-1], steps, strict=True)
