@@ -1,0 +1,83 @@
+"""Keeping the reference: still pixels show the portrait's own, moving ones the render's."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tmrender.config import ConfigError, SamplerConfig
+from tmrender.render.reference import ReferenceKeeper
+
+LEVEL = 2 / 255  # one 0..255 level on the -1..1 scale
+
+
+def frames_near(reference: np.ndarray, offsets_in_levels: list[float]) -> torch.Tensor:
+    """Frames (1, 3, n, H, W): the reference shifted by each offset (in levels)."""
+    base = torch.from_numpy(reference).permute(2, 0, 1).float() / 127.5 - 1.0
+    return torch.stack([base + d * LEVEL for d in offsets_in_levels], dim=1)[None]
+
+
+@pytest.fixture
+def reference() -> np.ndarray:
+    return np.random.default_rng(0).integers(40, 200, (8, 6, 3), dtype=np.uint8)
+
+
+def test_close_pixels_take_the_reference_far_ones_stay_and_between_blend(reference):
+    keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
+    frames = frames_near(reference, [0, 5, 8, 16, 24, 40])
+    out = keeper(frames)
+    assert out.shape == frames.shape and out.dtype == torch.float32
+    ref = frames[:, :, :1]
+    diff_levels = ((out - ref) / LEVEL).mean(dim=(0, 1, 3, 4))
+    # within lo: the reference; beyond hi: the frame as it was; halfway (16): half of it
+    assert torch.allclose(diff_levels, torch.tensor([0, 0, 0, 8, 24, 40.0]), atol=1e-3)
+
+
+def test_only_the_pixels_that_moved_keep_the_render(reference):
+    keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
+    frames = frames_near(reference, [3, 3])
+    frames[:, :, 1, 2:4, 2:4] = 1.0  # white: >= 55 levels from the reference (<= 200)
+    out = keeper(frames)
+    moved = torch.zeros(8, 6, dtype=torch.bool)
+    moved[2:4, 2:4] = True
+    assert torch.allclose(out[0, :, 1][:, moved], frames[0, :, 1][:, moved])
+    assert torch.allclose(out[0, :, 1][:, ~moved], frames_near(reference, [0])[0, :, 0][:, ~moved])
+    assert torch.allclose(out[:, :, 0], frames_near(reference, [0])[:, :, 0])
+
+
+def test_no_frames_is_no_frames(reference):
+    keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
+    assert keeper(torch.zeros(1, 3, 0, 8, 6)).shape == (1, 3, 0, 8, 6)
+
+
+@pytest.mark.parametrize("levels", [(8,), (24, 8), (-1, 4), (8, 8), (1, 2, 3)])
+def test_keep_reference_must_be_an_increasing_pair(levels):
+    with pytest.raises(ConfigError):
+        SamplerConfig(keep_reference=levels)
+    assert SamplerConfig(keep_reference=[8, 24]).keep_reference == (8.0, 24.0)
+
+
+def test_the_renderer_keeps_the_models_reference_and_raw_frames_skip_it(monkeypatch, tmp_path):
+    from tests.test_render import collect, tone
+    from tmrender.models.presets import PRESETS
+    from tmrender.models.talking import TalkingModel
+
+    torch.manual_seed(0)
+    model = TalkingModel(PRESETS["tm-mini"]).eval()
+    with torch.no_grad():
+        model.dit.head.head.weight.normal_(0, 0.05)
+    face = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    audio = tone(tmp_path / "a.wav", 0.5)
+    plain = collect(model, face, audio)
+    raw = collect(model, face, audio, deflicker=False)
+    sampler = replace(model.cfg.sampler, keep_reference=(254.0, 255.0))
+    monkeypatch.setattr(model, "cfg", replace(model.cfg, sampler=sampler))
+    kept = collect(model, face, audio)
+    assert np.array_equal(collect(model, face, audio, deflicker=False), raw)
+    assert not np.array_equal(plain, face[None].repeat(len(plain), 0))
+    # every pixel is within 254 levels of the portrait's, so the video is the portrait
+    assert kept.shape == plain.shape
+    assert np.abs(kept.astype(int) - face[None].astype(int)).max() <= 1
