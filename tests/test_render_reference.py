@@ -1,4 +1,5 @@
-"""Keeping the reference: still pixels show the portrait's own, moving ones the render's."""
+"""Keeping the reference: still pixels show the portrait's own, moving ones and the mouth
+the render's."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from tmrender.config import ConfigError, SamplerConfig
-from tmrender.render.reference import ReferenceKeeper
+from tmrender.render.reference import ReferenceKeeper, mouth_guard
 
 LEVEL = 2 / 255  # one 0..255 level on the -1..1 scale
+SIZE = 32
 
 
 def frames_near(reference: np.ndarray, offsets_in_levels: list[float]) -> torch.Tensor:
@@ -22,35 +24,54 @@ def frames_near(reference: np.ndarray, offsets_in_levels: list[float]) -> torch.
 
 @pytest.fixture
 def reference() -> np.ndarray:
-    return np.random.default_rng(0).integers(40, 200, (8, 6, 3), dtype=np.uint8)
+    return np.random.default_rng(0).integers(40, 200, (SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def test_close_pixels_take_the_reference_far_ones_stay_and_between_blend(reference):
+@pytest.fixture
+def outside() -> torch.Tensor:
+    """Pixels (H, W) bool that the mouth guard leaves alone."""
+    return torch.from_numpy(mouth_guard(SIZE, SIZE) == 0)
+
+
+def test_the_guard_covers_the_mouth_of_the_models_framing_only():
+    guard = mouth_guard(128, 128)
+    assert guard[79, 64] == 1.0  # the lips (the mouth-corner midpoint is at y 0.60)
+    assert guard[55, 52] == 0.0 and guard[20, 64] == 0.0  # an eye, the hair
+    assert 0.03 < (guard > 0).mean() < 0.15
+
+
+def test_close_pixels_take_the_reference_far_ones_stay_and_between_blend(reference, outside):
     keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
     frames = frames_near(reference, [0, 5, 8, 16, 24, 40])
     out = keeper(frames)
     assert out.shape == frames.shape and out.dtype == torch.float32
-    ref = frames[:, :, :1]
-    diff_levels = ((out - ref) / LEVEL).mean(dim=(0, 1, 3, 4))
+    shift = ((out - frames[:, :, :1]) / LEVEL)[0].mean(dim=0)  # (n, H, W) levels
     # within lo: the reference; beyond hi: the frame as it was; halfway (16): half of it
-    assert torch.allclose(diff_levels, torch.tensor([0, 0, 0, 8, 24, 40.0]), atol=1e-3)
+    expected = torch.tensor([0, 0, 0, 8, 24, 40.0])
+    assert torch.allclose(shift[:, outside].mean(dim=1), expected, atol=1e-3)
+    # under the guard, the frames as they were
+    inside = torch.from_numpy(mouth_guard(SIZE, SIZE) == 1)
+    assert inside.any()
+    assert torch.allclose(out[..., inside], frames[..., inside])
 
 
-def test_only_the_pixels_that_moved_keep_the_render(reference):
+def test_only_the_pixels_that_moved_keep_the_render(reference, outside):
     keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
     frames = frames_near(reference, [3, 3])
-    frames[:, :, 1, 2:4, 2:4] = 1.0  # white: >= 55 levels from the reference (<= 200)
+    frames[:, :, 1, 2:6, 2:6] = 1.0  # white: >= 55 levels from the reference (<= 200)
     out = keeper(frames)
-    moved = torch.zeros(8, 6, dtype=torch.bool)
-    moved[2:4, 2:4] = True
+    moved = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    moved[2:6, 2:6] = True
+    still = outside & ~moved
     assert torch.allclose(out[0, :, 1][:, moved], frames[0, :, 1][:, moved])
-    assert torch.allclose(out[0, :, 1][:, ~moved], frames_near(reference, [0])[0, :, 0][:, ~moved])
-    assert torch.allclose(out[:, :, 0], frames_near(reference, [0])[:, :, 0])
+    exact = frames_near(reference, [0])[0, :, 0]
+    assert torch.allclose(out[0, :, 1][:, still], exact[:, still])
+    assert torch.allclose(out[0, :, 0][:, outside], exact[:, outside])
 
 
 def test_no_frames_is_no_frames(reference):
     keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
-    assert keeper(torch.zeros(1, 3, 0, 8, 6)).shape == (1, 3, 0, 8, 6)
+    assert keeper(torch.zeros(1, 3, 0, SIZE, SIZE)).shape == (1, 3, 0, SIZE, SIZE)
 
 
 @pytest.mark.parametrize("levels", [(8,), (24, 8), (-1, 4), (8, 8), (1, 2, 3)])
@@ -77,7 +98,11 @@ def test_the_renderer_keeps_the_models_reference_and_raw_frames_skip_it(monkeypa
     monkeypatch.setattr(model, "cfg", replace(model.cfg, sampler=sampler))
     kept = collect(model, face, audio)
     assert np.array_equal(collect(model, face, audio, deflicker=False), raw)
-    assert not np.array_equal(plain, face[None].repeat(len(plain), 0))
-    # every pixel is within 254 levels of the portrait's, so the video is the portrait
     assert kept.shape == plain.shape
-    assert np.abs(kept.astype(int) - face[None].astype(int)).max() <= 1
+    # every pixel is within 254 levels of the portrait's: outside the mouth guard the
+    # video is the portrait, under the guard the render as it was
+    guard = mouth_guard(128, 128)
+    away, mouth = guard == 0, guard == 1
+    assert not np.array_equal(plain[:, away], np.broadcast_to(face[away], plain[:, away].shape))
+    assert np.abs(kept[:, away].astype(int) - face[away].astype(int)).max() <= 1
+    assert np.array_equal(kept[:, mouth], plain[:, mouth])

@@ -8,8 +8,14 @@ portrait's: within `lo` levels (mean over the colour channels) it shows the port
 pixel, beyond `hi` levels (an open mouth, an edge the head has moved) the rendered one,
 and a linear blend between, so no seam is drawn where the two meet. It is the same
 edge-keeping rule as the deflicker filter's (`tmrender.render.temporal.keep_edges`), with
-the portrait in the filtered frame's place. Figures: docs/EXPERIMENTS.md, "Keeping the
-reference".
+the portrait in the filtered frame's place.
+
+The mouth is never pulled back: a slightly open mouth differs from a closed one by only a
+few levels, and pulling it shut would cost lip sync. Around where the model's framing puts
+the mouth (`tmrender.faces.align.CANONICAL`: the mouth-corner midpoint at 0.5, 0.60 of the
+side; the guard's centre sits a little lower, over the lips and the jaw that opens with
+them) an elliptical guard keeps the rendered pixels as they are, fading out over its
+outer `GUARD_FEATHER` share. Figures: docs/EXPERIMENTS.md, "Keeping the reference".
 """
 
 from __future__ import annotations
@@ -23,11 +29,23 @@ from torch import Tensor
 from tmrender.config import keep_levels
 from tmrender.render.temporal import keep_edges
 
+GUARD_CENTRE = (0.5, 0.62)  # x, y as fractions of the frame's width and height
+GUARD_RADII = (0.22, 0.17)  # half-axes, fractions of the width and height
+GUARD_FEATHER = 0.25  # the outer share of the radius over which the guard fades to 0
+
+
+def mouth_guard(height: int, width: int) -> np.ndarray:
+    """The guard (height, width) float32 in [0, 1]: 1 where the render is always kept."""
+    dx = ((np.arange(width) + 0.5) / width - GUARD_CENTRE[0]) / GUARD_RADII[0]
+    dy = ((np.arange(height) + 0.5) / height - GUARD_CENTRE[1]) / GUARD_RADII[1]
+    radius = np.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)
+    return np.clip((1.0 - radius) / GUARD_FEATHER, 0.0, 1.0).astype(np.float32)
+
 
 class ReferenceKeeper:
     """Rendered frames (1, 3, n, H, W) in -1..1 -> the same frames with the pixels that
-    stay within `keep` = (lo, hi) levels of the reference drawn from it (stateless: no frame
-    is held back).
+    stay within `keep` = (lo, hi) levels of the reference drawn from it, outside the mouth
+    guard (stateless: no frame is held back).
 
     reference: the portrait the render starts from, uint8 (H, W, 3)."""
 
@@ -38,6 +56,8 @@ class ReferenceKeeper:
         pixels = torch.from_numpy(np.ascontiguousarray(reference)).to(device)
         self.reference = (pixels.permute(2, 0, 1).float() / 127.5 - 1.0)[None, :, None]
         self.lo, self.hi = (2 * v / 255 for v in keep)  # levels -> the -1..1 scale
+        guard = torch.from_numpy(mouth_guard(*reference.shape[:2])).to(device)
+        self.guard = guard[None, None, None]  # (1, 1, 1, H, W)
 
     def __call__(self, frames: Tensor) -> Tensor:
         """frames (1, 3, n, H, W) -> (1, 3, n, H, W), float32."""
@@ -45,5 +65,7 @@ class ReferenceKeeper:
         assert frames.shape[3:] == self.reference.shape[3:], (frames.shape, self.reference.shape)
         if frames.shape[2] == 0:
             return frames.float()
+        frames = frames.float()
         reference = self.reference.expand(-1, -1, frames.shape[2], -1, -1)
-        return keep_edges(frames.float(), reference, self.lo, self.hi)
+        kept = keep_edges(frames, reference, self.lo, self.hi)
+        return kept + self.guard * (frames - kept)
