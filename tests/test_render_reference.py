@@ -106,3 +106,18 @@ def test_the_renderer_keeps_the_models_reference_and_raw_frames_skip_it(monkeypa
     assert not np.array_equal(plain[:, away], np.broadcast_to(face[away], plain[:, away].shape))
     assert np.abs(kept[:, away].astype(int) - face[away].astype(int)).max() <= 1
     assert np.array_equal(kept[:, mouth], plain[:, mouth])
+
+
+def test_motion_is_measured_against_the_models_still_picture(reference, outside):
+    """A frame that equals the model's drawing of the still portrait (blurred, tinted)
+    shows the portrait; one that departs from that drawing keeps its own pixels."""
+    exact = frames_near(reference, [0])
+    still = exact + 30 * LEVEL  # the model's picture: 30 levels off the portrait everywhere
+    keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"), still=still)
+    frames = torch.cat([still, still + 40 * LEVEL], dim=2)
+    out = keeper(frames)
+    assert torch.allclose(out[0, :, 0][:, outside], exact[0, :, 0][:, outside], atol=1e-6)
+    assert torch.allclose(out[0, :, 1], frames[0, :, 1], atol=1e-6)
+    # against the portrait itself, the same still frame would have counted as moved
+    plain = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
+    assert torch.allclose(plain(still)[0, :, 0], still[0, :, 0], atol=1e-6)

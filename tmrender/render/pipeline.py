@@ -185,7 +185,7 @@ def render_frames(
         taps = cfg.sampler.deflicker_taps if options.deflicker else ()
         smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
         retimer = frame_retimer(cfg, options)
-        keeper = reference_keeper(cfg, options, reference, vae_device)
+        keeper = reference_keeper(model, options, reference, anchor)
 
         def out(frames: Tensor) -> np.ndarray:
             """Finished frames -> uint8, the reference kept where nothing moved."""
@@ -291,14 +291,26 @@ def frame_retimer(cfg, options: RenderOptions) -> Retimer | None:
 
 
 def reference_keeper(
-    cfg, options: RenderOptions, reference: np.ndarray, device: torch.device
+    model: TalkingModel, options: RenderOptions, reference: np.ndarray, anchor: Tensor
 ) -> ReferenceKeeper | None:
     """The model's pull of still pixels back to the reference (`SamplerConfig.keep_reference`),
-    or None when it has none or the raw frames are asked for."""
+    or None when it has none or the raw frames are asked for. anchor: the reference's
+    latent (1, C_lat, 1, h, w)."""
+    cfg = model.cfg
     keep = cfg.sampler.keep_reference
     if not keep or not options.deflicker:
         return None
-    return ReferenceKeeper(reference, keep, device)
+    device = next(model.vae.parameters()).device
+    return ReferenceKeeper(reference, keep, device, still=anchor_picture(model, anchor))
+
+
+def anchor_picture(model: TalkingModel, anchor: Tensor) -> Tensor:
+    """The decoder's picture of the anchor latent alone: (1, 3, 1, H, W) float32 in -1..1,
+    what the model draws of the portrait where nothing moves."""
+    vae = next(model.vae.parameters())
+    with torch.inference_mode():
+        picture = model.vae.decode(anchor.to(device=vae.device, dtype=vae.dtype))
+    return picture[:, :, :1].float().clamp(-1, 1)
 
 
 def latent_chunks(
