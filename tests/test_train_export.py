@@ -160,6 +160,19 @@ def test_export_sets_the_retiming(stages, tmp_path, capsys):
         assert code == 2 and "--retime" in err and "Traceback" not in err
 
 
+def test_export_sets_the_reference_keeping_levels(stages, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
+            "--dtype", "float32")  # fmt: skip
+    code, _, _ = run_cli(capsys, *args, "--keep-reference", "8,24")
+    assert code == 0 and read_metadata(out)["config"].sampler.keep_reference == (8.0, 24.0)
+    run_cli(capsys, *args, "--keep-reference", "none")
+    assert read_metadata(out)["config"].sampler.keep_reference == ()
+    for bad in ("8", "24,8", "a,b"):
+        code, _, err = run_cli(capsys, *args, "--keep-reference", bad)
+        assert code == 2 and "--keep-reference" in err and "Traceback" not in err
+
+
 def test_lipsync_score_renders_held_out_clips(tmp_path):
     from tmrender.eval.mouth import load_mouth_reader
 

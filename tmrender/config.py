@@ -316,6 +316,12 @@ class SamplerConfig:
     # frame of a latent, so the first frame of each latent leans back towards the frame
     # before it by `back`, the last forward towards the frame after it by `forward`
     retime: tuple[float, ...] = ()
+    # (lo, hi) in 0..255 levels, () = off, applied last (`tmrender.render.reference`):
+    # where a frame's pixel (mean over colour channels) is within lo levels of the
+    # reference portrait it takes the reference's value, beyond hi it keeps its own, a
+    # linear blend between. What does not move (background, hair, a still cheek) then shows
+    # the portrait's own detail; a moving mouth or head edge differs by tens of levels
+    keep_reference: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -328,6 +334,12 @@ class SamplerConfig:
         require(
             not keep or keep_levels(keep),
             f"deflicker_keep must be () or (lo, hi) with 0 <= lo < hi: {keep}",
+        )
+        keep_ref = tuple(float(v) for v in self.keep_reference)
+        object.__setattr__(self, "keep_reference", keep_ref)
+        require(
+            not keep_ref or keep_levels(keep_ref),
+            f"keep_reference must be () or (lo, hi) with 0 <= lo < hi: {keep_ref}",
         )
         retime = tuple(float(v) for v in self.retime)
         object.__setattr__(self, "retime", retime)

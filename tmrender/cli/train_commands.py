@@ -649,7 +649,7 @@ SHIPPED = shipped.ExportOptions
         "-o weights/tm-mini.safetensors\n\n"
         "  tmrender train export --init weights/stages/dmd_t2.safetensors --data data "
         "--deflicker-taps 1,2,2,2,1 --deflicker-keep 8,24 --retime 0.1,0.25 "
-        "--report out/eval/report.json -o weights/tm-mini.safetensors\n\n"
+        "--keep-reference 8,24 --report out/eval/report.json -o weights/tm-mini.safetensors\n\n"
         "  tmrender train export --init student.safetensors --dtype float32 -o m.safetensors"
     ),
 )
@@ -711,6 +711,14 @@ def export_command(
             "after; 'none': off (default: as the student's file says)."
         ),
     ] = None,
+    keep_reference: Annotated[
+        str | None,
+        typer.Option(
+            help="Levels lo,hi, e.g. 8,24: a rendered pixel within lo levels of the portrait "
+            "shows the portrait's own, beyond hi its own; 'none': off (default: as the "
+            "student's file says)."
+        ),
+    ] = None,
 ) -> None:
     """Write the shipped model: all networks in one file, fp16 where lip sync does not move,
     provenance in its metadata, and its line in the output folder's SHA256SUMS."""
@@ -719,6 +727,7 @@ def export_command(
         deflicker_taps=_sampler_numbers(deflicker_taps, "deflicker_taps", TAPS_NEED),
         deflicker_keep=_sampler_numbers(deflicker_keep, "deflicker_keep", KEEP_NEED),
         retime=_sampler_numbers(retime, "retime", RETIME_NEED),
+        keep_reference=_sampler_numbers(keep_reference, "keep_reference", KEEP_REF_NEED),
     )  # fmt: skip
     torch.set_num_threads(threads)
     result = shipped.export_from_corpus(init, output, opts, data, reader, stages, report)
@@ -728,6 +737,7 @@ def export_command(
 
 TAPS_NEED = "--deflicker-taps needs symmetric taps of odd length and positive sum, e.g. 1,2,2,2,1"
 KEEP_NEED = "--deflicker-keep needs two levels lo,hi with 0 <= lo < hi, e.g. 6,16"
+KEEP_REF_NEED = "--keep-reference needs two levels lo,hi with 0 <= lo < hi, e.g. 8,24"
 RETIME_NEED = "--retime needs two weights back,forward, each 0..0.5, e.g. 0.1,0.25"
 
 

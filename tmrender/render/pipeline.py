@@ -39,6 +39,7 @@ from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
 from tmrender.render.features import FeatureProducer, FeatureTimeline, Segmenting
 from tmrender.render.graphs import ChunkGraph, graph_ready
+from tmrender.render.reference import ReferenceKeeper
 from tmrender.render.temporal import Retimer, TemporalFilter
 
 Mode = Literal["auto", "speaking", "silence"]
@@ -60,9 +61,10 @@ class RenderOptions:
     crf: int = DEFAULT_CRF
     # compute
     intra_op_threads: int = 1  # torch threads per stage on the CPU (stages run in parallel)
-    # the model's frame post-processing: re-timing within latents (`SamplerConfig.retime`)
-    # and the zero-lag filter against latent-boundary flicker (`deflicker_taps`); False =
-    # the decoder's frames as they are
+    # the model's frame post-processing: re-timing within latents (`SamplerConfig.retime`),
+    # the zero-lag filter against latent-boundary flicker (`deflicker_taps`) and the
+    # portrait kept where nothing moves (`keep_reference`); False = the decoder's frames
+    # as they are
     deflicker: bool = True
     # on a GPU: capture the steady chunk step (denoising steps + commit) in a CUDA graph
     # and replay it (`tmrender.render.graphs`): one launch per chunk instead of thousands
@@ -184,12 +186,17 @@ def render_frames(
         taps = cfg.sampler.deflicker_taps if options.deflicker else ()
         smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
         retimer = frame_retimer(cfg, options)
+        keeper = reference_keeper(model, options, reference, anchor)
+
+        def out(frames: Tensor) -> np.ndarray:
+            """Finished frames -> uint8, the reference kept where nothing moved."""
+            return to_uint8(keeper(frames) if keeper else frames)
 
         def finish(decoded: Tensor) -> np.ndarray:
             """Decoded frames -> the video's next uint8 frames (gate, re-time, filter)."""
             decoded = gate(decoded)
             decoded = retimer.push(decoded) if retimer else decoded
-            return to_uint8(smoother.push(decoded) if smoother else decoded)
+            return out(smoother.push(decoded) if smoother else decoded)
 
         while (item := _take(latents, stop)) is not None:
             chunk, keep, ready = item
@@ -209,9 +216,9 @@ def render_frames(
             held = decoder.flush()
             tails = [finish(held)] if held is not None else []
             if retimer is not None and (last := retimer.flush()) is not None:
-                tails.append(to_uint8(smoother.push(last) if smoother else last))
+                tails.append(out(smoother.push(last) if smoother else last))
             if smoother is not None and (rest := smoother.flush()) is not None:
-                tails.append(to_uint8(rest))
+                tails.append(out(rest))
         for frames in tails:
             if len(frames):
                 yield _counted(frames, stats, start)
@@ -284,6 +291,29 @@ def frame_retimer(cfg, options: RenderOptions) -> Retimer | None:
     if not weights or not options.deflicker or cfg.frames_per_latent < 2:
         return None
     return Retimer(cfg.frames_per_latent, weights)
+
+
+def reference_keeper(
+    model: TalkingModel, options: RenderOptions, reference: np.ndarray, anchor: Tensor
+) -> ReferenceKeeper | None:
+    """The model's pull of still pixels back to the reference (`SamplerConfig.keep_reference`),
+    or None when it has none or the raw frames are asked for. anchor: the reference's
+    latent (1, C_lat, 1, h, w)."""
+    cfg = model.cfg
+    keep = cfg.sampler.keep_reference
+    if not keep or not options.deflicker:
+        return None
+    device = next(model.vae.parameters()).device
+    return ReferenceKeeper(reference, keep, device, still=anchor_picture(model, anchor))
+
+
+def anchor_picture(model: TalkingModel, anchor: Tensor) -> Tensor:
+    """The decoder's picture of the anchor latent alone: (1, 3, 1, H, W) float32 in -1..1,
+    what the model draws of the portrait where nothing moves."""
+    vae = next(model.vae.parameters())
+    with torch.inference_mode():
+        picture = model.vae.decode(anchor.to(device=vae.device, dtype=vae.dtype))
+    return picture[:, :, :1].float().clamp(-1, 1)
 
 
 def latent_chunks(

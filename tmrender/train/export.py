@@ -57,6 +57,9 @@ class ExportOptions:
     deflicker_keep: tuple[float, ...] | None = None
     # and the re-timing weights `retime` before it (None: as the student's file says)
     retime: tuple[float, ...] | None = None
+    # and the levels `keep_reference` at which still pixels show the portrait's own
+    # (None: as the student's file says)
+    keep_reference: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -66,10 +69,10 @@ class ExportOptions:
 
 
 def shipped_sampler(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfig:
-    """The student's sampler with the deflicker taps, edge-keeping levels and re-timing
-    weights that `opts` sets (None: as the student's file says). Turning the filter off
-    drops its levels too; levels for no filter at all are refused (they would be silently
-    ignored)."""
+    """The student's sampler with the deflicker taps, edge-keeping levels, re-timing
+    weights and reference-keeping levels that `opts` sets (None: as the student's file
+    says). Turning the filter off drops its levels too; levels for no filter at all are
+    refused (they would be silently ignored)."""
     taps = sampler.deflicker_taps if opts.deflicker_taps is None else opts.deflicker_taps
     keep = sampler.deflicker_keep if opts.deflicker_keep is None else opts.deflicker_keep
     if keep and not taps:
@@ -78,7 +81,11 @@ def shipped_sampler(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfi
                                  "--deflicker-taps too")  # fmt: skip
         keep = ()
     retime = sampler.retime if opts.retime is None else opts.retime
-    return replace(sampler, deflicker_taps=taps, deflicker_keep=keep, retime=retime)
+    keep_reference = sampler.keep_reference if opts.keep_reference is None else opts.keep_reference
+    return replace(
+        sampler, deflicker_taps=taps, deflicker_keep=keep, retime=retime,
+        keep_reference=keep_reference,
+    )  # fmt: skip
 
 
 # -- precision ------------------------------------------------------------------------------
