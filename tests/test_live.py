@@ -83,8 +83,15 @@ def test_live_refuses_unknown_modes_and_ports(capsys, tmp_path):
     assert code == 2 and "--mode sing: unknown" in err
     code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--port", "70000")
     assert code == 2 and "--port 70000" in err
+    code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--temporal", "ahead")
+    assert code == 2 and "--temporal ahead: unknown" in err
     code, err = run(capsys, "live", "--image", str(tmp_path / "missing.png"))
     assert code == 2 and "missing.png" in err
+
+
+def test_live_renders_with_the_causal_filter_unless_asked(model):
+    assert LiveOptions().render_options(model).temporal == "causal"
+    assert LiveOptions(temporal="centred").render_options(model).temporal == "centred"
 
 
 @pytest.mark.slow

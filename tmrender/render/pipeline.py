@@ -39,9 +39,11 @@ from tmrender.models.talking import TalkingModel
 from tmrender.models.vae import StreamingDecoder
 from tmrender.render.features import FeatureProducer, FeatureTimeline, Segmenting
 from tmrender.render.graphs import ChunkGraph, graph_ready
-from tmrender.render.temporal import Retimer, TemporalFilter
+from tmrender.render.temporal import CausalFilter, Retimer, TemporalFilter, causal_filter
 
 Mode = Literal["auto", "speaking", "silence"]
+Temporal = Literal["centred", "causal"]
+TEMPORAL = ("centred", "causal")
 QUEUE_DEPTH = 4  # items in flight between two stages
 AUDIO_BLOCK = SAMPLE_RATE // 2  # samples per read from ffmpeg: small, for a quick first frame
 JOIN_SECONDS = 10.0
@@ -64,6 +66,10 @@ class RenderOptions:
     # and the zero-lag filter against latent-boundary flicker (`deflicker_taps`); False =
     # the decoder's frames as they are
     deflicker: bool = True
+    # which filter: "centred" (the model's zero-lag taps; holds frames back until the
+    # frames after them exist) or "causal" (past frames only, holds nothing back: live use;
+    # `tmrender.render.temporal.causal_filter`)
+    temporal: Temporal = "centred"
     # on a GPU: capture the steady chunk step (denoising steps + commit) in a CUDA graph
     # and replay it (`tmrender.render.graphs`): one launch per chunk instead of thousands
     cuda_graphs: bool = False
@@ -180,9 +186,7 @@ def render_frames(
         #    a GPU: on a stream of its own, so decoding overlaps the next chunk's steps).
         vae_device = next(model.vae.parameters()).device
         decode_stream = torch.cuda.Stream(vae_device) if vae_device.type == "cuda" else None
-        taps = cfg.sampler.deflicker_taps if options.deflicker else ()
-        smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
-        retimer = frame_retimer(cfg, options)
+        retimer, smoother = frame_filters(cfg, options)
 
         def finish(decoded: Tensor) -> np.ndarray:
             """Decoded frames -> the video's next uint8 frames (gate, re-time, filter)."""
@@ -272,6 +276,22 @@ def render_video(
     stats.stage_seconds["video_encode"] += time.perf_counter() - tick
     stats.wall_seconds = time.perf_counter() - start
     return stats
+
+
+def frame_filters(
+    cfg, options: RenderOptions
+) -> tuple[Retimer | None, TemporalFilter | CausalFilter | None]:
+    """The frame post-processing `options` ask for: (re-timer, then filter), either None.
+    centred: the model's re-timing and zero-lag filter; causal: the causal filter alone
+    (it re-times as it smooths); without `deflicker`, or for a model without taps, none."""
+    assert options.temporal in TEMPORAL, f"temporal must be one of {TEMPORAL}: {options.temporal}"
+    if not options.deflicker:
+        return None, None
+    if options.temporal == "causal":
+        return None, causal_filter(cfg.sampler, cfg.frames_per_latent)
+    taps = cfg.sampler.deflicker_taps
+    smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
+    return frame_retimer(cfg, options), smoother
 
 
 def frame_retimer(cfg, options: RenderOptions) -> Retimer | None:

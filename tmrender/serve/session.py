@@ -47,7 +47,10 @@ class LiveOptions:
     mode: str = "mirror"
     seed: int = 0
     lookahead_frames: int = LOOKAHEAD_FRAMES
-    deflicker: bool = True  # the model's temporal filter: it holds frames for the next chunk
+    deflicker: bool = True  # the model's temporal filter against latent-boundary flicker
+    # which: "causal" (past frames only, holds nothing back) or "centred" (the file
+    # render's zero-lag filter and re-timing: 3 frames held for the next chunk, 120 ms)
+    temporal: str = "causal"
     # latency bounds: unread audio before the oldest is dropped; frames waiting to be sent
     # (None: a chunk's frames and 2 more, as a chunk's frames arrive at once)
     max_backlog_seconds: float = 0.5
@@ -68,7 +71,12 @@ class LiveOptions:
         cfg = model.cfg
         cut = Segmenting.live(cfg.frames_per_chunk, cfg.audio_proj.window, self.lookahead_frames)
         return RenderOptions(
-            seed=self.seed, mode="auto", deflicker=self.deflicker, segmenting=cut, queue_depth=1
+            seed=self.seed,
+            mode="auto",
+            deflicker=self.deflicker,
+            temporal=self.temporal,
+            segmenting=cut,
+            queue_depth=1,
         )
 
 
