@@ -26,6 +26,7 @@ import threading
 import time
 import wave
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +218,8 @@ class LiveSession:
         self.error: BaseException | None = None
         self.started = time.perf_counter()
         self.sent = self.held = 0
+        self.reanchored = 0  # times the sender fell far behind its schedule and restarted it
+        self._on_frames: Callable[[], None] | None = None
         self.voiced_until = 0.0  # perf_counter time the last voiced frame was sent
         self._last: np.ndarray = reference
         self._latencies: deque[float] = deque(maxlen=50)  # seconds, the last 2 s of frames
@@ -231,6 +234,21 @@ class LiveSession:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def frame_ready(self) -> bool:
+        """Whether a rendered frame waits to be sent."""
+        return len(self.buffer) > 0
+
+    @property
+    def rendering(self) -> bool:
+        """Whether frames have come from the renderer (before them, the portrait is shown
+        and not counted as held)."""
+        return self.stats.frames > 0
+
+    def on_frames(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback()` (from the render thread) each time rendered frames are put in
+        the buffer: the sender wakes for them instead of polling."""
+        self._on_frames = callback
+
     def push_audio(self, samples: np.ndarray) -> None:
         """Microphone samples (N,) float32 at 16 kHz, in order."""
         self.audio.push(samples)
@@ -242,7 +260,7 @@ class LiveSession:
         now = time.perf_counter()
         item = self.buffer.take()
         if item is None:
-            self.held += int(self.stats.frames > 0)
+            self.held += int(self.rendering)
             self._send_voice(None, now)
         else:
             index, self._last = item
@@ -288,6 +306,7 @@ class LiveSession:
             "frames_sent": self.sent,
             "frames_held": self.held,
             "frames_dropped": self.buffer.dropped,
+            "sender_reanchored": self.reanchored,
             "audio_dropped_ms": round(1000 * self.audio.dropped_samples / SAMPLE_RATE),
             "compute_ms_per_chunk": self._compute_ms(),
             "speaking_chunks": self.stats.speaking_chunks,
@@ -324,6 +343,8 @@ class LiveSession:
                 for frame in block:
                     self.buffer.put(index, frame)
                     index += 1
+                if self._on_frames is not None:
+                    self._on_frames()
         except BaseException as err:  # noqa: BLE001 - shown in the page, the server goes on
             self.error = err
             self.audio.close()

@@ -1,8 +1,10 @@
 """aiortc tracks of a live session: the microphone's frames into it, its frames out.
 
 Incoming audio is Opus decoded by aiortc (48 kHz, 16-bit, usually stereo), mixed to mono
-and resampled to 16 kHz in numpy (`Downsampler`). The video track paces itself at the
-model's frame rate on the 90 kHz RTP clock and asks the session for the frame of each tick.
+and resampled to 16 kHz in numpy (`Downsampler`); the receiver's jitter buffer is cut from
+aiortc's 4 Opus frames to 1 (`shorten_audio_jitter_buffer`). The video track sends at the
+model's frame rate on a fixed schedule, asks the session for the frame of each tick, and
+wakes for new frames after a held one.
 The voice track (say and reply modes) sends each sent frame's audio in two 20 ms halves,
 the first when its frame leaves and the second 20 ms later, so sound and picture leave
 together; the browser keeps them together (both tracks are one stream, RTCP timestamps).
@@ -11,13 +13,15 @@ together; the browser keeps them together (both tracks are one stream, RTCP time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import time
 from collections.abc import Callable
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from tmrender.media.audio import SAMPLE_RATE, Downsampler
@@ -28,6 +32,13 @@ AUDIO_TIMEOUT = 3.0  # seconds without microphone frames before the session is e
 VOICE_FRAME = SAMPLE_RATE // 50  # 20 ms of the avatar's voice per audio frame
 VOICE_RATE = 48_000  # sent at Opus's own rate: aiortc's encoder holds back a frame otherwise
 VOICE_WAIT = 0.06  # seconds the voice track waits for a frame's audio before sending silence
+REANCHOR_TICKS = 3  # a video tick more than this many ticks late restarts the schedule
+MIN_GAP = 0.5  # after a held frame, the next leaves no sooner than this many ticks after it
+# complete Opus frames the microphone's jitter buffer holds before decoding the first:
+# aiortc's receiver takes 4 (80 ms); a frame is complete only once the next packet has
+# come, so 1 is the least (20 ms). It reorders no more than that: fine on loopback and a LAN
+AUDIO_PREFETCH = 1
+AUDIO_JITTER_CAPACITY = 16  # packets, as aiortc's
 
 
 def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
@@ -40,6 +51,18 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     data = data.reshape(channels, -1).T if planar else data.reshape(-1, channels)
     scale = {"s16": 32768.0, "s32": 2147483648.0}.get(frame.format.name.rstrip("p"), 1.0)
     return (data.astype(np.float32) / scale).mean(axis=1)
+
+
+def shorten_audio_jitter_buffer(receiver: RTCRtpReceiver) -> bool:
+    """Give an audio receiver a jitter buffer that hands each Opus frame to the decoder
+    AUDIO_PREFETCH frames after it instead of 4 (call before its first packet). aiortc has
+    no setting for it: the buffer is the receiver's private attribute, replaced here; False
+    (nothing changed) where this aiortc keeps it elsewhere."""
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if not isinstance(getattr(receiver, name, None), JitterBuffer):
+        return False
+    setattr(receiver, name, JitterBuffer(AUDIO_JITTER_CAPACITY, prefetch=AUDIO_PREFETCH))
+    return True
 
 
 async def pump_microphone(
@@ -63,30 +86,100 @@ async def pump_microphone(
     return "render ended"
 
 
+class TickSchedule:
+    """When each video tick is due: tick n at t0 + n x `period`, whatever time the ticks
+    before it really left (late wake-ups do not add up). t0 is the first tick's time; it
+    moves when a tick is asked for more than `reanchor_ticks` after it was due (the
+    schedule restarts from then instead of catching up in a burst) and on `anchor`."""
+
+    def __init__(self, period: float, reanchor_ticks: float = REANCHOR_TICKS) -> None:
+        self.period, self.reanchor_ticks = period, reanchor_ticks
+        self.origin: float | None = None
+        self.tick = 0  # the next tick's number
+        self.reanchored = 0  # restarts for being late
+
+    def due(self, now: float) -> float:
+        """When the next tick should leave, asked at `now` (perf_counter seconds)."""
+        if self.origin is None:
+            self.origin = now
+        due = self.origin + self.tick * self.period
+        if now - due > self.reanchor_ticks * self.period:
+            self.anchor(now)
+            self.reanchored += 1
+            return now
+        return due
+
+    def anchor(self, now: float) -> None:
+        """The next tick leaves at `now`, and the ticks after it follow from there."""
+        self.origin = now - self.tick * self.period
+
+    def sent(self) -> None:
+        """The next tick has left."""
+        self.tick += 1
+
+
 class AvatarTrack(MediaStreamTrack):
-    """The session's frames as a video track at its frame rate (one `next_frame` a tick)."""
+    """The session's frames as a video track at its frame rate, on a `TickSchedule`: each
+    tick sends the frame ready then, or the last one again (held).
+
+    After a held frame the track also wakes when the renderer's next frames arrive
+    (`LiveSession.on_frames`) and sends the first of them at once, at least MIN_GAP ticks
+    after the held one, rather than at the next tick; the schedule is anchored on it, so
+    it follows the renderer's chunks and a chunk's first frame does not wait up to a tick.
+    Timestamps (pts, 90 kHz clock) are the frames' true send times."""
 
     kind = "video"
 
     def __init__(self, session: LiveSession) -> None:
         super().__init__()
         self.session = session
-        self.step = VIDEO_CLOCK // session.fps
-        self._start: float | None = None
-        self._count = 0
+        self.schedule = TickSchedule(1.0 / session.fps)
+        self._first: float | None = None  # when the first frame left (pts 0)
+        self._last_sent = 0.0
+        self._pts = -1
+        self._starved = False  # the last tick showed a frame again: none was ready
+        self._arrived: asyncio.Event | None = None
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.perf_counter()
+        if self._arrived is None:
+            self._listen_for_frames()
+        due = self.schedule.due(time.perf_counter())
+        self.session.reanchored = self.schedule.reanchored
+        if self._starved:
+            await self._frames_or(due)
         else:
-            due = self._start + self._count / self.session.fps
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        now = time.perf_counter()
+        if self._starved and self.session.frame_ready():
+            self.schedule.anchor(now)  # the schedule follows the renderer
+        held = self.session.held
         frame = av.VideoFrame.from_ndarray(self.session.next_frame(), format="rgb24")
-        frame.pts, frame.time_base = self._count * self.step, fractions.Fraction(1, VIDEO_CLOCK)
-        self._count += 1
+        self._starved = self.session.held > held
+        self._first = now if self._first is None else self._first
+        self._pts = max(self._pts + 1, round((now - self._first) * VIDEO_CLOCK))
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, VIDEO_CLOCK)
+        self.schedule.sent()
+        self._last_sent = now
         return frame
+
+    def _listen_for_frames(self) -> None:
+        """Have the session's render thread wake this track's event loop on new frames."""
+        loop, arrived = asyncio.get_running_loop(), asyncio.Event()
+        self._arrived = arrived
+        self.session.on_frames(lambda: loop.call_soon_threadsafe(arrived.set))
+
+    async def _frames_or(self, due: float) -> None:
+        """Until new frames are ready (but not within MIN_GAP ticks of the last send), or
+        until `due` if that comes first."""
+        earliest = self._last_sent + MIN_GAP * self.schedule.period
+        await asyncio.sleep(max(0.0, min(earliest, due) - time.perf_counter()))
+        self._arrived.clear()
+        if self.session.frame_ready():
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), max(0.0, due - time.perf_counter()))
 
 
 class VoiceTrack(MediaStreamTrack):
