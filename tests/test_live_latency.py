@@ -130,3 +130,45 @@ def test_the_microphone_jitter_buffer_hands_a_frame_on_with_the_next_packet():
     assert short[0] is None and [f.data for f in short[1:]] == [bytes([k]) for k in range(5)]
     assert default[:4] == [None] * 4 and [f.data for f in default[4:]] == [b"\x00", b"\x01"]
     assert not shorten_audio_jitter_buffer(object())  # no such buffer: nothing changed
+
+
+# --- tmrender bench --suite live ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_live_reports_sane_figures_of_a_short_session(tiny_init):
+    """A 4-s session of the tiny model against a server in its own process: the report's
+    fields are there and make sense (its timings are not judged here)."""
+    from tmrender.serve.measure import bench_live
+
+    row = bench_live(4.0, str(tiny_init), say=False)
+    assert row["session_s"] == 4.0 and row["settings"] == "look-ahead 2, causal filter"
+    read, played = map(int, row["onsets_read"].split("/"))
+    assert played == 1 and 0 <= read <= played  # one onset with 1.5 s after it in 4 s
+    assert row["fps_received"] == pytest.approx(25, rel=0.25)
+    assert row["frames_sent"] >= 50 and row["frames_held"] >= 0 and row["frames_dropped"] >= 0
+    assert row["compute_ms_per_chunk"] > 0 and row["server_latency_ms"] > 0
+    assert row["error"] is None and row["audio_dropped_ms"] >= 0
+    assert 0 < row["server_rss_end_mb"] <= row["server_peak_rss_mb"]
+    assert row["server_rss_1min_mb"] is None and row["peak_over_1min_pct"] is None  # < 1 min
+    assert row["server_cpu_s"] > 0
+
+
+def test_memory_figures_compare_the_peak_with_the_first_minute():
+    from tmrender.serve.measure import memory_figures
+
+    readings = [(0.0, 300.0), (30.0, 480.0), (60.2, 500.0), (120.0, 505.0)]
+    figures = memory_figures(readings, peak=510.0)
+    assert figures["server_rss_1min_mb"] == 500.0 and figures["server_rss_end_mb"] == 505.0
+    assert figures["peak_over_1min_pct"] == 2.0
+
+
+def test_bench_live_refuses_a_preset_and_a_missing_model(capsys, tmp_path):
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli(capsys, "bench", "--suite", "live", "--preset", "tm-mini")
+    assert code == 2 and "--suite live measures a model" in err
+    code, _, err = run_cli(
+        capsys, "bench", "--suite", "live", "--model", str(tmp_path / "x.safetensors")
+    )
+    assert code == 2 and "not found" in err
