@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -113,36 +114,15 @@ async def live_run(model, reference, signal, options: LiveOptions) -> tuple:
 # --- the server in a process of its own ------------------------------------------------------
 
 
-class ServerProcess:
-    """A `LiveServer` for a model and portrait in a spawned process of its own, on a free
-    loopback port: `start()` returns its URL, `rss_mb`/`peak_rss_mb`/`cpu_seconds` read the
-    process from /proc, `stop()` waits for its session to end and returns the recordings
-    it wrote."""
+class ProcessFigures:
+    """Memory and CPU time of a running process (Linux /proc)."""
 
-    def __init__(self, model: str | None, image: Path | str, options: LiveOptions) -> None:
-        context = multiprocessing.get_context("spawn")  # no copy of this process's threads
-        self._conn, child = context.Pipe()
-        self.process = context.Process(
-            target=_serve, args=(model, str(image), options, child), daemon=True
-        )
-
-    def start(self, timeout: float = 300.0) -> str:
-        """Start the process; its URL once it listens (the model is loaded by then)."""
-        self.process.start()
-        port = self._receive(timeout, "did not start")
-        return f"http://127.0.0.1:{port}"
-
-    def _receive(self, timeout: float, what: str):
-        if not self._conn.poll(timeout):
-            raise RuntimeError(f"the live server process {what} within {timeout:g} s")
-        message = self._conn.recv()
-        if isinstance(message, BaseException):
-            raise RuntimeError(f"the live server process failed: {message}") from message
-        return message
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
 
     def _status(self) -> dict[str, int]:
         """VmRSS and VmHWM of the process, kB."""
-        lines = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+        lines = Path(f"/proc/{self.pid}/status").read_text().splitlines()
         fields = dict(line.split(":", 1) for line in lines if ":" in line)
         return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
 
@@ -156,10 +136,36 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time the process has used (user + system), seconds."""
-        import os
-
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    """A `LiveServer` for a model and portrait in a spawned process of its own, on a free
+    loopback port: `start()` returns its URL, `figures` reads the process's memory and CPU
+    time, `stop()` waits for its session to end and returns the recordings it wrote."""
+
+    def __init__(self, model: str | None, image: Path | str, options: LiveOptions) -> None:
+        context = multiprocessing.get_context("spawn")  # no copy of this process's threads
+        self._conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(model, str(image), options, child), daemon=True
+        )
+
+    def start(self, timeout: float = 300.0) -> str:
+        """Start the process; its URL once it listens (the model is loaded by then)."""
+        self.process.start()
+        port = self._receive(timeout, "did not start")
+        self.figures = ProcessFigures(self.process.pid)
+        return f"http://127.0.0.1:{port}"
+
+    def _receive(self, timeout: float, what: str):
+        if not self._conn.poll(timeout):
+            raise RuntimeError(f"the live server process {what} within {timeout:g} s")
+        message = self._conn.recv()
+        if isinstance(message, BaseException):
+            raise RuntimeError(f"the live server process failed: {message}") from message
+        return message
 
     def stop(self, timeout: float = 30.0) -> list[Path]:
         """Let the running session end (its recording written), stop, and return the
@@ -284,25 +290,34 @@ def bench_live(
     options: LiveOptions | None = None,
     say: bool = True,
     file_render: bool = False,
+    url: str | None = None,
+    pid: int | None = None,
 ) -> dict:
     """One mirror session of `seconds` against a server in its own process (then say
-    mode's offset, unless `say` is False); the figures of the module docstring."""
+    mode's offset, unless `say` is False); the figures of the module docstring. With `url`,
+    against a `tmrender live` already running there instead (its memory and CPU time read
+    where `pid` is given; no say mode)."""
     options = options or LiveOptions()
     reader = load_mouth_reader()
-    server = ServerProcess(model, image, options)
-    url = server.start()
+    server = None if url is not None else ServerProcess(model, image, options)
     try:
-        rss, session = asyncio.run(_measured(server, url, seconds, reader))
-        cpu = server.cpu_seconds()
-        peak = server.peak_rss_mb()
+        if server is not None:
+            url = server.start()
+        process = server.figures if server is not None else pid and ProcessFigures(pid)
+        cpu = process.cpu_seconds() if process else None
+        rss, session = asyncio.run(_measured(process, url, seconds, reader))
+        if process:
+            cpu, peak = process.cpu_seconds() - cpu, process.peak_rss_mb()
     finally:
-        server.stop()
-    result = report(session, seconds, options)
-    result.update(memory_figures(rss, peak))
-    result["server_cpu_s"] = round(cpu, 1)
+        if server is not None:
+            server.stop()
+    result = report(session, seconds, options if server is not None else None)
+    if process:
+        result.update(memory_figures(rss, peak))
+        result["server_cpu_s"] = round(cpu, 1)
     if file_render:
         result.update(file_render_figures(session, model, image))
-    if say:
+    if say and server is not None:
         from tmrender.serve.measure_say import measure_say
 
         offset = measure_say(model, image, options=options)
@@ -314,15 +329,15 @@ def bench_live(
     return result
 
 
-async def _measured(server: ServerProcess, url: str, seconds: float, reader) -> tuple:
-    """The session, with the server's memory read every RSS_EVERY seconds meanwhile:
-    ([(seconds since connecting, MB)], the session's arrays and figures)."""
+async def _measured(process: ProcessFigures | None, url: str, seconds: float, reader) -> tuple:
+    """The session, with the server's memory read every RSS_EVERY seconds meanwhile (where
+    its process is known): ([(seconds since connecting, MB)], the session's figures)."""
     readings: list[tuple[float, float]] = []
     start = time.perf_counter()
 
     async def watch() -> None:
-        while True:
-            readings.append((time.perf_counter() - start, server.rss_mb()))
+        while process:
+            readings.append((time.perf_counter() - start, process.rss_mb()))
             await asyncio.sleep(RSS_EVERY)
 
     watcher = asyncio.ensure_future(watch())
@@ -330,12 +345,14 @@ async def _measured(server: ServerProcess, url: str, seconds: float, reader) -> 
         session = await mirror_session(url, seconds, reader)
     finally:
         watcher.cancel()
-    readings.append((time.perf_counter() - start, server.rss_mb()))
+    if process:
+        readings.append((time.perf_counter() - start, process.rss_mb()))
     return readings, session
 
 
-def report(session: dict, seconds: float, options: LiveOptions) -> dict:
-    """The session's figures (see the module docstring), ms unless named otherwise."""
+def report(session: dict, seconds: float, options: LiveOptions | None) -> dict:
+    """The session's figures (see the module docstring), ms unless named otherwise;
+    `options`: the server's settings, where known."""
     times = session["times"]
     glass = glass_to_glass(times, session["opening"], session["sent"])
     glass = [g for g in glass if g is not None]
@@ -345,8 +362,11 @@ def report(session: dict, seconds: float, options: LiveOptions) -> dict:
     gaps = np.diff(times) if times.size > 1 else np.zeros(1)
     return {
         "session_s": seconds,
-        "settings": f"look-ahead {options.lookahead_frames}, "
-        + (f"{options.temporal} filter" if options.deflicker else "no filter"),
+        "settings": "a running server"
+        if options is None
+        else f"look-ahead {options.lookahead_frames}, "
+        + (f"{options.temporal} filter" if options.deflicker else "no filter")
+        + f", audio prefetch {options.audio_prefetch}",
         "glass_to_glass_median_ms": _ms(np.median(glass)) if glass else None,
         "glass_to_glass_p95_ms": _ms(np.percentile(glass, 95)) if glass else None,
         "onsets_read": f"{len(glass)}/{len(session['onsets'])}",
@@ -426,15 +446,30 @@ def main() -> None:
     parser.add_argument("--lookahead", type=int, default=LiveOptions.lookahead_frames)
     parser.add_argument("--temporal", default=LiveOptions.temporal, choices=("causal", "centred"))
     parser.add_argument("--no-deflicker", action="store_true")
+    parser.add_argument(
+        "--audio-prefetch", type=int, default=LiveOptions.audio_prefetch, help="aiortc's: 4"
+    )
     parser.add_argument("--no-say", action="store_true", help="leave out say mode's offset")
     parser.add_argument("--file-render", action="store_true", help="compare with the file")
+    parser.add_argument("--url", help="measure a tmrender live running there instead")
+    parser.add_argument("--pid", type=int, help="with --url: its process, for memory figures")
     args = parser.parse_args()
     options = LiveOptions(
-        lookahead_frames=args.lookahead, deflicker=not args.no_deflicker, temporal=args.temporal
+        lookahead_frames=args.lookahead,
+        deflicker=not args.no_deflicker,
+        temporal=args.temporal,
+        audio_prefetch=args.audio_prefetch,
     )
     start = time.perf_counter()
     result = bench_live(
-        args.seconds, args.model, args.image, options, not args.no_say, args.file_render
+        args.seconds,
+        args.model,
+        args.image,
+        options,
+        not args.no_say,
+        args.file_render,
+        args.url,
+        args.pid,
     )
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=1))

@@ -193,7 +193,7 @@ class LiveServer:
             await pc.setRemoteDescription(offer)
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "audio":  # the microphone: decoded 60 ms sooner
-                    shorten_audio_jitter_buffer(transceiver.receiver)
+                    shorten_audio_jitter_buffer(transceiver.receiver, options.audio_prefetch)
             if options.speaks and any(t.kind == "audio" for t in pc.getTransceivers()):
                 pc.addTrack(VoiceTrack(session))  # the voice, where the offer takes audio
             await pc.setLocalDescription(await pc.createAnswer())

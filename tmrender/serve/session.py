@@ -56,6 +56,10 @@ class LiveOptions:
     # (None: a chunk's frames and 2 more, as a chunk's frames arrive at once)
     max_backlog_seconds: float = 0.5
     max_buffered_frames: int | None = None
+    # Opus frames (20 ms) the microphone's jitter buffer waits for before decoding the
+    # first (`webrtc.shorten_audio_jitter_buffer`; aiortc's own: 4). 1 is the least; it
+    # reorders nothing, which suits loopback and a LAN; more rides out a jittery network
+    audio_prefetch: int = 1
     record: Path | None = None  # MP4 of the frames rendered and the audio that drove them
     # say and reply modes: the avatar's voice, and the program that answers (reply)
     voice: str = DEFAULT_VOICE  # eSpeak NG voice, LANGUAGE+VARIANT

@@ -34,11 +34,7 @@ VOICE_RATE = 48_000  # sent at Opus's own rate: aiortc's encoder holds back a fr
 VOICE_WAIT = 0.06  # seconds the voice track waits for a frame's audio before sending silence
 REANCHOR_TICKS = 3  # a video tick more than this many ticks late restarts the schedule
 MIN_GAP = 0.5  # after a held frame, the next leaves no sooner than this many ticks after it
-# complete Opus frames the microphone's jitter buffer holds before decoding the first:
-# aiortc's receiver takes 4 (80 ms); a frame is complete only once the next packet has
-# come, so 1 is the least (20 ms). It reorders no more than that: fine on loopback and a LAN
-AUDIO_PREFETCH = 1
-AUDIO_JITTER_CAPACITY = 16  # packets, as aiortc's
+AUDIO_JITTER_CAPACITY = 16  # packets in the microphone's jitter buffer, as aiortc's
 
 
 def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
@@ -53,15 +49,17 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     return (data.astype(np.float32) / scale).mean(axis=1)
 
 
-def shorten_audio_jitter_buffer(receiver: RTCRtpReceiver) -> bool:
-    """Give an audio receiver a jitter buffer that hands each Opus frame to the decoder
-    AUDIO_PREFETCH frames after it instead of 4 (call before its first packet). aiortc has
-    no setting for it: the buffer is the receiver's private attribute, replaced here; False
-    (nothing changed) where this aiortc keeps it elsewhere."""
+def shorten_audio_jitter_buffer(receiver: RTCRtpReceiver, prefetch: int) -> bool:
+    """Give an audio receiver a jitter buffer that hands each Opus frame (20 ms) to the
+    decoder once `prefetch` complete frames have come instead of aiortc's 4 (80 ms); a frame
+    is complete only when the next packet shows where it ends, so 1 (20 ms) is the least.
+    Call it before the first packet. aiortc has no setting for it: the buffer is the
+    receiver's private attribute, replaced here; False (nothing changed) where this aiortc
+    keeps it elsewhere."""
     name = "_RTCRtpReceiver__jitter_buffer"
     if not isinstance(getattr(receiver, name, None), JitterBuffer):
         return False
-    setattr(receiver, name, JitterBuffer(AUDIO_JITTER_CAPACITY, prefetch=AUDIO_PREFETCH))
+    setattr(receiver, name, JitterBuffer(AUDIO_JITTER_CAPACITY, prefetch=prefetch))
     return True
 
 
