@@ -64,6 +64,7 @@ def test_session_shows_the_portrait_then_frames_and_records(model, reference, tm
     assert frame.shape == reference.shape and frame.dtype == np.uint8
     figures = session.snapshot()
     assert figures["mode"] == "mirror" and figures["latency_ms"] is not None
+    assert 0 <= figures["buffer_wait_ms"] <= figures["latency_ms"]  # a part of it
     assert session.close() == record and not session.running
     assert count_video_frames(record) == 25  # 1 s of audio at 25 fps
     assert probe(record).audio  # the audio that drove the frames

@@ -148,6 +148,7 @@ def test_bench_live_reports_sane_figures_of_a_short_session(tiny_init):
     assert row["fps_received"] == pytest.approx(25, rel=0.25)
     assert row["frames_sent"] >= 50 and row["frames_held"] >= 0 and row["frames_dropped"] >= 0
     assert row["compute_ms_per_chunk"] > 0 and row["server_latency_ms"] > 0
+    assert 0 <= row["of_it_waiting_to_be_sent_ms"] <= row["server_latency_ms"]
     assert row["error"] is None and row["audio_dropped_ms"] >= 0
     assert 0 < row["server_rss_end_mb"] <= row["server_peak_rss_mb"]
     assert row["server_rss_1min_mb"] is None and row["peak_over_1min_pct"] is None  # < 1 min

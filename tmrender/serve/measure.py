@@ -15,8 +15,9 @@ keeps no frames). Figures:
   received frame whose mouth opening is halfway from its closed level to the piece's peak
   (median, 95th percentile, onsets read of those played);
 - the server's own figures (the page's): latency from a block of audio arriving to the
-  frame it drove leaving (median over the session), compute per chunk, frames sent, held
-  and dropped, audio dropped, sender restarts;
+  frame it drove leaving and, of it, the time the frame waited to be sent (medians over the
+  session), compute per chunk, frames sent, held and dropped, audio dropped, sender
+  restarts;
 - frame rate received and the longest gap between frames;
 - the server process's resident memory: after 1 minute, at the end, its peak;
 - say mode's audio/video offset (`measure_say`), unless left out;
@@ -359,6 +360,7 @@ def report(session: dict, seconds: float, options: LiveOptions | None) -> dict:
     figures = [f for f in session["figures"] if f.get("frames_rendered")]
     last = session["figures"][-1] if session["figures"] else {}
     latencies = [f["latency_ms"] for f in figures if f.get("latency_ms") is not None]
+    waits = [f["buffer_wait_ms"] for f in figures if f.get("buffer_wait_ms") is not None]
     gaps = np.diff(times) if times.size > 1 else np.zeros(1)
     return {
         "session_s": seconds,
@@ -371,6 +373,7 @@ def report(session: dict, seconds: float, options: LiveOptions | None) -> dict:
         "glass_to_glass_p95_ms": _ms(np.percentile(glass, 95)) if glass else None,
         "onsets_read": f"{len(glass)}/{len(session['onsets'])}",
         "server_latency_ms": round(float(np.median(latencies))) if latencies else None,
+        "of_it_waiting_to_be_sent_ms": round(float(np.median(waits))) if waits else None,
         "compute_ms_per_chunk": last.get("compute_ms_per_chunk"),
         "fps_received": round((times.size - 1) / (times[-1] - times[0]), 2)
         if times.size > 1

@@ -86,22 +86,24 @@ class LiveOptions:
 
 
 class FrameBuffer:
-    """Frames (H, W, 3) uint8 with their video index, from the render thread to the sender;
-    holds at most `limit`, dropping the oldest (counted in `dropped`)."""
+    """Frames (H, W, 3) uint8 with their video index and the time they were put (perf_counter
+    s), from the render thread to the sender; holds at most `limit`, dropping the oldest
+    (counted in `dropped`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.dropped = limit, 0
-        self._frames: deque[tuple[int, np.ndarray]] = deque()
+        self._frames: deque[tuple[int, np.ndarray, float]] = deque()
         self._lock = threading.Lock()
 
     def put(self, index: int, frame: np.ndarray) -> None:
         with self._lock:
-            self._frames.append((index, frame))
+            self._frames.append((index, frame, time.perf_counter()))
             while len(self._frames) > self.limit:
                 self._frames.popleft()
                 self.dropped += 1
 
-    def take(self) -> tuple[int, np.ndarray] | None:
+    def take(self) -> tuple[int, np.ndarray, float] | None:
+        """(index, frame, when it was put) of the oldest frame, or None."""
         with self._lock:
             return self._frames.popleft() if self._frames else None
 
@@ -227,6 +229,7 @@ class LiveSession:
         self.voiced_until = 0.0  # perf_counter time the last voiced frame was sent
         self._last: np.ndarray = reference
         self._latencies: deque[float] = deque(maxlen=50)  # seconds, the last 2 s of frames
+        self._waits: deque[float] = deque(maxlen=50)  # and of them, in the frame buffer
         self._sent_times: deque[float] = deque(maxlen=50)
         self._thread = threading.Thread(target=self._render, name="tmrender-live", daemon=True)
 
@@ -267,10 +270,11 @@ class LiveSession:
             self.held += int(self.rendering)
             self._send_voice(None, now)
         else:
-            index, self._last = item
+            index, self._last, put_at = item
             arrival = self.audio.arrival_of((index + 1) * self.spf - 1)
             if arrival is not None:
                 self._latencies.append(now - arrival)
+            self._waits.append(now - put_at)
             self._send_voice(index, now)
         self.sent += 1
         self._sent_times.append(now)
@@ -296,15 +300,16 @@ class LiveSession:
             self.driven.add(block)
 
     def snapshot(self) -> dict:
-        """Figures for the page: latency from the audio's arrival to its frame leaving
-        (median of the last 50 frames, ms), frame rate sent (last 50 ticks), and counts."""
+        """Figures for the page: latency from the audio's arrival to its frame leaving and,
+        of it, the time the frame waited to be sent (medians of the last 50 frames, ms),
+        frame rate sent (last 50 ticks), and counts."""
         times = list(self._sent_times)
         span = times[-1] - times[0] if len(times) > 1 else 0.0
         fps = (len(times) - 1) / span if span > 0 else 0.0
-        latencies = list(self._latencies)
         return {
             "mode": self.options.mode,
-            "latency_ms": round(1000 * statistics.median(latencies)) if latencies else None,
+            "latency_ms": _median_ms(self._latencies),
+            "buffer_wait_ms": _median_ms(self._waits),
             "fps": round(fps, 1),
             "frames_rendered": self.stats.frames,
             "frames_sent": self.sent,
@@ -352,3 +357,9 @@ class LiveSession:
         except BaseException as err:  # noqa: BLE001 - shown in the page, the server goes on
             self.error = err
             self.audio.close()
+
+
+def _median_ms(seconds: deque[float]) -> int | None:
+    """The median of the values (seconds) in ms, None without any."""
+    values = list(seconds)
+    return round(1000 * statistics.median(values)) if values else None
