@@ -76,23 +76,29 @@ class FakeSession:
         self.callback()
 
 
-def test_after_a_held_frame_the_track_sends_the_next_when_it_arrives(monkeypatch):
-    """At 0.1 fps the next tick is 10 s away: the frame put 50 ms after a held one comes
-    back well before that only because the track wakes for it."""
+@pytest.mark.parametrize("held", [True, False])
+def test_once_the_buffer_is_empty_the_track_sends_the_next_frame_when_it_arrives(monkeypatch, held):
+    """At 0.1 fps the next tick is 10 s away: the frame put 50 ms after the buffer ran
+    empty (a frame held, or the last one sent) comes back well before that only because
+    the track wakes for it; the ticks after it follow from then."""
     monkeypatch.setattr(webrtc, "MIN_GAP", 0.0)
     session = FakeSession(fps=0.1)
+    if not held:
+        session.frames.append(np.full((4, 4, 3), 3, np.uint8))
     track = AvatarTrack(session)
 
     async def scenario() -> np.ndarray:
-        await track.recv()  # nothing rendered yet: held
-        assert session.held == 1
+        await track.recv()  # the buffer is empty after it
+        assert session.held == int(held)
         fresh = np.full((4, 4, 3), 7, np.uint8)
         threading.Timer(0.05, session.put, (fresh,)).start()
         frame = await asyncio.wait_for(track.recv(), 5.0)
         return frame.to_ndarray(format="rgb24")
 
     got = asyncio.run(scenario())
-    assert (got == 7).all() and session.held == 1
+    assert (got == 7).all() and session.held == int(held)
+    schedule = track.schedule  # anchored on the woken send: the next tick 10 s after it
+    assert schedule.origin + schedule.tick * schedule.period == pytest.approx(track._last_sent + 10)
 
 
 def test_the_microphone_jitter_buffer_hands_a_frame_on_with_the_next_packet():

@@ -120,11 +120,13 @@ class AvatarTrack(MediaStreamTrack):
     """The session's frames as a video track at its frame rate, on a `TickSchedule`: each
     tick sends the frame ready then, or the last one again (held).
 
-    After a held frame the track also wakes when the renderer's next frames arrive
+    Once the frame buffer has run empty (the renderer's chunk is all sent, or a frame was
+    held), the track also wakes when the renderer's next frames arrive
     (`LiveSession.on_frames`) and sends the first of them at once, at least MIN_GAP ticks
-    after the held one, rather than at the next tick; the schedule is anchored on it, so
-    it follows the renderer's chunks and a chunk's first frame does not wait up to a tick.
-    Timestamps (pts, 90 kHz clock) are the frames' true send times."""
+    after the frame before, rather than at the next tick; the schedule is anchored on it.
+    The ticks then follow the renderer's chunks, and a chunk's first frame does not wait
+    up to a tick for its turn. Timestamps (pts, 90 kHz clock) are the frames' true send
+    times."""
 
     kind = "video"
 
@@ -135,7 +137,7 @@ class AvatarTrack(MediaStreamTrack):
         self._first: float | None = None  # when the first frame left (pts 0)
         self._last_sent = 0.0
         self._pts = -1
-        self._starved = False  # the last tick showed a frame again: none was ready
+        self._drained = False  # the buffer was empty after the last send
         self._arrived: asyncio.Event | None = None
 
     async def recv(self) -> av.VideoFrame:
@@ -145,16 +147,15 @@ class AvatarTrack(MediaStreamTrack):
             self._listen_for_frames()
         due = self.schedule.due(time.perf_counter())
         self.session.reanchored = self.schedule.reanchored
-        if self._starved:
+        if self._drained:
             await self._frames_or(due)
         else:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
         now = time.perf_counter()
-        if self._starved and self.session.frame_ready():
-            self.schedule.anchor(now)  # the schedule follows the renderer
-        held = self.session.held
+        if now < due and self.session.frame_ready():
+            self.schedule.anchor(now)  # woken by new frames: the ticks follow the renderer
         frame = av.VideoFrame.from_ndarray(self.session.next_frame(), format="rgb24")
-        self._starved = self.session.held > held
+        self._drained = not self.session.frame_ready()
         self._first = now if self._first is None else self._first
         self._pts = max(self._pts + 1, round((now - self._first) * VIDEO_CLOCK))
         frame.pts, frame.time_base = self._pts, fractions.Fraction(1, VIDEO_CLOCK)
