@@ -54,6 +54,7 @@ class FakeSession:
 
     def __init__(self, fps: float) -> None:
         self.fps, self.held, self.reanchored, self.rendering = fps, 0, 0, True
+        self.voice_out, self.late = None, False
         self.frames: list[np.ndarray] = []
         self.last = np.zeros((4, 4, 3), np.uint8)
         self.callback = None
@@ -70,6 +71,9 @@ class FakeSession:
         else:
             self.held += 1
         return self.last
+
+    def behind(self) -> bool:
+        return self.late
 
     def put(self, frame: np.ndarray) -> None:  # from the render thread
         self.frames.append(frame)
@@ -179,3 +183,16 @@ def test_bench_live_refuses_a_preset_and_a_missing_model(capsys, tmp_path):
         capsys, "bench", "--suite", "live", "--model", str(tmp_path / "x.safetensors")
     )
     assert code == 2 and "not found" in err
+
+
+@pytest.mark.parametrize("voice", [False, True])
+def test_a_track_behind_by_a_chunk_ticks_sooner_in_mirror_mode_only(voice):
+    session = FakeSession(fps=25)
+    session.frames = [np.zeros((4, 4, 3), np.uint8)] * 3
+    session.late, session.voice_out = True, (object() if voice else None)
+    track = AvatarTrack(session)
+    asyncio.run(track.recv())
+    schedule = track.schedule
+    sooner = 0.0 if voice else webrtc.CATCH_UP * PERIOD  # a voice keeps the video's pace
+    next_due = schedule.origin + schedule.tick * schedule.period
+    assert next_due == pytest.approx(track._last_sent + PERIOD - sooner)

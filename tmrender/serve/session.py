@@ -245,6 +245,11 @@ class LiveSession:
         """Whether a rendered frame waits to be sent."""
         return len(self.buffer) > 0
 
+    def behind(self) -> bool:
+        """Whether a chunk's worth of frames or more waits to be sent: a chunk came before
+        the frames of the one before it were all sent."""
+        return len(self.buffer) >= self.model.cfg.frames_per_chunk
+
     @property
     def rendering(self) -> bool:
         """Whether frames have come from the renderer (before them, the portrait is shown

@@ -33,7 +33,15 @@ VOICE_FRAME = SAMPLE_RATE // 50  # 20 ms of the avatar's voice per audio frame
 VOICE_RATE = 48_000  # sent at Opus's own rate: aiortc's encoder holds back a frame otherwise
 VOICE_WAIT = 0.06  # seconds the voice track waits for a frame's audio before sending silence
 REANCHOR_TICKS = 3  # a video tick more than this many ticks late restarts the schedule
-MIN_GAP = 0.5  # after a held frame, the next leaves no sooner than this many ticks after it
+# once the frame buffer has run empty: a new frame leaves no sooner than MIN_GAP ticks
+# after the frame before, and the last one is shown again only when none has come within
+# HOLD_GRACE ticks after the tick was due
+MIN_GAP = 0.5
+HOLD_GRACE = 0.5
+# mirror mode: while a chunk's worth of frames or more is still waiting after a send (a
+# chunk came before the one before it was all sent), the next tick comes this share of a
+# tick sooner, so the extra wait is worked off instead of kept
+CATCH_UP = 0.25
 AUDIO_JITTER_CAPACITY = 16  # packets in the microphone's jitter buffer, as aiortc's
 
 
@@ -121,12 +129,15 @@ class AvatarTrack(MediaStreamTrack):
     tick sends the frame ready then, or the last one again (held).
 
     Once the frame buffer has run empty (the renderer's chunk is all sent, or a frame was
-    held), the track also wakes when the renderer's next frames arrive
-    (`LiveSession.on_frames`) and sends the first of them at once, at least MIN_GAP ticks
-    after the frame before, rather than at the next tick; the schedule is anchored on it.
-    The ticks then follow the renderer's chunks, and a chunk's first frame does not wait
-    up to a tick for its turn. Timestamps (pts, 90 kHz clock) are the frames' true send
-    times."""
+    held), the track instead waits for the renderer's next frames (`LiveSession.on_frames`
+    wakes it) and sends the first at once, at least MIN_GAP ticks after the frame before
+    and at most HOLD_GRACE ticks after its tick was due (the last frame is held then), and
+    the schedule is anchored on that send. The ticks then follow the renderer's chunks: a
+    chunk's first frame does not wait up to a tick for its turn, and a chunk a little late
+    does not cost a frame shown again. When a chunk comes early instead, frames of the one
+    before still waiting, every frame would keep that extra wait: in mirror mode (no voice
+    to keep in step) the ticks come CATCH_UP sooner until it is worked off (`LiveSession.
+    behind`). Timestamps (pts, 90 kHz clock) are the frames' true send times."""
 
     kind = "video"
 
@@ -148,14 +159,16 @@ class AvatarTrack(MediaStreamTrack):
         due = self.schedule.due(time.perf_counter())
         self.session.reanchored = self.schedule.reanchored
         if self._drained:
-            await self._frames_or(due)
+            await self._frames_or(due + HOLD_GRACE * self.schedule.period)
         else:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
         now = time.perf_counter()
-        if now < due and self.session.frame_ready():
-            self.schedule.anchor(now)  # woken by new frames: the ticks follow the renderer
+        if self._drained and self.session.frame_ready():
+            self.schedule.anchor(now)  # the ticks follow the renderer's frames
         frame = av.VideoFrame.from_ndarray(self.session.next_frame(), format="rgb24")
         self._drained = not self.session.frame_ready()
+        if self.session.voice_out is None and self.session.behind():
+            self.schedule.anchor(now - CATCH_UP * self.schedule.period)
         self._first = now if self._first is None else self._first
         self._pts = max(self._pts + 1, round((now - self._first) * VIDEO_CLOCK))
         frame.pts, frame.time_base = self._pts, fractions.Fraction(1, VIDEO_CLOCK)
@@ -169,16 +182,16 @@ class AvatarTrack(MediaStreamTrack):
         self._arrived = arrived
         self.session.on_frames(lambda: loop.call_soon_threadsafe(arrived.set))
 
-    async def _frames_or(self, due: float) -> None:
+    async def _frames_or(self, latest: float) -> None:
         """Until new frames are ready (but not within MIN_GAP ticks of the last send), or
-        until `due` if that comes first."""
+        until `latest` if that comes first."""
         earliest = self._last_sent + MIN_GAP * self.schedule.period
-        await asyncio.sleep(max(0.0, min(earliest, due) - time.perf_counter()))
+        await asyncio.sleep(max(0.0, min(earliest, latest) - time.perf_counter()))
         self._arrived.clear()
         if self.session.frame_ready():
             return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._arrived.wait(), max(0.0, due - time.perf_counter()))
+            await asyncio.wait_for(self._arrived.wait(), max(0.0, latest - time.perf_counter()))
 
 
 class VoiceTrack(MediaStreamTrack):
