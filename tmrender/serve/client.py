@@ -8,7 +8,9 @@ and every piece of the avatar's voice it gets back with the time it arrived.
     client.frames  # [(perf_counter seconds, (H, W, 3) uint8), ...]
     client.voice   # [(perf_counter seconds, (N,) float32 mono, sample rate), ...]
 
-Sample s of `samples` leaves at `client.sent_at(s)` (perf_counter seconds). Without
+Sample s of `samples` leaves at `client.sent_at(s)` (perf_counter seconds); with
+`length`, the samples repeat up to that many. `on_frame(arrival, frame)` takes each frame
+instead of `client.frames` (a long session then keeps none). Without
 samples (`say` mode) it sends no microphone and only receives. `await client.say(text)`
 sends a text to speak; the server's figures land in `client.figures`, its events
 ({"event", "text"}) in `client.events`.

@@ -7,7 +7,8 @@ look-ahead) has arrived. Two places keep latency bounded when compute falls behi
 audio source drops its oldest unread audio past `max_backlog_seconds` (the video skips
 ahead), and the frame buffer drops its oldest frames past `max_buffered_frames`. When no
 new frame is ready at a tick, the last one is shown again (held). All are counted in
-`snapshot()`, which the page shows.
+`snapshot()`, which the page shows. The sender is told when rendered frames arrive
+(`on_frames`) and when a chunk came before the one before it was all sent (`behind`).
 
 In `say` and `reply` modes the avatar's voice goes back with its frames: the audio each
 frame was rendered from is kept as the renderer reads it (`DrivenAudio`) and handed to the

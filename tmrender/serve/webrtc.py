@@ -4,7 +4,7 @@ Incoming audio is Opus decoded by aiortc (48 kHz, 16-bit, usually stereo), mixed
 and resampled to 16 kHz in numpy (`Downsampler`); the receiver's jitter buffer is cut from
 aiortc's 4 Opus frames to 1 (`shorten_audio_jitter_buffer`). The video track sends at the
 model's frame rate on a fixed schedule, asks the session for the frame of each tick, and
-wakes for new frames after a held one.
+once the session's frame buffer has run empty, wakes for the renderer's next frames.
 The voice track (say and reply modes) sends each sent frame's audio in two 20 ms halves,
 the first when its frame leaves and the second 20 ms later, so sound and picture leave
 together; the browser keeps them together (both tracks are one stream, RTCP timestamps).
@@ -180,7 +180,12 @@ class AvatarTrack(MediaStreamTrack):
         """Have the session's render thread wake this track's event loop on new frames."""
         loop, arrived = asyncio.get_running_loop(), asyncio.Event()
         self._arrived = arrived
-        self.session.on_frames(lambda: loop.call_soon_threadsafe(arrived.set))
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(arrived.set)
+
+        self.session.on_frames(wake)
 
     async def _frames_or(self, latest: float) -> None:
         """Until new frames are ready (but not within MIN_GAP ticks of the last send), or

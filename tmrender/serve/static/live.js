@@ -159,4 +159,7 @@ $("start").onclick = () => start().catch((err) => { say(String(err)); stop(); })
 $("mute").onclick = toggleMute;
 $("stop").onclick = stop;
 $("say-form").onsubmit = sendText;
-loadMode();
+// ?autostart=1 connects without a click (scripts/live_browser_shot.py, kiosk use)
+loadMode().then(() => {
+  if (new URLSearchParams(location.search).get("autostart") === "1") $("start").click();
+});
