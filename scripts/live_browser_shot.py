@@ -210,7 +210,7 @@ def main() -> None:
             server.wait(20)
     if best is None:
         raise SystemExit("the page never played the avatar")
-    small = best.crop((0, 0, WINDOW[0], min(best.height, 760)))
+    small = best.crop((0, 0, WINDOW[0], min(best.height, 680)))
     small = small.quantize(PALETTE, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     small.save(args.out, optimize=True)
     print(json.dumps({

@@ -162,15 +162,19 @@ def test_bench_live_reports_sane_figures_of_a_short_session(tiny_init):
     assert row["error"] is None and row["audio_dropped_ms"] >= 0
     assert 0 < row["server_rss_end_mb"] <= row["server_peak_rss_mb"]
     assert row["server_rss_1min_mb"] is None and row["peak_over_1min_pct"] is None  # < 1 min
+    assert row["server_rss_max_after_1min_mb"] is None
     assert row["server_cpu_s"] > 0
 
 
 def test_memory_figures_compare_the_peak_with_the_first_minute():
     from tmrender.serve.measure import memory_figures
 
-    readings = [(0.0, 300.0), (30.0, 480.0), (60.2, 500.0), (120.0, 505.0)]
+    readings = [(0.0, 300.0, 300.0), (30.0, 480.0, 503.0), (60.2, 500.0, 504.0)]
+    readings += [(90.0, 508.0, 508.0), (120.0, 505.0, 508.0)]
     figures = memory_figures(readings, peak=510.0)
     assert figures["server_rss_1min_mb"] == 500.0 and figures["server_rss_end_mb"] == 505.0
+    assert figures["server_peak_rss_by_1min_mb"] == 504.0
+    assert figures["server_rss_max_after_1min_mb"] == 508.0
     assert figures["peak_over_1min_pct"] == 2.0
 
 

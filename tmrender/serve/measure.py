@@ -19,7 +19,8 @@ keeps no frames). Figures:
   session), compute per chunk, frames sent, held and dropped, audio dropped, sender
   restarts;
 - frame rate received and the longest gap between frames;
-- the server process's resident memory: after 1 minute, at the end, its peak;
+- the server process's resident memory: after 1 minute, the most read (every 5 s) after
+  that, at the end, and its peak (by 1 minute and in all);
 - say mode's audio/video offset (`measure_say`), unless left out;
 - with `file_render`: the model's own half-rise in the file render of the same audio, and
   the shift that best aligns the received mouth curve with the file render's.
@@ -332,13 +333,17 @@ def bench_live(
 
 async def _measured(process: ProcessFigures | None, url: str, seconds: float, reader) -> tuple:
     """The session, with the server's memory read every RSS_EVERY seconds meanwhile (where
-    its process is known): ([(seconds since connecting, MB)], the session's figures)."""
-    readings: list[tuple[float, float]] = []
+    its process is known): ([(seconds since connecting, resident MB, peak MB so far)], the
+    session's figures)."""
+    readings: list[tuple[float, float, float]] = []
     start = time.perf_counter()
+
+    def reading() -> tuple[float, float, float]:
+        return time.perf_counter() - start, process.rss_mb(), process.peak_rss_mb()
 
     async def watch() -> None:
         while process:
-            readings.append((time.perf_counter() - start, process.rss_mb()))
+            readings.append(reading())
             await asyncio.sleep(RSS_EVERY)
 
     watcher = asyncio.ensure_future(watch())
@@ -347,7 +352,7 @@ async def _measured(process: ProcessFigures | None, url: str, seconds: float, re
     finally:
         watcher.cancel()
     if process:
-        readings.append((time.perf_counter() - start, process.rss_mb()))
+        readings.append(reading())
     return readings, session
 
 
@@ -388,17 +393,20 @@ def report(session: dict, seconds: float, options: LiveOptions | None) -> dict:
     }
 
 
-def memory_figures(readings: list[tuple[float, float]], peak: float) -> dict:
-    """The server's memory: after 1 minute (None in a shorter session), at the end, its
-    peak, and the peak's growth over the 1-minute figure (%)."""
-    after_minute = next((mb for t, mb in readings if t >= MINUTE), None)
+def memory_figures(readings: list[tuple[float, float, float]], peak: float) -> dict:
+    """The server's memory from readings (seconds into the session, resident MB, peak MB
+    so far): after 1 minute and the peak by then (None in a shorter session), the most
+    read after it, at the end, the process's peak, and that peak's growth over the
+    1-minute figure (%)."""
+    minute = next((r for r in readings if r[0] >= MINUTE), None)
+    later = [mb for t, mb, _ in readings if minute is not None and t > minute[0]]
     return {
-        "server_rss_1min_mb": None if after_minute is None else round(after_minute, 1),
+        "server_rss_1min_mb": None if minute is None else round(minute[1], 1),
+        "server_peak_rss_by_1min_mb": None if minute is None else round(minute[2], 1),
+        "server_rss_max_after_1min_mb": round(max(later), 1) if later else None,
         "server_rss_end_mb": round(readings[-1][1], 1),
         "server_peak_rss_mb": round(peak, 1),
-        "peak_over_1min_pct": None
-        if after_minute is None
-        else round(100 * (peak / after_minute - 1), 1),
+        "peak_over_1min_pct": None if minute is None else round(100 * (peak / minute[1] - 1), 1),
     }
 
 
