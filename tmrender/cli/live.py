@@ -10,9 +10,10 @@ import typer
 
 from tmrender.cli.app import app, console, warn
 from tmrender.cli.options import CropOpt, DeviceOpt, ModelOpt, SeedOpt
+from tmrender.config import TEMPORAL_FILTERS
 from tmrender.data.speech import DEFAULT_VOICE, named_voice
 from tmrender.errors import UserInputError
-from tmrender.serve import LOOKAHEAD_FRAMES, MODES, TEMPORAL
+from tmrender.serve import LOOKAHEAD_FRAMES, MODES
 
 
 @app.command(
@@ -109,8 +110,9 @@ def live(
         raise UserInputError(f"--port {port}: must be 0 to 65535")
     if not 0 <= lookahead <= 10:
         raise UserInputError(f"--lookahead {lookahead}: must be 0 to 10 frames")
-    if temporal not in TEMPORAL:
-        raise UserInputError(f"--temporal {temporal}: unknown (filters: {', '.join(TEMPORAL)})")
+    if temporal not in TEMPORAL_FILTERS:
+        known = ", ".join(TEMPORAL_FILTERS)
+        raise UserInputError(f"--temporal {temporal}: unknown (filters: {known})")
     try:
         import aiortc  # noqa: F401
     except ImportError:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tmrender.config import TEMPORAL_FILTERS
 from tmrender.diffusion.stream import ChunkInput, ChunkOutput, StreamPlan, Student, rollout
 from tmrender.media.audio import SAMPLE_RATE, AudioInfo, AudioStream, PushAudioStream
 from tmrender.media.image import CropBox, load_image
@@ -42,8 +43,7 @@ from tmrender.render.graphs import ChunkGraph, graph_ready
 from tmrender.render.temporal import CausalFilter, Retimer, TemporalFilter, causal_filter
 
 Mode = Literal["auto", "speaking", "silence"]
-Temporal = Literal["centred", "causal"]
-TEMPORAL = ("centred", "causal")
+Temporal = Literal["centred", "causal"]  # TEMPORAL_FILTERS
 QUEUE_DEPTH = 4  # items in flight between two stages
 AUDIO_BLOCK = SAMPLE_RATE // 2  # samples per read from ffmpeg: small, for a quick first frame
 JOIN_SECONDS = 10.0
@@ -284,7 +284,7 @@ def frame_filters(
     """The frame post-processing `options` ask for: (re-timer, then filter), either None.
     centred: the model's re-timing and zero-lag filter; causal: the causal filter alone
     (it re-times as it smooths); without `deflicker`, or for a model without taps, none."""
-    assert options.temporal in TEMPORAL, f"temporal must be one of {TEMPORAL}: {options.temporal}"
+    assert options.temporal in TEMPORAL_FILTERS, f"temporal {options.temporal} is not known"
     if not options.deflicker:
         return None, None
     if options.temporal == "causal":

@@ -18,5 +18,4 @@ audio/video offset of what is played in say mode),
 """
 
 MODES = ("mirror", "say", "reply")
-TEMPORAL = ("causal", "centred")  # the live choice of temporal filter (`RenderOptions.temporal`)
 LOOKAHEAD_FRAMES = 2  # audio after a chunk's window its features wait for (80 ms at 25 fps)

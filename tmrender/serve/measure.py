@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tmrender.config import TEMPORAL_FILTERS
 from tmrender.eval.mouth import load_mouth_reader, read_mouth
 from tmrender.media.audio import SAMPLE_RATE, VOICE_RMS_DB, frame_rms_db, load_audio, write_wav
 from tmrender.serve.session import LiveOptions
@@ -455,7 +456,7 @@ def main() -> None:
     parser.add_argument("--image", default=str(EXAMPLES / "face.png"))
     parser.add_argument("-s", "--seconds", type=float, default=30.0)
     parser.add_argument("--lookahead", type=int, default=LiveOptions.lookahead_frames)
-    parser.add_argument("--temporal", default=LiveOptions.temporal, choices=("causal", "centred"))
+    parser.add_argument("--temporal", default=LiveOptions.temporal, choices=TEMPORAL_FILTERS)
     parser.add_argument("--no-deflicker", action="store_true")
     parser.add_argument(
         "--audio-prefetch", type=int, default=LiveOptions.audio_prefetch, help="aiortc's: 4"

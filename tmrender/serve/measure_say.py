@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tmrender.config import TEMPORAL_FILTERS
 from tmrender.data.speech import DEFAULT_VOICE
 from tmrender.eval.mouth import load_mouth_reader, read_mouth
 from tmrender.media.audio import SAMPLE_RATE, VOICE_RMS_DB, frame_rms_db, load_audio, write_wav
@@ -353,7 +354,7 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=len(TEXTS))
     parser.add_argument("--voice", default=DEFAULT_VOICE)
     parser.add_argument("--lookahead", type=int, default=LiveOptions.lookahead_frames)
-    parser.add_argument("--temporal", default=LiveOptions.temporal, choices=("causal", "centred"))
+    parser.add_argument("--temporal", default=LiveOptions.temporal, choices=TEMPORAL_FILTERS)
     parser.add_argument("--no-deflicker", action="store_true")
     args = parser.parse_args()
     options = LiveOptions(
