@@ -64,6 +64,7 @@ def test_session_shows_the_portrait_then_frames_and_records(model, reference, tm
     assert frame.shape == reference.shape and frame.dtype == np.uint8
     figures = session.snapshot()
     assert figures["mode"] == "mirror" and figures["latency_ms"] is not None
+    assert 0 <= figures["buffer_wait_ms"] <= figures["latency_ms"]  # a part of it
     assert session.close() == record and not session.running
     assert count_video_frames(record) == 25  # 1 s of audio at 25 fps
     assert probe(record).audio  # the audio that drove the frames
@@ -83,8 +84,15 @@ def test_live_refuses_unknown_modes_and_ports(capsys, tmp_path):
     assert code == 2 and "--mode sing: unknown" in err
     code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--port", "70000")
     assert code == 2 and "--port 70000" in err
+    code, err = run(capsys, "live", "--image", str(tmp_path / "x.png"), "--temporal", "ahead")
+    assert code == 2 and "--temporal ahead: unknown" in err
     code, err = run(capsys, "live", "--image", str(tmp_path / "missing.png"))
     assert code == 2 and "missing.png" in err
+
+
+def test_live_renders_with_the_causal_filter_unless_asked(model):
+    assert LiveOptions().render_options(model).temporal == "causal"
+    assert LiveOptions(temporal="centred").render_options(model).temporal == "centred"
 
 
 @pytest.mark.slow

@@ -104,6 +104,29 @@ def test_retiming_is_the_models_and_comes_before_the_filter(model, face, tmp_pat
     assert np.abs(again - processed.astype(np.float32))[:, inside].max() <= 1.0 + 1e-4
 
 
+def test_the_causal_option_is_the_causal_filter_alone_and_holds_nothing(model, face, tmp_path):
+    from tmrender.render.temporal import causal_filter
+
+    audio = tone(tmp_path / "a.wav", 1.37)
+    raw = collect(model, face, audio, deflicker=False)
+    assert np.array_equal(collect(model, face, audio, deflicker=False, temporal="causal"), raw)
+    video = torch.from_numpy(raw).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    smoother = causal_filter(model.cfg.sampler, model.cfg.frames_per_latent)
+    again = torch.cat([smoother.push(video[:, :, :8]), smoother.push(video[:, :, 8:])], dim=2)
+    again = ((again[0].permute(1, 2, 3, 0) + 1) * 127.5).numpy()
+    blocks = list(render_frames(model, face, audio, RenderOptions(temporal="causal")))
+    causal = np.concatenate(blocks)
+    assert causal.shape == raw.shape and not np.array_equal(causal, raw)
+    # the renderer filters before rounding to uint8: at most one level apart
+    inside = ((raw > 0) & (raw < 255)).all(axis=0)
+    assert np.abs(again - causal.astype(np.float32))[:, inside].max() <= 1.0 + 1e-4
+    # each chunk's frames come out whole (the centred filter holds 3 back for the next)
+    chunk = model.cfg.frames_per_chunk
+    assert [len(b) for b in blocks[:-1]] == [chunk] * (len(blocks) - 1)
+    centred = [len(b) for b in render_frames(model, face, audio, RenderOptions())]
+    assert centred[0] < chunk
+
+
 def test_video_file_has_exact_frames_and_audio(model, face, tmp_path):
     audio = tone(tmp_path / "speech.wav", 2.13)
     out = tmp_path / "out.mp4"

@@ -1,5 +1,5 @@
-"""The zero-lag temporal filter against latent-boundary flicker and the re-timing within
-latents (tmrender.render.temporal)."""
+"""The zero-lag temporal filter against latent-boundary flicker, the re-timing within
+latents, and the causal filter of live use (tmrender.render.temporal)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tmrender.config import ConfigError, SamplerConfig
-from tmrender.render.temporal import Retimer, TemporalFilter
+from tmrender.render.temporal import CausalFilter, Retimer, TemporalFilter, causal_filter
 
 TAPS = (1, 2, 2, 2, 1)
 
@@ -156,3 +156,77 @@ def test_retime_weights_are_a_pair_within_half(weights):
         SamplerConfig(retime=weights)
     assert SamplerConfig(retime=[0.1, 0.25]).retime == (0.1, 0.25)
     assert SamplerConfig().retime == ()
+
+
+def causal_whole_clip(x: torch.Tensor, taps) -> torch.Tensor:
+    """sum_k w_k x[t - k] of a whole clip at once, the first frame repeated before it."""
+    w = torch.tensor(taps, dtype=torch.float32) / sum(taps)
+    n, past = x.shape[2], len(taps) - 1
+    pad = torch.cat([x[:, :, :1]] * past + [x], dim=2)
+    return sum(w[k] * pad[:, :, past - k : past - k + n] for k in range(len(taps)))
+
+
+def causal_stream(x: torch.Tensor, cuts, taps=(1, 1, 1, 1), keep=()) -> list[torch.Tensor]:
+    f = CausalFilter(taps, keep)
+    bounds = [0, *cuts, x.shape[2]]
+    return [f.push(x[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+@pytest.mark.parametrize("cuts", [(), (1,), (1, 1, 9, 17), (3, 4, 5, 6, 7)])
+def test_causal_filter_holds_nothing_back_and_streams_the_whole_clip_filter(cuts):
+    x = torch.rand(1, 3, 23, 4, 5, generator=torch.Generator().manual_seed(2))
+    bounds = [0, *cuts, 23]
+    out = causal_stream(x, cuts, taps=(3, 2, 1))
+    # every push gives back exactly the frames it was given
+    assert [o.shape[2] for o in out] == list(np.diff(bounds))
+    assert torch.allclose(torch.cat(out, dim=2), causal_whole_clip(x, (3, 2, 1)), atol=1e-6)
+    assert CausalFilter((1, 1)).flush() is None
+
+
+def test_causal_filter_reads_no_frame_after_its_own():
+    x = torch.rand(1, 3, 12, 2, 2, generator=torch.Generator().manual_seed(3))
+    other = x.clone()
+    other[:, :, 7:] = torch.rand(1, 3, 5, 2, 2, generator=torch.Generator().manual_seed(4))
+    a, b = torch.cat(causal_stream(x, (4,)), dim=2), torch.cat(causal_stream(other, (4,)), dim=2)
+    assert torch.equal(a[:, :, :7], b[:, :, :7]) and not torch.equal(a[:, :, 7:], b[:, :, 7:])
+
+
+def test_causal_box_removes_latent_steps_and_ramps_a_step_with_its_designed_lag():
+    # a flicker of period 2 (a latent boundary at stride 2) and of period 4: gone after the
+    # box of 4 has filled (the first 3 frames see the repeated first frame)
+    for period in (2, 4):
+        pattern = torch.zeros(period)
+        pattern[period // 2 :] = 1.0
+        x = pattern.repeat(32 // period).view(1, 1, 32, 1, 1)
+        y = torch.cat(causal_stream(x, (8, 16, 24)), dim=2).flatten()
+        assert torch.allclose(y[3:], torch.full((29,), 0.5), atol=1e-6)
+    # a step at frame 10 becomes a ramp over 4 frames that reaches half at 11.5: 1.5 frames
+    # late, (4 - 1) / 2, and never before the step
+    x = (torch.arange(24) >= 10).float().view(1, 1, 24, 1, 1)
+    y = torch.cat(causal_stream(x, (8, 16)), dim=2).flatten()
+    assert torch.equal(y[:10], torch.zeros(10))
+    assert torch.allclose(y[10:14], torch.tensor([0.25, 0.5, 0.75, 1.0]))
+
+
+def test_causal_edge_keeping_passes_a_big_step_at_once_and_smooths_small_ones():
+    flicker = 2 * LEVEL * torch.tensor([0.0, 1.0]).repeat(16)  # 2 levels, period 2
+    lip = torch.zeros(32)
+    lip[12:20] = 80 * LEVEL  # a mouth opening for 8 frames: steps of 80 levels
+    x = (flicker + lip).view(1, 1, 32, 1, 1).expand(1, 3, 32, 1, 1)
+    y = torch.cat(causal_stream(x, (5, 13, 21), keep=(16, 48)), dim=2)[0, 0, :, 0, 0]
+    quiet = [*range(3, 12), *range(25, 32)]  # a box's length away from the opening
+    assert torch.allclose(y[quiet], torch.full((len(quiet),), LEVEL), atol=1e-5)
+    for edge in (12, 20):  # the first frame of each step is its raw self: no lag
+        assert torch.isclose(y[edge], x[0, 0, edge, 0, 0], atol=1e-5)
+    linear = torch.cat(causal_stream(x, ()), dim=2)[0, 0, :, 0, 0]
+    assert (linear[12] - x[0, 0, 12, 0, 0]).abs() > 40 * LEVEL  # which a linear one lags
+
+
+def test_causal_filter_of_a_model():
+    sampler = SamplerConfig(deflicker_taps=TAPS, deflicker_keep=(8, 24))
+    f = causal_filter(sampler, frames_per_latent=2)
+    assert f.weights == [0.25] * 4 and f.keep == pytest.approx((32 / 255, 96 / 255))
+    assert len(causal_filter(sampler, frames_per_latent=4).weights) == 8
+    assert causal_filter(SamplerConfig(), frames_per_latent=2) is None  # nothing to smooth
+    with pytest.raises(AssertionError):
+        CausalFilter(())

@@ -269,6 +269,11 @@ class AudioProjConfig:
     hidden_dim: int = 256
 
 
+# the temporal filter a render applies (`RenderOptions.temporal`): the model's zero-lag
+# one, which holds frames back, or a causal one that holds none (live use)
+TEMPORAL_FILTERS = ("centred", "causal")
+
+
 def symmetric_taps(taps: tuple[float, ...]) -> bool:
     """Whether FIR taps make a zero-lag smoothing filter: odd length, symmetric, sum > 0."""
     return len(taps) % 2 == 1 and taps == taps[::-1] and sum(taps) > 0

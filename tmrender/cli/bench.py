@@ -28,7 +28,9 @@ DEFAULTS = BenchOptions()
         "-s 20   (with Wan2.1's own VAE decoding on its own stream)\n\n"
         "  tmrender bench --model tm-mini -s 60 --json\n\n"
         "  tmrender bench --suite decode -s 3600            (streaming decode of a 60-min MP3)\n\n"
-        "  tmrender bench --suite write -s 60 -s 600        (the video writer alone)"
+        "  tmrender bench --suite write -s 60 -s 600        (the video writer alone)\n\n"
+        "  tmrender bench --suite live -s 30                (tmrender live on loopback: "
+        "glass-to-glass latency, frame rate, server memory, say mode's A/V offset)"
     )
 )
 def bench(

@@ -10,6 +10,7 @@ import typer
 
 from tmrender.cli.app import app, console, warn
 from tmrender.cli.options import CropOpt, DeviceOpt, ModelOpt, SeedOpt
+from tmrender.config import TEMPORAL_FILTERS
 from tmrender.data.speech import DEFAULT_VOICE, named_voice
 from tmrender.errors import UserInputError
 from tmrender.serve import LOOKAHEAD_FRAMES, MODES
@@ -73,10 +74,17 @@ def live(
     deflicker: Annotated[
         bool,
         typer.Option(
-            "--deflicker/--no-deflicker",
-            help="The model's temporal filter; it holds 3 frames back (about 120 ms).",
+            "--deflicker/--no-deflicker", help="The model's temporal filter against flicker."
         ),
     ] = True,
+    temporal: Annotated[
+        str,
+        typer.Option(
+            "--temporal",
+            help="That filter: causal (past frames only, holds nothing back) or centred "
+            "(the file render's; holds 3 frames back, about 120 ms).",
+        ),
+    ] = "causal",
     seed: SeedOpt = 0,
     crop: CropOpt = None,
     device: DeviceOpt = "auto",
@@ -102,6 +110,9 @@ def live(
         raise UserInputError(f"--port {port}: must be 0 to 65535")
     if not 0 <= lookahead <= 10:
         raise UserInputError(f"--lookahead {lookahead}: must be 0 to 10 frames")
+    if temporal not in TEMPORAL_FILTERS:
+        known = ", ".join(TEMPORAL_FILTERS)
+        raise UserInputError(f"--temporal {temporal}: unknown (filters: {known})")
     try:
         import aiortc  # noqa: F401
     except ImportError:
@@ -133,6 +144,7 @@ def live(
         seed=seed,
         lookahead_frames=lookahead,
         deflicker=deflicker,
+        temporal=temporal,
         record=record,
         voice=voice,
         reply=reply,

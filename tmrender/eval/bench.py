@@ -2,8 +2,8 @@
 
 `run_bench(BenchOptions(...))` from Python is the same run as `tmrender bench ...` (the
 command's defaults are `BenchOptions`'s). The suites themselves live in `bench_render`,
-`bench_gpu`, `bench_io` and `trace`; this module only checks the options and dispatches,
-and imports them (and torch) when a benchmark runs.
+`bench_gpu`, `bench_io`, `trace` and `tmrender.serve.measure` (live); this module only
+checks the options and dispatches, and imports them (and torch) when a benchmark runs.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tmrender.errors import UserInputError
 
-SUITES = ("render", "decode", "write")
+SUITES = ("render", "decode", "write", "live")
 DEFAULT_SECONDS = 60.0  # audio length when none is given
+LIVE_SECONDS = 30.0  # a live session's, when none is given
 TRACE_SECONDS = 4.0  # a trace's, when none is given
 
 
@@ -59,6 +60,8 @@ def run_bench(opts: BenchOptions) -> list[dict]:
         from tmrender.eval.bench_io import bench_write
 
         return bench_write(lengths(opts), opts.size)
+    if opts.suite == "live":
+        return live_rows(opts)
     raise UserInputError(f"unknown --suite {opts.suite!r}; choose one of {', '.join(SUITES)}")
 
 
@@ -87,6 +90,23 @@ def render_rows(opts: BenchOptions) -> list[dict]:
             spec = str(Path(tmp) / f"{opts.preset}.safetensors")
             init_checkpoint(opts.preset, spec)
         return bench_render(str(resolve_model_path(spec)), lengths(opts), device)
+
+
+def live_rows(opts: BenchOptions) -> list[dict]:
+    """`live`: one loopback session per length (default LIVE_SECONDS), the server in a
+    process of its own, then say mode's audio/video offset (`tmrender.serve.measure`)."""
+    try:
+        import aiortc  # noqa: F401
+    except ImportError:
+        message = "--suite live needs aiortc (the live extra): pip install aiortc"
+        raise UserInputError(message) from None
+    if opts.preset is not None:
+        raise UserInputError("--suite live measures a model (--model), not a preset")
+    from tmrender.models.registry import resolve_model_path
+    from tmrender.serve.measure import bench_live
+
+    spec = str(resolve_model_path(opts.model))  # a missing model says so before any work
+    return [bench_live(seconds, spec) for seconds in opts.seconds or (LIVE_SECONDS,)]
 
 
 def trace_row(opts: BenchOptions) -> dict:

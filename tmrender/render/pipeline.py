@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tmrender.config import TEMPORAL_FILTERS
 from tmrender.diffusion.stream import ChunkInput, ChunkOutput, StreamPlan, Student, rollout
 from tmrender.media.audio import SAMPLE_RATE, AudioInfo, AudioStream, PushAudioStream
 from tmrender.media.image import CropBox, load_image
@@ -40,9 +41,10 @@ from tmrender.models.vae import StreamingDecoder
 from tmrender.render.features import FeatureProducer, FeatureTimeline, Segmenting
 from tmrender.render.graphs import ChunkGraph, graph_ready
 from tmrender.render.reference import ReferenceKeeper
-from tmrender.render.temporal import Retimer, TemporalFilter
+from tmrender.render.temporal import CausalFilter, Retimer, TemporalFilter, causal_filter
 
 Mode = Literal["auto", "speaking", "silence"]
+Temporal = Literal["centred", "causal"]  # TEMPORAL_FILTERS
 QUEUE_DEPTH = 4  # items in flight between two stages
 AUDIO_BLOCK = SAMPLE_RATE // 2  # samples per read from ffmpeg: small, for a quick first frame
 JOIN_SECONDS = 10.0
@@ -66,6 +68,10 @@ class RenderOptions:
     # portrait kept where nothing moves (`keep_reference`); False = the decoder's frames
     # as they are
     deflicker: bool = True
+    # which filter: "centred" (the model's zero-lag taps; holds frames back until the
+    # frames after them exist) or "causal" (past frames only, holds nothing back: live use;
+    # `tmrender.render.temporal.causal_filter`)
+    temporal: Temporal = "centred"
     # on a GPU: capture the steady chunk step (denoising steps + commit) in a CUDA graph
     # and replay it (`tmrender.render.graphs`): one launch per chunk instead of thousands
     cuda_graphs: bool = False
@@ -183,9 +189,7 @@ def render_frames(
         #    a GPU: on a stream of its own, so decoding overlaps the next chunk's steps).
         vae_device = next(model.vae.parameters()).device
         decode_stream = torch.cuda.Stream(vae_device) if vae_device.type == "cuda" else None
-        taps = cfg.sampler.deflicker_taps if options.deflicker else ()
-        smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
-        retimer = frame_retimer(cfg, options)
+        retimer, smoother = frame_filters(cfg, options)
         keeper = reference_keeper(model, options, reference, anchor)
 
         def out(frames: Tensor) -> np.ndarray:
@@ -282,6 +286,22 @@ def render_video(
     stats.stage_seconds["video_encode"] += time.perf_counter() - tick
     stats.wall_seconds = time.perf_counter() - start
     return stats
+
+
+def frame_filters(
+    cfg, options: RenderOptions
+) -> tuple[Retimer | None, TemporalFilter | CausalFilter | None]:
+    """The frame post-processing `options` ask for: (re-timer, then filter), either None.
+    centred: the model's re-timing and zero-lag filter; causal: the causal filter alone
+    (it re-times as it smooths); without `deflicker`, or for a model without taps, none."""
+    assert options.temporal in TEMPORAL_FILTERS, f"temporal {options.temporal} is not known"
+    if not options.deflicker:
+        return None, None
+    if options.temporal == "causal":
+        return None, causal_filter(cfg.sampler, cfg.frames_per_latent)
+    taps = cfg.sampler.deflicker_taps
+    smoother = TemporalFilter(taps, cfg.sampler.deflicker_keep) if taps else None
+    return frame_retimer(cfg, options), smoother
 
 
 def frame_retimer(cfg, options: RenderOptions) -> Retimer | None:

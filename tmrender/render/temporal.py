@@ -1,4 +1,5 @@
-"""A zero-lag filter over the time axis of a stream of rendered frames.
+"""Filters over the time axis of a stream of rendered frames: zero-lag for files, causal
+for live use.
 
 A 2-step student makes each latent frame a little apart from its neighbours, so the
 decoded picture steps at every latent boundary (every `frames_per_latent` frames): a
@@ -19,6 +20,16 @@ them: a sample-and-hold, so the first frame of a latent shows the mouth a little
 and the last a little late (docs/EXPERIMENTS.md has the measured lags). Leaning the first frame
 back towards the frame before it and the last forward towards the frame after it
 interpolates between the latents' centres and puts each frame back at its own time.
+
+`CausalFilter` is the live alternative: it reads only the frame itself and the frames
+before it, so it holds nothing back. For a model with a zero-lag filter, live use takes a
+box of 2 x `frames_per_latent` ones (`causal_filter`): its response is zero at periods of
+one and two latents, as (1, 2, 2, 2, 1)'s is at stride 2, and on the decoder's
+sample-and-hold it turns the steps into ramps (it re-times as it smooths, so no `Retimer`
+comes before it). A causal average lags what it smooths by (length - 1) / 2 frames; made
+edge-keeping with the model's levels doubled (a lagging average stands further from a
+still pixel's raw value than a centred one), the lip's big steps pass at once and only
+the small ones, the flicker, are smoothed and lag.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tmrender.config import keep_levels, retime_weights, symmetric_taps
+from tmrender.config import SamplerConfig, keep_levels, retime_weights, symmetric_taps
 
 
 class TemporalFilter:
@@ -80,6 +91,57 @@ class TemporalFilter:
             out = keep_edges(buffer[:, :, r : r + ready].float(), out, *self.keep)
         self._buffer = buffer[:, :, ready:]
         return out.to(buffer.dtype)
+
+
+CAUSAL_KEEP_SCALE = 2.0  # the causal filter's edge-keeping levels, times the model's
+
+
+def causal_filter(sampler: SamplerConfig, frames_per_latent: int) -> CausalFilter | None:
+    """The live filter for a model: None where the model has no deflicker taps (nothing to
+    smooth); else a box of 2 x `frames_per_latent` ones with the model's edge-keeping
+    levels doubled (see the module docstring; the choice is measured in docs/LIVE.md)."""
+    if not sampler.deflicker_taps:
+        return None
+    keep = tuple(CAUSAL_KEEP_SCALE * v for v in sampler.deflicker_keep)
+    return CausalFilter((1.0,) * (2 * max(1, frames_per_latent)), keep)
+
+
+class CausalFilter:
+    """Stream filter from past frames only: `push` blocks of frames (1, C, n, H, W) in
+    order; each comes back at once as sum_k w_k x[t - k] (taps w_0 for the frame itself,
+    w_1 the one before, ...; the first frame repeated before it), or with `keep` = (lo, hi)
+    levels its edge-keeping blend with the raw frame (frames in -1..1). Holds nothing back:
+    it remembers the last len(taps) - 1 raw frames, and `flush` has nothing to give."""
+
+    def __init__(self, taps: Sequence[float], keep: Sequence[float] = ()) -> None:
+        taps = tuple(float(w) for w in taps)
+        assert taps and sum(taps) > 0, f"taps must be at least one, with a positive sum: {taps}"
+        keep = tuple(float(v) for v in keep)
+        assert not keep or keep_levels(keep), f"keep must be () or (lo, hi), 0 <= lo < hi: {keep}"
+        self.weights = [w / sum(taps) for w in taps]
+        self.keep = tuple(2 * v / 255 for v in keep)  # levels -> the -1..1 scale
+        self._history: Tensor | None = None  # the last len(taps) - 1 raw frames
+
+    def push(self, frames: Tensor) -> Tensor:
+        """frames (1, C, n, H, W), n >= 0 -> the same n frames filtered (1, C, n, H, W)."""
+        assert frames.ndim == 5, f"frames must be 1, C, n, H, W; got {tuple(frames.shape)}"
+        n, past = frames.shape[2], len(self.weights) - 1
+        if n == 0:
+            return frames
+        if self._history is None:
+            self._history = frames[:, :, :1].expand(-1, -1, past, -1, -1)
+        buffer = torch.cat((self._history, frames), dim=2)
+        out = sum(
+            w * buffer[:, :, past - k : past - k + n].float() for k, w in enumerate(self.weights)
+        )
+        if self.keep:
+            out = keep_edges(frames.float(), out, *self.keep)
+        self._history = buffer[:, :, buffer.shape[2] - past :]
+        return out.to(frames.dtype)
+
+    def flush(self) -> None:
+        """Nothing: every frame left with its own push."""
+        return None
 
 
 def keep_edges(raw: Tensor, smooth: Tensor, lo: float, hi: float) -> Tensor:

@@ -10,8 +10,9 @@ signalling, one session at a time), `client` (a Python WebRTC client that plays 
 its microphone and timestamps the frames it gets back: tests and latency figures),
 `say` (the queue of speech that drives the avatar in say and reply modes, eSpeak NG),
 `vad` (voice activity: the microphone cut into utterances), `reply` (the reply program:
-a command or a URL, its private folder, the conversation loop), `measure` (glass-to-glass
-latency and frame rate on loopback, read with the mouth reader), `measure_say` (the
+a command or a URL, its private folder, the conversation loop), `measure` (`tmrender bench
+--suite live`: glass-to-glass latency, frame rate and the server's memory on loopback, the
+server in a process of its own, read with the mouth reader), `measure_say` (the
 audio/video offset of what is played in say mode),
 `static/` (the page: HTML and JS, no build step). aiortc is the `live` extra.
 """

@@ -8,7 +8,9 @@ and every piece of the avatar's voice it gets back with the time it arrived.
     client.frames  # [(perf_counter seconds, (H, W, 3) uint8), ...]
     client.voice   # [(perf_counter seconds, (N,) float32 mono, sample rate), ...]
 
-Sample s of `samples` leaves at `client.sent_at(s)` (perf_counter seconds). Without
+Sample s of `samples` leaves at `client.sent_at(s)` (perf_counter seconds); with
+`length`, the samples repeat up to that many. `on_frame(arrival, frame)` takes each frame
+instead of `client.frames` (a long session then keeps none). Without
 samples (`say` mode) it sends no microphone and only receives. `await client.say(text)`
 sends a text to speak; the server's figures land in `client.figures`, its events
 ({"event", "text"}) in `client.events`.
@@ -22,6 +24,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -39,13 +42,15 @@ class BusyError(UserInputError):
 
 
 class SampleTrack(MediaStreamTrack):
-    """Mono float32 samples (N,) in [-1, 1] as a real-time microphone, then silence."""
+    """Mono float32 samples (N,) in [-1, 1] as a real-time microphone, then silence; with
+    `length`, the samples repeated up to `length` samples, then silence."""
 
     kind = "audio"
 
-    def __init__(self, samples: np.ndarray, rate: int) -> None:
+    def __init__(self, samples: np.ndarray, rate: int, length: int | None = None) -> None:
         super().__init__()
         self.samples, self.rate = np.asarray(samples, np.float32), rate
+        self.length = self.samples.size if length is None else length
         self.step = int(rate * FRAME_SECONDS)
         self.start: float | None = None
         self._sent = 0
@@ -59,8 +64,9 @@ class SampleTrack(MediaStreamTrack):
             due = self.start + self._sent / self.rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
         block = np.zeros(self.step, np.float32)
-        part = self.samples[self._sent : self._sent + self.step]
-        block[: part.size] = part
+        if self._sent < self.length and self.samples.size:
+            at = np.arange(self._sent, min(self._sent + self.step, self.length))
+            block[: at.size] = self.samples[at % self.samples.size]
         pcm = (np.clip(block, -1, 1) * 32767).round().astype("<i2")[None]
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate, frame.pts = self.rate, self._sent
@@ -72,9 +78,16 @@ class SampleTrack(MediaStreamTrack):
 class LiveClient:
     """One connection to a live server (see the module docstring)."""
 
-    def __init__(self, pc: RTCPeerConnection, microphone: SampleTrack | None, channel) -> None:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        microphone: SampleTrack | None,
+        channel,
+        on_frame: Callable[[float, np.ndarray], None] | None = None,
+    ) -> None:
         self.pc, self.microphone, self.channel = pc, microphone, channel
         self.frames: list[tuple[float, np.ndarray]] = []
+        self.on_frame = on_frame or (lambda t, frame: self.frames.append((t, frame)))
         self.voice: list[tuple[float, np.ndarray, int]] = []
         self.figures: list[dict] = []  # the session's figures the server's data channel sent
         self.events: list[dict] = []  # and its events
@@ -86,17 +99,26 @@ class LiveClient:
         return None if start is None else start + sample / self.microphone.rate
 
     @classmethod
-    async def connect(cls, url: str, samples: np.ndarray | None, rate: int = 48_000) -> LiveClient:
-        """Offer to `url` (the server's root); raises BusyError when it is busy."""
+    async def connect(
+        cls,
+        url: str,
+        samples: np.ndarray | None,
+        rate: int = 48_000,
+        length: int | None = None,
+        on_frame: Callable[[float, np.ndarray], None] | None = None,
+    ) -> LiveClient:
+        """Offer to `url` (the server's root); raises BusyError when it is busy. The
+        microphone plays `samples` (repeated up to `length` samples when given); each
+        frame received goes to `on_frame(arrival, frame)` (default: `frames`)."""
         pc = RTCPeerConnection()
-        microphone = None if samples is None else SampleTrack(samples, rate)
+        microphone = None if samples is None else SampleTrack(samples, rate, length)
         if microphone is None:
             pc.addTransceiver("audio", direction="recvonly")
         else:
             pc.addTrack(microphone)
         pc.addTransceiver("video", direction="recvonly")
         channel = pc.createDataChannel("stats")
-        client = cls(pc, microphone, channel)
+        client = cls(pc, microphone, channel, on_frame)
         channel.on("message", client._on_message)
 
         @pc.on("track")
@@ -120,7 +142,7 @@ class LiveClient:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            self.frames.append((time.perf_counter(), frame.to_ndarray(format="rgb24")))
+            self.on_frame(time.perf_counter(), frame.to_ndarray(format="rgb24"))
 
     async def _receive_voice(self, track) -> None:
         while True:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tmrender.config import TEMPORAL_FILTERS
 from tmrender.data.speech import DEFAULT_VOICE
 from tmrender.eval.mouth import load_mouth_reader, read_mouth
 from tmrender.media.audio import SAMPLE_RATE, VOICE_RMS_DB, frame_rms_db, load_audio, write_wav
@@ -47,7 +48,7 @@ from tmrender.media.video import read_video_frames
 from tmrender.models.registry import load_model
 from tmrender.render.pipeline import RenderOptions, render_frames
 from tmrender.serve.client import LiveClient
-from tmrender.serve.measure import EXAMPLES, half_rise
+from tmrender.serve.measure import EXAMPLES, ServerProcess, half_rise
 from tmrender.serve.say import synthesize
 from tmrender.serve.server import LiveServer
 from tmrender.serve.session import LiveOptions
@@ -184,22 +185,29 @@ def frame_offsets(
     return frame_times[voiced] - heard, quality
 
 
+async def say_client(url: str, texts, seconds) -> tuple:
+    """Connect to the say-mode server at `url`, speak `texts` (each `seconds` long) with
+    gaps, then hang up; the client and the server's last figures."""
+    client = await LiveClient.connect(url, None)
+    await asyncio.sleep(LEAD_SECONDS)
+    for text, length in zip(texts, seconds, strict=True):
+        await client.say(text)
+        await asyncio.sleep(length + GAP_SECONDS)
+    await asyncio.sleep(SETTLE_SECONDS)
+    figures = client.figures[-1] if client.figures else {}
+    await client.close()
+    return client, figures
+
+
 async def say_run(model, reference, texts, seconds, options: LiveOptions) -> tuple:
-    """Speak `texts` (each `seconds` long) through a loopback server in say mode (whatever
-    `options.mode`); returns the client, the server's last figures and the recording's path
-    (None without `options.record`)."""
+    """Speak `texts` (each `seconds` long) through a loopback server in this process, in
+    say mode (whatever `options.mode`); returns the client, the server's last figures and
+    the recording's path (None without `options.record`)."""
     options = dataclasses.replace(options, mode="say")
     server = LiveServer(model, reference, options, on_event=lambda _: None)
     url = f"http://127.0.0.1:{await server.start('127.0.0.1', 0)}"
     try:
-        client = await LiveClient.connect(url, None)
-        await asyncio.sleep(LEAD_SECONDS)
-        for text, length in zip(texts, seconds, strict=True):
-            await client.say(text)
-            await asyncio.sleep(length + GAP_SECONDS)
-        await asyncio.sleep(SETTLE_SECONDS)
-        figures = client.figures[-1] if client.figures else {}
-        await client.close()
+        client, figures = await say_client(url, texts, seconds)
         start = time.monotonic()
         while server.busy and time.monotonic() - start < 20:
             await asyncio.sleep(0.1)
@@ -215,8 +223,9 @@ def measure_say(
     voice: str = DEFAULT_VOICE,
     options: LiveOptions | None = None,
 ) -> dict:
-    """Run say mode on loopback and measure the audio/video offset of what the client
-    receives (see the module docstring). Returns the figures (ms) as a dict."""
+    """Run say mode on loopback, the server in a process of its own, and measure the
+    audio/video offset of what the client receives (see the module docstring). Returns the
+    figures (ms) as a dict."""
     loaded, _ = load_model(model, "cpu")
     cfg = loaded.cfg
     reference = load_image(image, (cfg.height, cfg.width))
@@ -226,13 +235,17 @@ def measure_say(
     with tempfile.TemporaryDirectory() as folder:
         record = Path(folder) / "say.mp4"
         base = options or LiveOptions()
-        live = dataclasses.replace(base, voice=voice, record=record)
+        live = dataclasses.replace(base, mode="say", voice=voice, record=record)
         # 1. The live run: what the client got, and what the server rendered from what.
-        client, figures, written = asyncio.run(say_run(loaded, reference, texts, seconds, live))
-        if written is None:
+        server = ServerProcess(model, image, live)
+        try:
+            client, figures = asyncio.run(say_client(server.start(), texts, seconds))
+        finally:
+            written = server.stop()
+        if not written:
             raise RuntimeError(f"the session wrote no recording: {figures.get('error')}")
-        driven = load_audio(written)
-        rendered = read_video_frames(written)
+        driven = load_audio(written[0])
+        rendered = read_video_frames(written[0])
         # 2. The file render of the same audio.
         wav = Path(folder) / "driven.wav"
         write_wav(wav, driven)
@@ -341,9 +354,12 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=len(TEXTS))
     parser.add_argument("--voice", default=DEFAULT_VOICE)
     parser.add_argument("--lookahead", type=int, default=LiveOptions.lookahead_frames)
+    parser.add_argument("--temporal", default=LiveOptions.temporal, choices=TEMPORAL_FILTERS)
     parser.add_argument("--no-deflicker", action="store_true")
     args = parser.parse_args()
-    options = LiveOptions(lookahead_frames=args.lookahead, deflicker=not args.no_deflicker)
+    options = LiveOptions(
+        lookahead_frames=args.lookahead, deflicker=not args.no_deflicker, temporal=args.temporal
+    )
     start = time.perf_counter()
     result = measure_say(args.model, args.image, args.utterances, args.voice, options)
     result["seconds"] = round(time.perf_counter() - start, 1)

@@ -7,7 +7,8 @@ look-ahead) has arrived. Two places keep latency bounded when compute falls behi
 audio source drops its oldest unread audio past `max_backlog_seconds` (the video skips
 ahead), and the frame buffer drops its oldest frames past `max_buffered_frames`. When no
 new frame is ready at a tick, the last one is shown again (held). All are counted in
-`snapshot()`, which the page shows.
+`snapshot()`, which the page shows. The sender is told when rendered frames arrive
+(`on_frames`) and when a chunk came before the one before it was all sent (`behind`).
 
 In `say` and `reply` modes the avatar's voice goes back with its frames: the audio each
 frame was rendered from is kept as the renderer reads it (`DrivenAudio`) and handed to the
@@ -26,6 +27,7 @@ import threading
 import time
 import wave
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +49,18 @@ class LiveOptions:
     mode: str = "mirror"
     seed: int = 0
     lookahead_frames: int = LOOKAHEAD_FRAMES
-    deflicker: bool = True  # the model's temporal filter: it holds frames for the next chunk
+    deflicker: bool = True  # the model's temporal filter against latent-boundary flicker
+    # which: "causal" (past frames only, holds nothing back) or "centred" (the file
+    # render's zero-lag filter and re-timing: 3 frames held for the next chunk, 120 ms)
+    temporal: str = "causal"
     # latency bounds: unread audio before the oldest is dropped; frames waiting to be sent
     # (None: a chunk's frames and 2 more, as a chunk's frames arrive at once)
     max_backlog_seconds: float = 0.5
     max_buffered_frames: int | None = None
+    # Opus frames (20 ms) the microphone's jitter buffer waits for before decoding the
+    # first (`webrtc.shorten_audio_jitter_buffer`; aiortc's own: 4). 1 is the least; it
+    # reorders nothing, which suits loopback and a LAN; more rides out a jittery network
+    audio_prefetch: int = 1
     record: Path | None = None  # MP4 of the frames rendered and the audio that drove them
     # say and reply modes: the avatar's voice, and the program that answers (reply)
     voice: str = DEFAULT_VOICE  # eSpeak NG voice, LANGUAGE+VARIANT
@@ -68,27 +77,34 @@ class LiveOptions:
         cfg = model.cfg
         cut = Segmenting.live(cfg.frames_per_chunk, cfg.audio_proj.window, self.lookahead_frames)
         return RenderOptions(
-            seed=self.seed, mode="auto", deflicker=self.deflicker, segmenting=cut, queue_depth=1
+            seed=self.seed,
+            mode="auto",
+            deflicker=self.deflicker,
+            temporal=self.temporal,
+            segmenting=cut,
+            queue_depth=1,
         )
 
 
 class FrameBuffer:
-    """Frames (H, W, 3) uint8 with their video index, from the render thread to the sender;
-    holds at most `limit`, dropping the oldest (counted in `dropped`)."""
+    """Frames (H, W, 3) uint8 with their video index and the time they were put (perf_counter
+    s), from the render thread to the sender; holds at most `limit`, dropping the oldest
+    (counted in `dropped`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.dropped = limit, 0
-        self._frames: deque[tuple[int, np.ndarray]] = deque()
+        self._frames: deque[tuple[int, np.ndarray, float]] = deque()
         self._lock = threading.Lock()
 
     def put(self, index: int, frame: np.ndarray) -> None:
         with self._lock:
-            self._frames.append((index, frame))
+            self._frames.append((index, frame, time.perf_counter()))
             while len(self._frames) > self.limit:
                 self._frames.popleft()
                 self.dropped += 1
 
-    def take(self) -> tuple[int, np.ndarray] | None:
+    def take(self) -> tuple[int, np.ndarray, float] | None:
+        """(index, frame, when it was put) of the oldest frame, or None."""
         with self._lock:
             return self._frames.popleft() if self._frames else None
 
@@ -209,9 +225,12 @@ class LiveSession:
         self.error: BaseException | None = None
         self.started = time.perf_counter()
         self.sent = self.held = 0
+        self.reanchored = 0  # times the sender fell far behind its schedule and restarted it
+        self._on_frames: Callable[[], None] | None = None
         self.voiced_until = 0.0  # perf_counter time the last voiced frame was sent
         self._last: np.ndarray = reference
         self._latencies: deque[float] = deque(maxlen=50)  # seconds, the last 2 s of frames
+        self._waits: deque[float] = deque(maxlen=50)  # and of them, in the frame buffer
         self._sent_times: deque[float] = deque(maxlen=50)
         self._thread = threading.Thread(target=self._render, name="tmrender-live", daemon=True)
 
@@ -222,6 +241,26 @@ class LiveSession:
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
+
+    def frame_ready(self) -> bool:
+        """Whether a rendered frame waits to be sent."""
+        return len(self.buffer) > 0
+
+    def behind(self) -> bool:
+        """Whether a chunk's worth of frames or more waits to be sent: a chunk came before
+        the frames of the one before it were all sent."""
+        return len(self.buffer) >= self.model.cfg.frames_per_chunk
+
+    @property
+    def rendering(self) -> bool:
+        """Whether frames have come from the renderer (before them, the portrait is shown
+        and not counted as held)."""
+        return self.stats.frames > 0
+
+    def on_frames(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback()` (from the render thread) each time rendered frames are put in
+        the buffer: the sender wakes for them instead of polling."""
+        self._on_frames = callback
 
     def push_audio(self, samples: np.ndarray) -> None:
         """Microphone samples (N,) float32 at 16 kHz, in order."""
@@ -234,13 +273,14 @@ class LiveSession:
         now = time.perf_counter()
         item = self.buffer.take()
         if item is None:
-            self.held += int(self.stats.frames > 0)
+            self.held += int(self.rendering)
             self._send_voice(None, now)
         else:
-            index, self._last = item
+            index, self._last, put_at = item
             arrival = self.audio.arrival_of((index + 1) * self.spf - 1)
             if arrival is not None:
                 self._latencies.append(now - arrival)
+            self._waits.append(now - put_at)
             self._send_voice(index, now)
         self.sent += 1
         self._sent_times.append(now)
@@ -266,20 +306,22 @@ class LiveSession:
             self.driven.add(block)
 
     def snapshot(self) -> dict:
-        """Figures for the page: latency from the audio's arrival to its frame leaving
-        (median of the last 50 frames, ms), frame rate sent (last 50 ticks), and counts."""
+        """Figures for the page: latency from the audio's arrival to its frame leaving and,
+        of it, the time the frame waited to be sent (medians of the last 50 frames, ms),
+        frame rate sent (last 50 ticks), and counts."""
         times = list(self._sent_times)
         span = times[-1] - times[0] if len(times) > 1 else 0.0
         fps = (len(times) - 1) / span if span > 0 else 0.0
-        latencies = list(self._latencies)
         return {
             "mode": self.options.mode,
-            "latency_ms": round(1000 * statistics.median(latencies)) if latencies else None,
+            "latency_ms": _median_ms(self._latencies),
+            "buffer_wait_ms": _median_ms(self._waits),
             "fps": round(fps, 1),
             "frames_rendered": self.stats.frames,
             "frames_sent": self.sent,
             "frames_held": self.held,
             "frames_dropped": self.buffer.dropped,
+            "sender_reanchored": self.reanchored,
             "audio_dropped_ms": round(1000 * self.audio.dropped_samples / SAMPLE_RATE),
             "compute_ms_per_chunk": self._compute_ms(),
             "speaking_chunks": self.stats.speaking_chunks,
@@ -316,6 +358,14 @@ class LiveSession:
                 for frame in block:
                     self.buffer.put(index, frame)
                     index += 1
+                if self._on_frames is not None:
+                    self._on_frames()
         except BaseException as err:  # noqa: BLE001 - shown in the page, the server goes on
             self.error = err
             self.audio.close()
+
+
+def _median_ms(seconds: deque[float]) -> int | None:
+    """The median of the values (seconds) in ms, None without any."""
+    values = list(seconds)
+    return round(1000 * statistics.median(values)) if values else None

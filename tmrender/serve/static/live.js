@@ -29,7 +29,7 @@ function showStats(s) {
   $("mode").textContent = s.mode;
   if (s.state) $("state").textContent = s.state;
   const lines = [
-    `latency       ${s.latency_ms === null ? "-" : s.latency_ms + " ms"} (audio in -> frame out, server)`,
+    `latency       ${s.latency_ms === null ? "-" : s.latency_ms + " ms"} (audio in -> frame out, server; ${s.buffer_wait_ms === null ? "-" : s.buffer_wait_ms + " ms"} of it waiting to be sent)`,
     `frame rate    ${s.fps} fps`,
     `frames        ${s.frames_rendered} rendered, ${s.frames_sent} sent`,
     `skipped       ${s.frames_held} held, ${s.frames_dropped} dropped, ${s.audio_dropped_ms} ms audio dropped`,
@@ -159,4 +159,7 @@ $("start").onclick = () => start().catch((err) => { say(String(err)); stop(); })
 $("mute").onclick = toggleMute;
 $("stop").onclick = stop;
 $("say-form").onsubmit = sendText;
-loadMode();
+// ?autostart=1 connects without a click (scripts/live_browser_shot.py, kiosk use)
+loadMode().then(() => {
+  if (new URLSearchParams(location.search).get("autostart") === "1") $("start").click();
+});
