@@ -97,7 +97,13 @@ def bench(
         audio=audio, size=size, compiled=compiled, context=context, graphs=graphs, vae=vae,
         trace=trace,
     )  # fmt: skip
-    print_rows(run_bench(opts), as_json, title=f"tmrender bench --suite {suite}")
+    if suite == "live":
+        from tmrender.serve.measure import live_rows
+
+        rows = live_rows(opts)
+    else:
+        rows = run_bench(opts)
+    print_rows(rows, as_json, title=f"tmrender bench --suite {suite}")
 
 
 def print_rows(rows: list[dict], as_json: bool, title: str) -> None:

@@ -2,7 +2,8 @@
 
 `run_bench(BenchOptions(...))` from Python is the same run as `tmrender bench ...` (the
 command's defaults are `BenchOptions`'s). The suites themselves live in `bench_render`,
-`bench_gpu`, `bench_io`, `trace` and `tmrender.serve.measure` (live); this module only
+`bench_gpu`, `bench_io`, `trace` and `tmrender.serve.measure` (live, which the command
+calls itself: serve is a higher layer); this module only
 checks the options and dispatches, and imports them (and torch) when a benchmark runs.
 """
 
@@ -60,8 +61,8 @@ def run_bench(opts: BenchOptions) -> list[dict]:
         from tmrender.eval.bench_io import bench_write
 
         return bench_write(lengths(opts), opts.size)
-    if opts.suite == "live":
-        return live_rows(opts)
+    if opts.suite == "live":  # layer 7 (serve) runs it: `tmrender.serve.measure.live_rows`
+        raise UserInputError("--suite live is run by tmrender.serve.measure.live_rows")
     raise UserInputError(f"unknown --suite {opts.suite!r}; choose one of {', '.join(SUITES)}")
 
 
@@ -90,23 +91,6 @@ def render_rows(opts: BenchOptions) -> list[dict]:
             spec = str(Path(tmp) / f"{opts.preset}.safetensors")
             init_checkpoint(opts.preset, spec)
         return bench_render(str(resolve_model_path(spec)), lengths(opts), device)
-
-
-def live_rows(opts: BenchOptions) -> list[dict]:
-    """`live`: one loopback session per length (default LIVE_SECONDS), the server in a
-    process of its own, then say mode's audio/video offset (`tmrender.serve.measure`)."""
-    try:
-        import aiortc  # noqa: F401
-    except ImportError:
-        message = "--suite live needs aiortc (the live extra): pip install aiortc"
-        raise UserInputError(message) from None
-    if opts.preset is not None:
-        raise UserInputError("--suite live measures a model (--model), not a preset")
-    from tmrender.models.registry import resolve_model_path
-    from tmrender.serve.measure import bench_live
-
-    spec = str(resolve_model_path(opts.model))  # a missing model says so before any work
-    return [bench_live(seconds, spec) for seconds in opts.seconds or (LIVE_SECONDS,)]
 
 
 def trace_row(opts: BenchOptions) -> dict:

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from tmrender.config import TEMPORAL_FILTERS
+from tmrender.errors import UserInputError
+from tmrender.eval.bench import LIVE_SECONDS, BenchOptions
 from tmrender.eval.mouth import load_mouth_reader, read_mouth
 from tmrender.media.audio import SAMPLE_RATE, VOICE_RMS_DB, frame_rms_db, load_audio, write_wav
 from tmrender.serve.session import LiveOptions
@@ -489,3 +491,19 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def live_rows(opts: BenchOptions) -> list[dict]:
+    """`live`: one loopback session per length (default LIVE_SECONDS), the server in a
+    process of its own, then say mode's audio/video offset (`tmrender.serve.measure`)."""
+    try:
+        import aiortc  # noqa: F401
+    except ImportError:
+        message = "--suite live needs aiortc (the live extra): pip install aiortc"
+        raise UserInputError(message) from None
+    if opts.preset is not None:
+        raise UserInputError("--suite live measures a model (--model), not a preset")
+    from tmrender.models.registry import resolve_model_path
+
+    spec = str(resolve_model_path(opts.model))  # a missing model says so before any work
+    return [bench_live(seconds, spec) for seconds in opts.seconds or (LIVE_SECONDS,)]
