@@ -65,6 +65,22 @@ def test_frame_count_is_ceil_of_audio_duration(model, face, tmp_path, seconds):
     assert frames.shape == (expected, 128, 128, 3) and frames.dtype == np.uint8
 
 
+@pytest.mark.parametrize("latents", [1, 3])
+def test_a_model_set_to_another_chunk_length_renders_every_frame_in_its_chunks(
+    model, face, tmp_path, latents
+):
+    import copy
+
+    audio = tone(tmp_path / "a.wav", 1.37)
+    own = collect(model, face, audio, deflicker=False)
+    other = copy.deepcopy(model)
+    other.set_chunk_latent_frames(latents)
+    assert other.cfg.frames_per_chunk == latents * model.cfg.frames_per_latent
+    frames = collect(other, face, audio, deflicker=False)
+    assert frames.shape == own.shape
+    assert not np.array_equal(frames, own)  # the chunks see other windows
+
+
 def test_the_deflicker_filter_is_the_models_zero_lag_filter(model, face, tmp_path):
     from tmrender.render.temporal import TemporalFilter
 

@@ -173,6 +173,20 @@ def test_export_sets_the_reference_keeping_levels(stages, tmp_path, capsys):
         assert code == 2 and "--keep-reference" in err and "Traceback" not in err
 
 
+def test_export_sets_the_chunk_length_and_the_file_renders_with_it(stages, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
+            "--dtype", "float32")  # fmt: skip
+    code, _, err = run_cli(capsys, *args, "--chunk-latents", "1")
+    assert code == 0, err
+    model, _ = load_model(str(out), "cpu")
+    assert model.cfg.chunk_latent_frames == 1
+    assert model.cfg.frames_per_chunk == model.cfg.frames_per_latent
+    assert model.dit.chunk_frames == 1
+    code, _, err = run_cli(capsys, *args, "--chunk-latents", "0")
+    assert code == 2 and "--chunk-latents" in err and "Traceback" not in err
+
+
 def test_lipsync_score_renders_held_out_clips(tmp_path):
     from tmrender.eval.mouth import load_mouth_reader
 

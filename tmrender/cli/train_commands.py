@@ -649,7 +649,8 @@ SHIPPED = shipped.ExportOptions
         "-o weights/tm-mini.safetensors\n\n"
         "  tmrender train export --init weights/stages/dmd_t2.safetensors --data data "
         "--deflicker-taps 1,2,2,2,1 --deflicker-keep 8,24 --retime 0.1,0.25 "
-        "--keep-reference 8,24 --report out/eval/report.json -o weights/tm-mini.safetensors\n\n"
+        "--keep-reference 16,48 --chunk-latents 2 --report out/eval/report.json "
+        "-o weights/tm-mini.safetensors\n\n"
         "  tmrender train export --init student.safetensors --dtype float32 -o m.safetensors"
     ),
 )
@@ -719,6 +720,13 @@ def export_command(
             "student's file says)."
         ),
     ] = None,
+    chunk_latents: Annotated[
+        int | None,
+        typer.Option(
+            help="Latent frames rendered per chunk, e.g. 2: shorter chunks answer sooner "
+            "live (default: the length the student was distilled on)."
+        ),
+    ] = None,
 ) -> None:
     """Write the shipped model: all networks in one file, fp16 where lip sync does not move,
     provenance in its metadata, and its line in the output folder's SHA256SUMS."""
@@ -728,6 +736,7 @@ def export_command(
         deflicker_keep=_sampler_numbers(deflicker_keep, "deflicker_keep", KEEP_NEED),
         retime=_sampler_numbers(retime, "retime", RETIME_NEED),
         keep_reference=_sampler_numbers(keep_reference, "keep_reference", KEEP_REF_NEED),
+        chunk_latent_frames=chunk_latents,
     )  # fmt: skip
     torch.set_num_threads(threads)
     result = shipped.export_from_corpus(init, output, opts, data, reader, stages, report)

@@ -16,6 +16,8 @@ joins the audio parts:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import Tensor, nn
 
 from tmrender.config import ModelConfig
@@ -42,6 +44,13 @@ class TalkingModel(nn.Module):
         image, text = cfg.image_encoder, cfg.text_encoder
         self.image_encoder = ImageEncoder(image) if image is not None else None
         self.text_encoder = TextEncoder(text, cfg.dit.text_len) if text is not None else None
+
+    def set_chunk_latent_frames(self, latents: int) -> None:
+        """Render `latents` latent frames per autoregressive chunk from now on (the config
+        and the DiT's window agree). The networks do not depend on it: a student distilled
+        on one chunk length runs on another, which `train export --chunk-latents` measures."""
+        self.cfg = replace(self.cfg, chunk_latent_frames=latents)
+        self.dit.chunk_frames = latents
 
     def audio_tokens(self, windows: Tensor, speaking: Tensor | None = None) -> Tensor:
         """windows (B, T, W, L, D) from `audio_windows` -> tokens (B, T, N, audio_dim);

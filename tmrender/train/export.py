@@ -60,10 +60,15 @@ class ExportOptions:
     # and the levels `keep_reference` at which still pixels show the portrait's own
     # (None: as the student's file says)
     keep_reference: tuple[float, ...] | None = None
+    # latent frames rendered per chunk (None: the length the student was distilled on)
+    chunk_latent_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise UserInputError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        chunk = self.chunk_latent_frames
+        if chunk is not None and chunk < 1:
+            raise UserInputError(f"--chunk-latents must be at least 1; got {chunk}")
         if self.clips < 1 or self.seconds <= 0:
             raise UserInputError("--clips must be at least 1 and --seconds positive")
 
@@ -231,6 +236,8 @@ def export_model(
     # 1. The final stage's networks, in float32 on the CPU.
     model, meta = load_checkpoint(init)
     model.cfg = replace(model.cfg, sampler=shipped_sampler(model.cfg.sampler, opts))
+    if opts.chunk_latent_frames is not None:
+        model.set_chunk_latent_frames(opts.chunk_latent_frames)
     # 2. Precision, network by network.
     if opts.dtype == "auto":
         if score is None:
