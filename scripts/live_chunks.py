@@ -1,6 +1,6 @@
-"""What shorter chunks would give `tmrender live`: the shipped tm-mini's configuration with
-chunks of 4 (shipped), 2 and 1 latent frames, random weights (the timing does not depend on
-them), each run as a live session without WebRTC: speech pushed in real time, 20 ms at a
+"""What the chunk length gives `tmrender live`: the shipped tm-mini rendering chunks of 4,
+2 (as shipped) and 1 latent frames (`TalkingModel.set_chunk_latent_frames`), each run as a
+live session without WebRTC: speech pushed in real time, 20 ms at a
 time, and one frame taken every 40 ms, as the server does. Prints, per chunk length, the
 compute per chunk and the server's latency (audio in -> frame out; median of the page's
 figures over the session) and how long frames waited to be sent.
@@ -11,7 +11,6 @@ figures over the session) and how long frames waited to be sent.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import threading
@@ -30,16 +29,15 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BLOCK = SAMPLE_RATE // 50  # 20 ms, an Opus frame
 
 
-def random_model(latents: int) -> TalkingModel:
-    """The shipped model's configuration with `latents` latent frames per chunk."""
-    shipped, _ = load_model(None, "cpu")
-    cfg = dataclasses.replace(shipped.cfg, chunk_latent_frames=latents)
-    torch.manual_seed(0)
-    return TalkingModel(cfg).eval()
+def shipped_model(latents: int) -> TalkingModel:
+    """The shipped model, rendering `latents` latent frames per chunk."""
+    model, _ = load_model(None, "cpu")
+    model.set_chunk_latent_frames(latents)
+    return model
 
 
 def run(latents: int, seconds: float) -> dict:
-    model = random_model(latents)
+    model = shipped_model(latents)
     cfg = model.cfg
     reference = load_image(EXAMPLES / "face.png", (cfg.height, cfg.width))
     speech = load_audio(EXAMPLES / "speech.wav")

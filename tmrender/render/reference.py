@@ -65,7 +65,7 @@ class ReferenceKeeper:
         keep = tuple(float(v) for v in keep)
         assert keep_levels(keep), f"keep must be (lo, hi) with 0 <= lo < hi: {keep}"
         assert reference.ndim == 3 and reference.shape[2] == 3, reference.shape
-        pixels = torch.from_numpy(np.ascontiguousarray(reference)).to(device)
+        pixels = torch.from_numpy(np.array(reference, np.uint8)).to(device)  # a writable copy
         self.reference = (pixels.permute(2, 0, 1).float() / 127.5 - 1.0)[None, :, None]
         self.lo, self.hi = (2 * v / 255 for v in keep)  # levels -> the -1..1 scale
         guard = torch.from_numpy(mouth_guard(*reference.shape[:2])).to(device)
