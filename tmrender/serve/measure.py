@@ -148,7 +148,8 @@ class ProcessFigures:
 class ServerProcess:
     """A `LiveServer` for a model and portrait in a spawned process of its own, on a free
     loopback port: `start()` returns its URL, `figures` reads the process's memory and CPU
-    time, `stop()` waits for its session to end and returns the recordings it wrote."""
+    time, `stop()` waits for its session to end and returns the recordings it wrote. The
+    process is spawned, so a script that starts one needs `if __name__ == "__main__":`."""
 
     def __init__(self, model: str | None, image: Path | str, options: LiveOptions) -> None:
         context = multiprocessing.get_context("spawn")  # no copy of this process's threads
