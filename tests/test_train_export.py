@@ -60,6 +60,12 @@ def inputs(tmp_path):
     return image, audio
 
 
+def export_args(stages, out) -> tuple[str, ...]:
+    """`train export` of the tiny student to `out` in float32 (no held-out clips needed)."""
+    return ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
+            "--dtype", "float32")  # fmt: skip
+
+
 def dtypes_in(path) -> dict[str, set[str]]:
     with safe_open(str(path), framework="pt") as f:
         out: dict[str, set[str]] = {}
@@ -121,16 +127,13 @@ def test_export_sets_the_deflicker_taps_and_the_cli_checks_them(stages, tmp_path
     recipe.export_model(stages / "dmd.safetensors", out, recipe.ExportOptions(dtype="float32"))
     assert read_metadata(out)["config"].sampler.deflicker_taps == before
     for bad in ("1,2", "1,x,1", "3,2,1"):
-        code, _, err = run_cli(capsys, "train", "export", "--init", str(stages / "dmd.safetensors"),
-                           "-o", str(out), "--dtype", "float32",
-                           "--deflicker-taps", bad)  # fmt: skip
+        code, _, err = run_cli(capsys, *export_args(stages, out), "--deflicker-taps", bad)
         assert code == 2 and "--deflicker-taps" in err
 
 
 def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
-    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
-            "--dtype", "float32")  # fmt: skip
+    args = export_args(stages, out)
     code, _, _ = run_cli(capsys, *args, "--deflicker-taps", "1,2,1", "--deflicker-keep", "6,16")
     sampler = read_metadata(out)["config"].sampler
     assert code == 0 and sampler.deflicker_keep == (6.0, 16.0)
@@ -147,36 +150,30 @@ def test_export_sets_the_edge_keeping_levels(stages, tmp_path, capsys):
     assert code == 2 and "--deflicker-keep needs a filter" in err and "Traceback" not in err
 
 
-def test_export_sets_the_retiming(stages, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("option", "field", "value", "expected", "bad"),
+    [
+        ("--retime", "retime", "0.1,0.25", (0.1, 0.25), ("0.1", "0.6,0.1", "a,b")),
+        ("--keep-reference", "keep_reference", "8,24", (8.0, 24.0), ("8", "24,8", "a,b")),
+    ],
+)
+def test_export_sets_a_sampler_pair_turns_it_off_and_refuses_bad_ones(
+    stages, tmp_path, capsys, option, field, value, expected, bad
+):
     out = tmp_path / "m.safetensors"
-    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
-            "--dtype", "float32")  # fmt: skip
-    code, _, _ = run_cli(capsys, *args, "--retime", "0.1,0.25")
-    assert code == 0 and read_metadata(out)["config"].sampler.retime == (0.1, 0.25)
-    run_cli(capsys, *args, "--retime", "none")
-    assert read_metadata(out)["config"].sampler.retime == ()
-    for bad in ("0.1", "0.6,0.1", "a,b"):
-        code, _, err = run_cli(capsys, *args, "--retime", bad)
-        assert code == 2 and "--retime" in err and "Traceback" not in err
+    args = export_args(stages, out)
+    code, _, _ = run_cli(capsys, *args, option, value)
+    assert code == 0 and getattr(read_metadata(out)["config"].sampler, field) == expected
+    run_cli(capsys, *args, option, "none")
+    assert getattr(read_metadata(out)["config"].sampler, field) == ()
+    for text in bad:
+        code, _, err = run_cli(capsys, *args, option, text)
+        assert code == 2 and option in err and "Traceback" not in err
 
 
-def test_export_sets_the_reference_keeping_levels(stages, tmp_path, capsys):
+def test_export_sets_the_chunk_length_and_the_file_loads_with_it(stages, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
-    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
-            "--dtype", "float32")  # fmt: skip
-    code, _, _ = run_cli(capsys, *args, "--keep-reference", "8,24")
-    assert code == 0 and read_metadata(out)["config"].sampler.keep_reference == (8.0, 24.0)
-    run_cli(capsys, *args, "--keep-reference", "none")
-    assert read_metadata(out)["config"].sampler.keep_reference == ()
-    for bad in ("8", "24,8", "a,b"):
-        code, _, err = run_cli(capsys, *args, "--keep-reference", bad)
-        assert code == 2 and "--keep-reference" in err and "Traceback" not in err
-
-
-def test_export_sets_the_chunk_length_and_the_file_renders_with_it(stages, tmp_path, capsys):
-    out = tmp_path / "m.safetensors"
-    args = ("train", "export", "--init", str(stages / "dmd.safetensors"), "-o", str(out),
-            "--dtype", "float32")  # fmt: skip
+    args = export_args(stages, out)
     code, _, err = run_cli(capsys, *args, "--chunk-latents", "1")
     assert code == 0, err
     model, _ = load_model(str(out), "cpu")
