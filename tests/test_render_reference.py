@@ -1,5 +1,5 @@
-"""Keeping the reference: still pixels show the portrait's own, moving ones and the mouth
-the render's."""
+"""Keeping the reference: still pixels show the portrait's own; moving ones and the mouth
+show the portrait plus what the render moved away from its steady drawing."""
 
 from __future__ import annotations
 
@@ -99,25 +99,79 @@ def test_the_renderer_keeps_the_models_reference_and_raw_frames_skip_it(monkeypa
     kept = collect(model, face, audio)
     assert np.array_equal(collect(model, face, audio, deflicker=False), raw)
     assert kept.shape == plain.shape
-    # every pixel is within 254 levels of the portrait's: outside the mouth guard the
-    # video is the portrait, under the guard the render as it was
+    # every pixel is within 254 levels of the model's still picture: outside the mouth
+    # guard the video is the portrait, under the guard it moves as the render does
     guard = mouth_guard(128, 128)
     away, mouth = guard == 0, guard == 1
     assert not np.array_equal(plain[:, away], np.broadcast_to(face[away], plain[:, away].shape))
     assert np.abs(kept[:, away].astype(int) - face[away].astype(int)).max() <= 1
-    assert np.array_equal(kept[:, mouth], plain[:, mouth])
+    # under the guard the render's motion shows
+    assert np.abs(np.diff(plain[:, mouth].astype(int), axis=0)).max() > 2
+    assert np.abs(np.diff(kept[:, mouth].astype(int), axis=0)).max() > 2
 
 
 def test_motion_is_measured_against_the_models_still_picture(reference, outside):
     """A frame that equals the model's drawing of the still portrait (blurred, tinted)
-    shows the portrait; one that departs from that drawing keeps its own pixels."""
+    shows the portrait; one that departs from that drawing shows the portrait moved as
+    much, so the model's own tint never shows."""
     exact = frames_near(reference, [0])
     still = exact + 30 * LEVEL  # the model's picture: 30 levels off the portrait everywhere
     keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"), still=still)
     frames = torch.cat([still, still + 40 * LEVEL], dim=2)
     out = keeper(frames)
     assert torch.allclose(out[0, :, 0][:, outside], exact[0, :, 0][:, outside], atol=1e-6)
-    assert torch.allclose(out[0, :, 1], frames[0, :, 1], atol=1e-6)
+    assert torch.allclose(out[0, :, 1], exact[0, :, 0] + 40 * LEVEL, atol=1e-5)
     # against the portrait itself, the same still frame would have counted as moved
     plain = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
     assert torch.allclose(plain(still)[0, :, 0], still[0, :, 0], atol=1e-6)
+
+
+def test_the_mouth_shows_the_portrait_plus_what_the_render_moved(reference):
+    """Under the guard every departure from the still picture shows, however small, but on
+    the portrait's pixels: a mouth the model draws 6 levels darker than the portrait's
+    shows the portrait's own mouth at rest, and 6 levels of opening on top of it."""
+    inside = torch.from_numpy(mouth_guard(SIZE, SIZE) == 1)
+    exact = frames_near(reference, [0])
+    still = exact - 6 * LEVEL
+    keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"), still=still)
+    out = keeper(torch.cat([still, still - 6 * LEVEL], dim=2))
+    assert torch.allclose(out[0, :, 0][:, inside], exact[0, :, 0][:, inside], atol=1e-5)
+    assert torch.allclose(out[0, :, 1][:, inside], exact[0, :, 0][:, inside] - 6 * LEVEL, atol=1e-5)
+
+
+def test_the_steady_drawing_follows_a_render_that_rests_off_the_still_picture(reference):
+    """The render settles 16 levels off the still picture (half-way between the keeping
+    levels) and stays there: with no follow half of it shows for ever, with a follow of
+    5 frames the keeper learns it as the model's steady drawing and shows the portrait."""
+    exact = frames_near(reference, [0])
+    frames = frames_near(reference, [16] * 60)
+    fixed = ReferenceKeeper(reference, (8, 24), torch.device("cpu"))
+    follows = ReferenceKeeper(reference, (8, 24), torch.device("cpu"), follow=5)
+    outside = torch.from_numpy(mouth_guard(SIZE, SIZE) == 0)
+    first = exact[0, :, 0][:, outside]
+    held = fixed(frames)[0][:, :, outside]
+    learnt = torch.cat([follows(frames[:, :, i : i + 7]) for i in range(0, 60, 7)], 2)[0]
+    assert torch.allclose(held[:, -1], first + 8 * LEVEL, atol=1e-5)
+    assert torch.allclose(learnt[:, :, outside][:, -1], first, atol=0.2 * LEVEL)
+    # it learns gradually, one call after the other: no jump in the first frames
+    shift = ((learnt[:, :, outside] - first[:, None]) / LEVEL).mean(dim=(0, 2))
+    assert shift[0] == pytest.approx(8, abs=1e-3)
+    assert bool(torch.all(shift[1:] <= shift[:-1] + 1e-4))
+
+
+def test_an_open_mouth_is_not_learnt_as_the_steady_drawing(reference):
+    """A mouth held open (30 levels off) for 40 frames stays fully open with a follow of
+    5 frames: only pixels that rest are learnt."""
+    inside = torch.from_numpy(mouth_guard(SIZE, SIZE) == 1)
+    frames = frames_near(reference, [0] * 40)
+    frames[..., inside] -= 30 * LEVEL
+    keeper = ReferenceKeeper(reference, (8, 24), torch.device("cpu"), follow=5)
+    out = keeper(frames)
+    assert torch.allclose(out[0, :, -1][:, inside], frames[0, :, -1][:, inside], atol=1e-5)
+
+
+@pytest.mark.parametrize("follow", [-1.0, 0.5])
+def test_keep_follow_is_off_or_at_least_a_frame(follow):
+    with pytest.raises(ConfigError):
+        SamplerConfig(keep_reference=(8, 24), keep_follow=follow)
+    assert SamplerConfig(keep_reference=(8, 24), keep_follow=50).keep_follow == 50

@@ -184,6 +184,18 @@ def test_export_sets_the_chunk_length_and_the_file_loads_with_it(stages, tmp_pat
     assert code == 2 and "--chunk-latents" in err and "Traceback" not in err
 
 
+def test_export_sets_the_keepers_follow_only_with_a_reference_to_keep(stages, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    args = export_args(stages, out)
+    code, _, err = run_cli(capsys, *args, "--keep-reference", "16,48", "--keep-follow", "50")
+    assert code == 0, err
+    sampler = read_metadata(out)["config"].sampler
+    assert sampler.keep_reference == (16.0, 48.0) and sampler.keep_follow == 50.0
+    for extra in (("--keep-follow", "0.5"), ("--keep-reference", "none", "--keep-follow", "5")):
+        code, _, err = run_cli(capsys, *args, *extra)
+        assert code == 2 and "--keep-follow" in err and "Traceback" not in err
+
+
 def test_lipsync_score_renders_held_out_clips(tmp_path):
     from tmrender.eval.mouth import load_mouth_reader
 

@@ -322,11 +322,17 @@ class SamplerConfig:
     # before it by `back`, the last forward towards the frame after it by `forward`
     retime: tuple[float, ...] = ()
     # (lo, hi) in 0..255 levels, () = off, applied last (`tmrender.render.reference`):
-    # where a frame's pixel (mean over colour channels) is within lo levels of the
-    # reference portrait it takes the reference's value, beyond hi it keeps its own, a
-    # linear blend between. What does not move (background, hair, a still cheek) then shows
-    # the portrait's own detail; a moving mouth or head edge differs by tens of levels
+    # where a frame's pixel (mean over colour channels) is within lo levels of the model's
+    # steady drawing of the portrait it shows the portrait's value, beyond hi the portrait
+    # plus the frame's departure from that drawing, a linear blend between. What does not
+    # move (background, hair, a still cheek) shows the portrait's own detail; a moving
+    # mouth or head edge differs by tens of levels
     keep_reference: tuple[float, ...] = ()
+    # frames, 0 = off: the time constant with which the keeper's picture of the model's
+    # steady drawing follows the render where it rests (it starts as the decoder's picture
+    # of the anchor latent); the model drifts a few levels off that picture and keeps
+    # to its own, which would otherwise count as motion
+    keep_follow: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -345,6 +351,10 @@ class SamplerConfig:
         require(
             not keep_ref or keep_levels(keep_ref),
             f"keep_reference must be () or (lo, hi) with 0 <= lo < hi: {keep_ref}",
+        )
+        require(
+            self.keep_follow == 0 or self.keep_follow >= 1,
+            f"keep_follow must be 0 or >= 1 frame: {self.keep_follow}",
         )
         retime = tuple(float(v) for v in self.retime)
         object.__setattr__(self, "retime", retime)

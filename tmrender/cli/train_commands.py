@@ -649,7 +649,7 @@ SHIPPED = shipped.ExportOptions
         "-o weights/tm-mini.safetensors\n\n"
         "  tmrender train export --init weights/stages/dmd_t2.safetensors --data data "
         "--deflicker-taps 1,2,2,2,1 --deflicker-keep 8,24 --retime 0.1,0.25 "
-        "--keep-reference 16,48 --chunk-latents 2 --report out/eval/report.json "
+        "--keep-reference 16,48 --keep-follow 50 --chunk-latents 2 --report out/eval/report.json "
         "-o weights/tm-mini.safetensors\n\n"
         "  tmrender train export --init student.safetensors --dtype float32 -o m.safetensors"
     ),
@@ -720,6 +720,14 @@ def export_command(
             "student's file says)."
         ),
     ] = None,
+    keep_follow: Annotated[
+        float | None,
+        typer.Option(
+            help="Frames over which the kept reference follows the model's own steady "
+            "drawing where it rests, e.g. 50; 0: it stays the decoder's picture of the "
+            "portrait (default: as the student's file says)."
+        ),
+    ] = None,
     chunk_latents: Annotated[
         int | None,
         typer.Option(
@@ -736,7 +744,7 @@ def export_command(
         deflicker_keep=_sampler_numbers(deflicker_keep, "deflicker_keep", KEEP_NEED),
         retime=_sampler_numbers(retime, "retime", RETIME_NEED),
         keep_reference=_sampler_numbers(keep_reference, "keep_reference", KEEP_REF_NEED),
-        chunk_latent_frames=chunk_latents,
+        keep_follow=keep_follow, chunk_latent_frames=chunk_latents,
     )  # fmt: skip
     torch.set_num_threads(threads)
     result = shipped.export_from_corpus(init, output, opts, data, reader, stages, report)

@@ -324,7 +324,8 @@ def reference_keeper(
     if not keep or not options.deflicker:
         return None
     device = next(model.vae.parameters()).device
-    return ReferenceKeeper(reference, keep, device, still=anchor_picture(model, anchor))
+    still = anchor_picture(model, anchor)
+    return ReferenceKeeper(reference, keep, device, still=still, follow=cfg.sampler.keep_follow)
 
 
 def anchor_picture(model: TalkingModel, anchor: Tensor) -> Tensor:

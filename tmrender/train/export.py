@@ -60,6 +60,9 @@ class ExportOptions:
     # and the levels `keep_reference` at which still pixels show the portrait's own
     # (None: as the student's file says)
     keep_reference: tuple[float, ...] | None = None
+    # and the frames `keep_follow` over which the keeper follows the model's steady drawing
+    # (None: as the student's file says)
+    keep_follow: float | None = None
     # latent frames rendered per chunk (None: the length the student was distilled on)
     chunk_latent_frames: int | None = None
 
@@ -69,13 +72,16 @@ class ExportOptions:
         chunk = self.chunk_latent_frames
         if chunk is not None and chunk < 1:
             raise UserInputError(f"--chunk-latents must be at least 1; got {chunk}")
+        follow = self.keep_follow
+        if follow is not None and not (follow == 0 or follow >= 1):
+            raise UserInputError(f"--keep-follow must be 0 or at least 1 frame; got {follow}")
         if self.clips < 1 or self.seconds <= 0:
             raise UserInputError("--clips must be at least 1 and --seconds positive")
 
 
 def shipped_sampler(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfig:
     """The student's sampler with the deflicker taps, edge-keeping levels, re-timing
-    weights and reference-keeping levels that `opts` sets (None: as the student's file
+    weights, reference-keeping levels and follow that `opts` sets (None: as the student's file
     says). Turning the filter off drops its levels too; levels for no filter at all are
     refused (they would be silently ignored)."""
     taps = sampler.deflicker_taps if opts.deflicker_taps is None else opts.deflicker_taps
@@ -87,9 +93,12 @@ def shipped_sampler(sampler: SamplerConfig, opts: ExportOptions) -> SamplerConfi
         keep = ()
     retime = sampler.retime if opts.retime is None else opts.retime
     keep_reference = sampler.keep_reference if opts.keep_reference is None else opts.keep_reference
+    follow = sampler.keep_follow if opts.keep_follow is None else opts.keep_follow
+    if follow and not keep_reference:
+        raise UserInputError("--keep-follow needs a reference to keep: give --keep-reference too")
     return replace(
         sampler, deflicker_taps=taps, deflicker_keep=keep, retime=retime,
-        keep_reference=keep_reference,
+        keep_reference=keep_reference, keep_follow=follow,
     )  # fmt: skip
 
 
