@@ -217,11 +217,13 @@ def test_clip_scores_match_an_independent_reference():
     ref_video, ref_audio = np_lips(faces.astype(np.float64), p), np_audio(mels, p)
     mine_video, mine_audio = sn.embed_clip(net, video, boxes, audio)
     assert np.abs(ref_video).mean() > 0.1 and np.abs(ref_audio).mean() > 0.1  # not degenerate
-    np.testing.assert_allclose(mine_video.numpy(), ref_video, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(mine_audio.numpy(), ref_audio, rtol=1e-4, atol=1e-4)
+    # float32 through 13 layers against float64: the kernels' summation order differs by CPU
+    # (3e-4 seen on an AMD EPYC), far below the embeddings' unit scale
+    np.testing.assert_allclose(mine_video.numpy(), ref_video, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(mine_audio.numpy(), ref_audio, rtol=1e-3, atol=1e-3)
     conf, dist, offset = np_offset_search(ref_video, ref_audio, sn.VSHIFT)
-    assert got["sync_c"] == pytest.approx(conf, abs=1e-4)
-    assert got["sync_d"] == pytest.approx(dist, abs=1e-4)
+    assert got["sync_c"] == pytest.approx(conf, abs=1e-3)
+    assert got["sync_d"] == pytest.approx(dist, abs=1e-3)
     assert got["sync_offset"] == offset
 
 
