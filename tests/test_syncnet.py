@@ -5,6 +5,7 @@ scipy's medfilt; then loading, one-line errors and `tmrender eval --syncnet`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -212,19 +213,32 @@ def test_clip_scores_match_an_independent_reference():
     net = random_net(calibrate=(torch.tensor(faces).float(), torch.tensor(mels).float()))
     # 2. The module, end to end.
     got = sn.SyncNetScorer(net).score(video, boxes, audio)
-    # 3. The reference.
+    # 3. The reference, in float64, against the module's network in float64.
     p = {k: v.double().numpy() for k, v in net.state_dict().items()}
     ref_video, ref_audio = np_lips(faces.astype(np.float64), p), np_audio(mels, p)
-    mine_video, mine_audio = sn.embed_clip(net, video, boxes, audio)
     assert np.abs(ref_video).mean() > 0.1 and np.abs(ref_audio).mean() > 0.1  # not degenerate
-    # float32 through 13 layers against float64: the kernels' summation order differs by CPU
-    # (3e-4 seen on an AMD EPYC), far below the embeddings' unit scale
-    np.testing.assert_allclose(mine_video.numpy(), ref_video, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(mine_audio.numpy(), ref_audio, rtol=1e-3, atol=1e-3)
-    conf, dist, offset = np_offset_search(ref_video, ref_audio, sn.VSHIFT)
-    assert got["sync_c"] == pytest.approx(conf, abs=1e-3)
-    assert got["sync_d"] == pytest.approx(dist, abs=1e-3)
-    assert got["sync_offset"] == offset
+    net64 = copy.deepcopy(net).double()
+    with torch.no_grad():
+        video64 = net64.embed_lips(torch.from_numpy(faces.astype(np.float64)))
+        audio64 = net64.embed_audio(torch.from_numpy(mels.astype(np.float64)))
+    np.testing.assert_allclose(video64.numpy(), ref_video, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(audio64.numpy(), ref_audio, rtol=1e-4, atol=1e-4)
+    # 4. The module end to end (its crops, MFCC and windows, in float32) against the same
+    # float32 network on the reference's windows: float32 kernels against float64 ones
+    # differ by CPU (3e-4 seen on an AMD EPYC), so each precision is compared with itself.
+    mine_video, mine_audio = sn.embed_clip(net, video, boxes, audio)
+    with torch.no_grad():
+        video32 = net.embed_lips(torch.from_numpy(faces).float())
+        audio32 = net.embed_audio(torch.from_numpy(mels).float())
+    np.testing.assert_allclose(mine_video.numpy(), video32.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mine_audio.numpy(), audio32.numpy(), rtol=1e-4, atol=1e-4)
+    # 5. The offset search on the module's embeddings; the reference's offset agrees.
+    conf, dist, offset = np_offset_search(
+        mine_video.double().numpy(), mine_audio.double().numpy(), sn.VSHIFT
+    )
+    assert got["sync_c"] == pytest.approx(conf, abs=1e-4)
+    assert got["sync_d"] == pytest.approx(dist, abs=1e-4)
+    assert got["sync_offset"] == offset == np_offset_search(ref_video, ref_audio, sn.VSHIFT)[2]
 
 
 def test_offset_search_matches_the_loops():
